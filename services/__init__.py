@@ -1,0 +1,1 @@
+"""jetmedia stage services and the CLI that wires them to the stack."""

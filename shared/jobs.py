@@ -1,0 +1,187 @@
+"""Job state in the `jetmedia-jobs` KV bucket, changed only by compare-and-set.
+
+Several stages touch one job at once (variant and transcode parts of a video arrive in any
+order), so every change is a pure function `Job -> Job` applied by `JobStore.update`, which
+re-reads and retries when another writer got there first: no update is ever lost. The record
+stays small (counters and summaries); per-chunk detail goes under its own keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime
+from typing import Literal
+
+import msgspec
+from msgspec import Struct
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from . import metrics
+from .messages import MediaInfo, OutputFile, now
+
+BUCKET = "jetmedia-jobs"
+MAX_ERRORS = 20
+MAX_ERROR_TEXT = 1000
+
+JobKind = Literal["asset", "export"]
+JobStatus = Literal["queued", "running", "ready", "failed", "cancelled", "expired"]
+FINAL_STATUSES: frozenset[str] = frozenset({"ready", "failed", "cancelled", "expired"})
+
+
+class JobError(Struct, kw_only=True, frozen=True):
+    stage: str
+    reason: str
+    at: datetime
+
+
+class Part(Struct, kw_only=True, frozen=True):
+    """What one stage contributed to an asset job (variants, transcodes, a poster)."""
+
+    outputs: list[OutputFile] = []
+    source: MediaInfo | None = None
+    colours: list[str] = []
+    placeholder: str | None = None
+
+
+class Job(Struct, kw_only=True, frozen=True):
+    id: str
+    kind: JobKind
+    status: JobStatus = "queued"
+    stage: str = "upload"
+    done: int = 0
+    total: int = 0
+    bytes: int = 0
+    media: str | None = None
+    source_key: str | None = None
+    asset: str | None = None
+    parts_needed: list[str] = []
+    parts: dict[str, Part] = {}
+    url: str | None = None
+    missing: list[str] = []
+    errors: list[JobError] = []
+    created: datetime
+    updated: datetime
+    expires: datetime | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def outputs(self) -> list[OutputFile]:
+        return [out for name in sorted(self.parts) for out in self.parts[name].outputs]
+
+    def with_error(self, stage: str, reason: str) -> Job:
+        error = JobError(stage=stage, reason=reason[:MAX_ERROR_TEXT], at=now())
+        return msgspec.structs.replace(self, errors=[*self.errors, error][-MAX_ERRORS:])
+
+
+def new_job(job_id: str, kind: JobKind, **fields: object) -> Job:
+    stamp = now()
+    return Job(id=job_id, kind=kind, created=stamp, updated=stamp, **fields)  # type: ignore[arg-type]
+
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Job)
+
+
+class Conflict(Exception):
+    """Raised by a change function to leave the record untouched."""
+
+
+class JobStore:
+    """Typed access to the jobs bucket. One per process; safe to share between stages."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js, replicas: int = 1) -> JobStore:  # type: ignore[no-untyped-def]
+        try:
+            kv = await js.key_value(BUCKET)
+        except BucketNotFoundError:
+            kv = await js.create_key_value(bucket=BUCKET, history=1, replicas=replicas)
+        return cls(kv)
+
+    async def get(self, job_id: str) -> Job | None:
+        entry = await self._entry(job_id)
+        return None if entry is None else entry[0]
+
+    async def _entry(self, job_id: str) -> tuple[Job, int] | None:
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:  # a delete marker
+            return None
+        return _decoder.decode(entry.value), entry.revision or 0
+
+    async def create(self, job: Job) -> tuple[Job, bool]:
+        """Store a new job; if it already exists (a redelivery), return the stored one."""
+        try:
+            await self.kv.create(job.id, _encoder.encode(job))
+            metrics.jobs_total.labels(job.kind, job.status).inc()
+            return job, True
+        except KeyWrongLastSequenceError:
+            existing = await self.get(job.id)
+            if existing is None:  # deleted in between: try once more
+                await self.kv.put(job.id, _encoder.encode(job))
+                return job, True
+            return existing, False
+
+    async def update(self, job_id: str, change: Callable[[Job], Job], *, attempts: int = 50) -> Job:
+        """Apply `change` with compare-and-set, retrying on conflict with a fresh read."""
+        for attempt in range(attempts):
+            current = await self._entry(job_id)
+            if current is None:
+                raise KeyError(f"job {job_id!r} not found")
+            job, revision = current
+            changed = change(job)
+            if changed is job:
+                return job
+            changed = msgspec.structs.replace(changed, updated=now())
+            try:
+                await self.kv.update(job_id, _encoder.encode(changed), last=revision)
+                if changed.status != job.status:
+                    metrics.jobs_total.labels(changed.kind, changed.status).inc()
+                return changed
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(min(0.002 * (attempt + 1), 0.05))
+        raise RuntimeError(f"job {job_id!r}: gave up after {attempts} conflicting updates")
+
+    async def fail(self, job_id: str, stage: str, reason: str, kind: JobKind = "asset") -> Job:
+        """Mark failed with the reason; creates the record when the job never got one."""
+        def change(job: Job) -> Job:
+            failed = job.with_error(stage, reason)
+            if job.final:
+                return failed
+            return msgspec.structs.replace(failed, status="failed", stage=stage)
+
+        if await self.get(job_id) is None:
+            await self.create(new_job(job_id, kind, stage=stage))
+        return await self.update(job_id, change)
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        job = await self.get(job_id)
+        return job is not None and job.status == "cancelled"
+
+    async def put_raw(self, key: str, value: bytes) -> None:
+        """Side records (`{job}.chunk.{n}`) that are written whole by one owner."""
+        await self.kv.put(key, value)
+
+    async def get_raw(self, key: str) -> bytes | None:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None
+        return entry.value or None
+
+
+def encode_job(job: Job) -> bytes:
+    return _encoder.encode(job)
+
+
+def decode_job(payload: bytes) -> Job:
+    return _decoder.decode(payload)

@@ -1,0 +1,427 @@
+"""The worker runtime every stage runs on: the JetStream protocol, written once.
+
+A stage is `Stage(name, stream, handle, accepts)`, where `handle(event, ctx)` does the work and
+returns the messages to send next. Around it the runtime:
+
+- pulls in batches, keeps at most `concurrency` handlers in flight, offers a thread pool for
+  CPU-heavy work (`ctx.run_cpu`) so the event loop keeps heartbeating;
+- heartbeats every in-flight message with `in_progress()`, so a slow handler is never
+  redelivered while its process lives, and a dead process's work is redelivered after ack_wait;
+- publishes the returned messages (with their derived `Nats-Msg-Id`) and only then acks;
+- on `Retry` or a transient error: `nak(delay)` on the backoff schedule; on `Reject` (bad
+  input) or when deliveries are used up: a dead letter in JM_DLQ, the job marked failed with the
+  reason in KV, `term()`;
+- skips (acks) messages of cancelled jobs, and cancels the running handler when its job is
+  cancelled (its `finally` blocks clean up: kill ffmpeg, abort the multipart upload);
+- on shutdown: stops pulling, lets in-flight work finish within the grace period, naks the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from . import bus, metrics
+from . import messages as m
+from .config import Settings
+from .jobs import JobStore
+from .storage import Storage, is_transient
+
+log = logging.getLogger("jetmedia.runtime")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+CANCEL_SUBJECT = "jetmedia.control.cancel"
+
+
+class Retry(Exception):
+    """Try again later: the input is fine, something around it is not (yet)."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Reject(Exception):
+    """Permanent: this input can never succeed (bad, unsupported, over a limit)."""
+
+
+@dataclass(frozen=True)
+class Emit:
+    subject: str
+    event: m.Event
+
+
+Handler = Callable[[Any, "Context"], Awaitable[Sequence[Emit]]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # durable consumer name and `stage` metric label
+    stream: str
+    handle: Handler
+    accepts: tuple[type[m.Event], ...]
+    concurrency: int | None = None  # default: settings.concurrency
+    cancellable: bool = True  # skip/cancel work of cancelled jobs
+
+
+class Services:
+    """What handlers share within one process: connections, stores, the CPU pool."""
+
+    def __init__(self, settings: Settings, nc: NATS, js: JetStreamContext, jobs: JobStore, storage: Storage):
+        self.settings = settings
+        self.nc = nc
+        self.js = js
+        self.jobs = jobs
+        self.storage = storage
+        threads = settings.cpu_threads or os.cpu_count() or 2
+        self.cpu = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jetmedia-cpu")
+        self.workers: list[Worker] = []
+        self._cancel_sub: Any = None
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def open(cls, settings: Settings, name: str = "jetmedia", *, layout: bool = True):  # type: ignore[no-untyped-def]
+        """Connect to NATS and S3, make sure the layout exists; close everything on exit."""
+        nc = await bus.connect(settings, name)
+        try:
+            js = nc.jetstream()
+            if layout:
+                await bus.ensure_layout(js, settings)
+            jobs = await JobStore.open(js, settings.replicas)
+            async with Storage(settings) as storage:
+                services = cls(settings, nc, js, jobs, storage)
+                await services._listen_for_cancels()
+                try:
+                    yield services
+                finally:
+                    services.cpu.shutdown(wait=False, cancel_futures=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.drain()
+
+    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.cpu, lambda: fn(*args, **kwargs))
+
+    async def publish(self, emit: Emit) -> bool:
+        return await bus.publish(self.js, emit.subject, emit.event)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Mark a job cancelled and tell every worker to stop its in-flight work for it."""
+        def change(job):  # type: ignore[no-untyped-def]
+            return job if job.final else msgspec.structs.replace(job, status="cancelled")
+
+        job = await self.jobs.update(job_id, change)
+        await self.nc.publish(CANCEL_SUBJECT, job_id.encode())
+        await self.nc.flush()
+        return job.status == "cancelled"
+
+    async def _listen_for_cancels(self) -> None:
+        async def on_cancel(msg: Msg) -> None:
+            job_id = msg.data.decode(errors="replace")
+            for worker in self.workers:
+                worker.cancel_job(job_id)
+
+        self._cancel_sub = await self.nc.subscribe(CANCEL_SUBJECT, cb=on_cancel)
+
+
+class Context:
+    """What a handler sees of the world for one message."""
+
+    def __init__(self, services: Services, stage: str, job: str | None, delivery: int) -> None:
+        self.services = services
+        self.stage = stage
+        self.job = job
+        self.delivery = delivery
+        self.last_progress = time.monotonic()
+
+    @property
+    def settings(self) -> Settings:
+        return self.services.settings
+
+    @property
+    def storage(self) -> Storage:
+        return self.services.storage
+
+    @property
+    def jobs(self) -> JobStore:
+        return self.services.jobs
+
+    async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self.services.run_cpu(fn, *args, **kwargs)
+
+    def progress(self) -> None:
+        """Tell the runtime the handler is advancing (used by stall detection)."""
+        self.last_progress = time.monotonic()
+
+    def count_bytes(self, direction: str, n: int) -> None:
+        metrics.bytes_total.labels(self.stage, direction).inc(n)
+
+
+@dataclass
+class InFlight:
+    msg: Msg
+    job: str | None
+    task: asyncio.Task[None] | None = None
+    job_cancelled: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """One stage's pull loop. Several Workers may share a process (`jetmedia up`)."""
+
+    def __init__(self, stage: Stage, services: Services) -> None:
+        self.stage = stage
+        self.services = services
+        self.settings = services.settings
+        self.concurrency = stage.concurrency or self.settings.concurrency
+        self.inflight: dict[asyncio.Task[None], InFlight] = {}
+        self.shutting_down = False
+        metrics.prime(stage.name)
+        services.workers.append(self)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        js = self.services.js
+        sub = await js.pull_subscribe_bind(durable=self.stage.name, stream=self.stage.stream)
+        advisories = await self._watch_max_deliveries()
+        heartbeat = asyncio.create_task(self._heartbeat(stopping), name=f"{self.stage.name}-heartbeat")
+        log.info("stage %s: pulling from %s (concurrency %d)", self.stage.name, self.stage.stream, self.concurrency)
+        try:
+            while not stopping.is_set():
+                free = self.concurrency - len(self.inflight)
+                if free <= 0:
+                    await asyncio.wait(list(self.inflight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                try:
+                    batch = await sub.fetch(free, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
+                        nats.errors.NoRespondersError, nats.errors.Error) as exc:
+                    log.warning("stage %s: fetch failed (%s); retrying", self.stage.name, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for msg in batch:
+                    self._start(msg)
+        finally:
+            await self._drain()
+            heartbeat.cancel()
+            for sub_ in (sub, advisories):
+                with contextlib.suppress(Exception):
+                    await sub_.unsubscribe()
+            log.info("stage %s: stopped", self.stage.name)
+
+    def _start(self, msg: Msg) -> None:
+        flight = InFlight(msg=msg, job=None)
+        task = asyncio.create_task(self._process(flight))
+        flight.task = task
+        self.inflight[task] = flight
+        task.add_done_callback(self.inflight.pop)
+
+    async def _drain(self) -> None:
+        """Shutdown: let in-flight handlers finish within the grace period, nak the rest."""
+        self.shutting_down = True
+        if not self.inflight:
+            return
+        log.info("stage %s: finishing %d in-flight message(s)", self.stage.name, len(self.inflight))
+        _done, pending = await asyncio.wait(list(self.inflight), timeout=self.settings.shutdown_grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
+    async def _heartbeat(self, stopping: asyncio.Event) -> None:
+        interval = max(self.settings.ack_wait / 4, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            for flight in list(self.inflight.values()):
+                with contextlib.suppress(Exception):
+                    await flight.msg.in_progress()
+
+    def cancel_job(self, job_id: str) -> None:
+        if not self.stage.cancellable:
+            return
+        for task, flight in list(self.inflight.items()):
+            if flight.job == job_id and not task.done():
+                log.info("stage %s: job %s cancelled; stopping its handler", self.stage.name, job_id)
+                flight.job_cancelled = True
+                task.cancel()
+
+    # --- one message ------------------------------------------------------------------
+
+    async def _process(self, flight: InFlight) -> None:
+        msg = flight.msg
+        stage = self.stage.name
+        delivery = _delivery(msg)
+        started = time.perf_counter()
+        metrics.in_progress.labels(stage).inc()
+        outcome = "ok"
+        try:
+            event = self._decode(msg)
+            flight.job = m.job_of(event)
+            if self.stage.cancellable and flight.job and await self.services.jobs.is_cancelled(flight.job):
+                log.info("stage %s: job %s is cancelled; skipping", stage, flight.job)
+                outcome = "skipped"
+                await msg.ack()
+                return
+            ctx = Context(self.services, stage, flight.job, delivery)
+            emits = await self.stage.handle(event, ctx)
+            for emit in emits:
+                await self.services.publish(emit)
+            await msg.ack()
+            metrics.last_success.labels(stage).set_to_current_time()
+        except asyncio.CancelledError:
+            if flight.job_cancelled:
+                outcome = "skipped"
+                await msg.ack()
+                return
+            outcome = "retry"  # shutdown: hand it to another replica now
+            with contextlib.suppress(Exception):
+                await msg.nak()
+            raise
+        except Exception as exc:
+            outcome = await self._failed(msg, flight.job, exc, delivery)
+        finally:
+            elapsed = time.perf_counter() - started
+            metrics.in_progress.labels(stage).dec()
+            metrics.processing_seconds.labels(stage).observe(elapsed)
+            metrics.messages_total.labels(stage, outcome).inc()
+            log.info("stage=%s job=%s outcome=%s delivery=%d seconds=%.3f",
+                     stage, flight.job, outcome, delivery, elapsed)
+
+    def _decode(self, msg: Msg) -> m.AnyEvent:
+        try:
+            event = m.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            raise Reject(f"malformed message: not valid JSON ({exc})") from None
+        except msgspec.ValidationError as exc:
+            raise Reject(f"malformed message: {exc}") from None
+        if not isinstance(event, self.stage.accepts):
+            raise Reject(
+                f"stage {self.stage.name} does not handle {type(event).__name__} "
+                f"(type {msgspec.inspect.type_info(type(event)).tag!r})"  # type: ignore[attr-defined]
+            )
+        return event
+
+    async def _failed(self, msg: Msg, job: str | None, exc: Exception, delivery: int) -> str:
+        stage = self.stage.name
+        permanent = isinstance(exc, Reject)
+        reason = _describe(exc)
+        if not permanent and delivery < self.settings.max_deliver:
+            delay = self.settings.backoff_for(delivery)
+            if isinstance(exc, Retry) and exc.delay is not None:
+                delay = exc.delay
+            log.warning("stage %s: job %s delivery %d failed (%s); retry in %.1fs", stage, job, delivery, reason, delay)
+            await msg.nak(delay=delay)
+            return "retry"
+        if not permanent:
+            reason = f"gave up after {delivery} deliveries: {reason}"
+        log.error("stage %s: job %s failed: %s", stage, job, reason, exc_info=not isinstance(exc, (Reject, Retry)))
+        meta = msg.metadata
+        await dead_letter(
+            self.services, stage=stage, job=job, error_class=type(exc).__name__, error=reason,
+            permanent=permanent, delivery=delivery, stream=meta.stream, seq=meta.sequence.stream,
+            subject=msg.subject, payload=msg.data,
+        )
+        await msg.term()
+        return "failed" if permanent else "dead"
+
+    # --- crashes on the last delivery ------------------------------------------------
+
+    async def _watch_max_deliveries(self) -> Any:
+        """A worker that dies on the last delivery cannot dead-letter its message; the server's
+        advisory can. A queue group makes one replica handle each advisory."""
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stage.stream}.{self.stage.name}"
+
+        async def on_advisory(adv: Msg) -> None:
+            try:
+                info = msgspec.json.decode(adv.data, type=_MaxDeliveries)
+                raw = await self.services.js.get_msg(info.stream, info.stream_seq)
+                payload = raw.data or b""
+                try:
+                    job = m.job_of(m.decode(payload))
+                except msgspec.MsgspecError:
+                    job = None
+                await dead_letter(
+                    self.services, stage=self.stage.name, job=job, error_class="MaxDeliveries",
+                    error=f"not acknowledged after {info.deliveries} deliveries (worker crashed or timed out)",
+                    permanent=False, delivery=info.deliveries, stream=info.stream, seq=info.stream_seq,
+                    subject=raw.subject or "", payload=payload,
+                )
+                await self.services.js.delete_msg(info.stream, info.stream_seq)
+            except Exception:
+                log.exception("stage %s: could not dead-letter from advisory", self.stage.name)
+
+        return await self.services.nc.subscribe(subject, queue=f"jetmedia-{self.stage.name}-dlq", cb=on_advisory)
+
+
+class _MaxDeliveries(msgspec.Struct):
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+async def dead_letter(
+    services: Services, *, stage: str, job: str | None, error_class: str, error: str, permanent: bool,
+    delivery: int, stream: str, seq: int, subject: str, payload: bytes,
+) -> None:
+    """Record a failure where people look: JM_DLQ, the job's KV record, the failed-jobs event.
+    Ids derive from the stream sequence, so recording twice after a crash stores one copy."""
+    letter = m.DeadLetter(
+        id=f"dlq:{stream}:{seq}", source=services.settings.source, time=m.now(), subject=job,
+        data=m.DeadLetterData(
+            stage=stage, error_class=error_class, error=error, permanent=permanent, delivery_count=delivery,
+            stream=stream, stream_seq=seq, original_subject=subject,
+            original=payload.decode("utf-8", errors="replace"), job=job,
+        ),
+    )
+    await bus.publish(services.js, f"{m.DLQ_PREFIX}.{stage}", letter)
+    if job:
+        await services.jobs.fail(job, stage, error)
+        failed = m.JobFailed(
+            id=m.derived_id(job, "failed"), source=services.settings.source, time=m.now(), subject=job,
+            data=m.JobFailedData(job=job, stage=stage, error=error),
+        )
+        await bus.publish(services.js, m.EVENTS_JOB_FAILED, failed)
+
+
+def _delivery(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:
+        return 1
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if is_transient(exc):
+        return f"storage temporarily unavailable: {text}"
+    return text
+
+
+async def run_stages(services: Services, stages: Sequence[Stage], stopping: asyncio.Event) -> None:
+    """Run several stages in this process until `stopping` is set, then drain them all."""
+    workers = [Worker(stage, services) for stage in stages]
+    try:
+        await asyncio.gather(*(worker.run(stopping) for worker in workers))
+    finally:
+        for worker in workers:
+            with contextlib.suppress(ValueError):
+                services.workers.remove(worker)

@@ -1,0 +1,93 @@
+"""What tests do again and again: run stages in the background, publish, wait, read streams."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from shared import messages as m
+from shared.config import Settings
+from shared.runtime import Services, Stage, run_stages
+
+T = TypeVar("T")
+
+
+@contextlib.asynccontextmanager
+async def running(services: Services, stages: Sequence[Stage]) -> AsyncIterator[asyncio.Event]:
+    """Run stages in this process for the duration of the block; drain them at the end."""
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_stages(services, stages, stopping))
+    await asyncio.sleep(0.05)
+    try:
+        yield stopping
+    finally:
+        stopping.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0, every: float = 0.05) -> T:
+    """Poll until `probe` returns something truthy; fail with its last value otherwise."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s (last value: {last!r})")
+
+
+async def stream_events(services: Services, stream: str, subject: str = ">") -> list[m.AnyEvent]:
+    """Everything currently in a stream (read with an ephemeral consumer, nothing consumed)."""
+    info = await services.js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    sub = await services.js.pull_subscribe(
+        subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0)
+    )
+    events: list[m.AnyEvent] = []
+    try:
+        while True:
+            try:
+                batch = await sub.fetch(500, timeout=0.5)
+            except TimeoutError:
+                break
+            for msg in batch:
+                events.append(m.decode(msg.data))
+                await msg.ack()
+    finally:
+        await sub.unsubscribe()
+    return events
+
+
+def worker_process(settings: Settings, *stages: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """A separate `jetmedia worker` process (a replica), pointed at the test stack."""
+    variables = {**os.environ, **settings_env(settings), **(env or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "worker", *stages],
+        env=variables, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    out = {}
+    for name in Settings.__struct_fields__:
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+        out["JETMEDIA_" + name.upper()] = text
+    return out
+
+
+def asset_event(key: str, event_id: str | None = None, **data: object) -> m.AssetUploaded:
+    return m.AssetUploaded(id=event_id or m.new_id(), source="test", time=m.now(),
+                           data=m.AssetUploadedData(key=key, **data))  # type: ignore[arg-type]

@@ -1,0 +1,58 @@
+"""The README's first example, as a test: upload a photo, publish one event, get variants."""
+
+from __future__ import annotations
+
+import pyvips
+
+from services import samples, stages
+from shared import bus
+from shared import messages as m
+from shared.runtime import Services
+from tests.helpers import asset_event, eventually, running, stream_events
+
+
+async def test_photo_becomes_ready_with_webp_in_s3(services: Services) -> None:
+    await services.storage.put_bytes("uploads/cat.jpg", samples.photo(1600, 1200))
+    event = asset_event("uploads/cat.jpg", event_id="cat-1")
+
+    async with running(services, stages.load_all()):
+        await bus.publish(services.js, m.UPLOAD_ASSET, event)
+        job = await eventually(lambda: _final(services, "cat-1"))
+
+    assert job.status == "ready", job.errors
+    assert job.media == "image" and job.done == job.total == 1
+    thumb = next(o for o in job.outputs if o.preset == "thumb")
+    assert thumb.key == "variants/cat-1/thumb.webp"
+    stored = pyvips.Image.new_from_buffer(await services.storage.get_bytes(thumb.key), "")
+    assert (stored.width, stored.height) == (400, 300) == (thumb.width, thumb.height)
+    assert stored.get("vips-loader").startswith("webpload")
+
+    ready = [e for e in await stream_events(services, "JM_EVENTS") if isinstance(e, m.AssetReady)]
+    assert [e.data.job for e in ready] == ["cat-1"]
+    assert ready[0].data.outputs == job.outputs
+
+
+async def test_unknown_bytes_fail_with_reason_in_kv_and_dlq(services: Services) -> None:
+    await services.storage.put_bytes("uploads/notes.jpg", b"plain text, not a JPEG")
+    async with running(services, stages.load_all()):
+        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/notes.jpg", event_id="notes"))
+        job = await eventually(lambda: _final(services, "notes"))
+        letters = await eventually(lambda: stream_events(services, "JM_DLQ"))
+
+    assert job.status == "failed"
+    assert "unsupported file type" in job.errors[-1].reason
+    assert len(letters) == 1 and isinstance(letters[0], m.DeadLetter)
+    assert letters[0].data.stage == "upload" and letters[0].data.permanent
+
+
+async def test_missing_source_object_fails_clearly(services: Services) -> None:
+    async with running(services, stages.load_all()):
+        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/ghost.jpg", event_id="ghost"))
+        job = await eventually(lambda: _final(services, "ghost"))
+    assert job.status == "failed"
+    assert "does not exist" in job.errors[-1].reason
+
+
+async def _final(services: Services, job_id: str):  # type: ignore[no-untyped-def]
+    job = await services.jobs.get(job_id)
+    return job if job is not None and job.final else None
