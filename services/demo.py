@@ -60,9 +60,9 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
                 for letter in letters:
                     console.print(f"  dead letter: stage={letter.data.stage} job={letter.data.job} "
                                   f"{letter.data.error_class}: {letter.data.error}")
-                outcome = {record.id: str(record.status) for record in jobs}
-                ok = all(outcome.get(job_id) == want for job_id, want in expected.items())
-                console.print("[green]demo OK[/]" if ok else f"[red]demo FAILED[/]: {outcome} != {expected}")
+                statuses = {record.id: str(record.status) for record in jobs}
+                ok = all(statuses.get(job_id) == want for job_id, want in expected.items())
+                console.print("[green]demo OK[/]" if ok else f"[red]demo FAILED[/]: {statuses} != {expected}")
                 return 0 if ok else 1
             finally:
                 stopping.set()

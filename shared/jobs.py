@@ -9,6 +9,7 @@ stays small (counters and summaries); per-chunk detail goes under its own keys.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from datetime import datetime
 from typing import Literal
@@ -64,6 +65,7 @@ class Job(Struct, kw_only=True, frozen=True):
     created: datetime
     updated: datetime
     expires: datetime | None = None
+    percent: float | None = None  # progress of a long step (a transcode), 0-100
 
     @property
     def final(self) -> bool:
@@ -131,7 +133,7 @@ class JobStore:
                 return job, True
             return existing, False
 
-    async def update(self, job_id: str, change: Callable[[Job], Job], *, attempts: int = 50) -> Job:
+    async def update(self, job_id: str, change: Callable[[Job], Job], *, attempts: int = 1000) -> Job:
         """Apply `change` with compare-and-set, retrying on conflict with a fresh read."""
         for attempt in range(attempts):
             current = await self._entry(job_id)
@@ -148,7 +150,7 @@ class JobStore:
                     metrics.jobs_total.labels(changed.kind, changed.status).inc()
                 return changed
             except KeyWrongLastSequenceError:
-                await asyncio.sleep(min(0.002 * (attempt + 1), 0.05))
+                await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 10), 0.1)))
         raise RuntimeError(f"job {job_id!r}: gave up after {attempts} conflicting updates")
 
     async def fail(self, job_id: str, stage: str, reason: str, kind: JobKind = "asset") -> Job:

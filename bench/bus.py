@@ -1,0 +1,114 @@
+"""Bus throughput: raw nats-py fetch+ack vs a no-op stage through the jetmedia runtime.
+
+Same embedded nats-server, same message count, measured side by side in one run. The no-op
+stage does what every stage does around its work: decode the CloudEvent, publish the next
+message (with its derived Nats-Msg-Id, awaiting the PubAck), then ack.
+
+    .venv/bin/python bench/bus.py [--messages 20000] [--concurrency 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+from nats.js.api import RetentionPolicy, StreamConfig
+from rich.console import Console
+from rich.table import Table
+
+from shared import bus
+from shared import messages as m
+from shared.config import Settings
+from shared.devstack import EmbeddedStack
+from shared.runtime import Context, Emit, Services, Stage, run_stages
+
+
+async def fill(services: Services, subject: str, count: int, job_prefix: str) -> None:
+    window = 500
+    for start in range(0, count, window):
+        batch = []
+        for i in range(start, min(start + window, count)):
+            job = f"{job_prefix}{i}"
+            event = m.VariantRequested(id=m.derived_id(job, "variant"), subject=job, time=m.now(),
+                                       data=m.VariantRequestedData(job=job, asset=job, bucket="b", key="k"))
+            batch.append(bus.publish(services.js, subject, event))
+        await asyncio.gather(*batch)
+
+
+async def raw_fetch_ack(services: Services, count: int) -> float:
+    js = services.js
+    await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw"], retention=RetentionPolicy.WORK_QUEUE))
+    await fill(services, "bench.raw", count, "raw")
+    sub = await js.pull_subscribe("bench.raw", durable="raw", stream="BENCH_RAW")
+    started = time.perf_counter()
+    seen = 0
+    while seen < count:
+        for msg in await sub.fetch(500, timeout=5):
+            await msg.ack()
+            seen += 1
+    elapsed = time.perf_counter() - started
+    await js.delete_stream("BENCH_RAW")
+    return elapsed
+
+
+async def noop_stage(event: m.VariantRequested, ctx: Context) -> list[Emit]:
+    part = m.PartDone(id=m.derived_id(event.data.job, "variant", event.data.asset), subject=event.data.job,
+                      data=m.PartData(job=event.data.job, asset=event.data.asset, part="variant"))
+    return [Emit(m.FINALIZE_ASSET, part)]
+
+
+async def through_runtime(services: Services, count: int, cancellable: bool) -> float:
+    await services.js.purge_stream("JM_FINALIZE")
+    await fill(services, m.VARIANT, count, f"rt{int(cancellable)}-")
+    stage = Stage(name="variant", stream="JM_VARIANT", handle=noop_stage, accepts=(m.VariantRequested,),
+                  cancellable=cancellable)
+    stopping = asyncio.Event()
+    started = time.perf_counter()
+    task = asyncio.create_task(run_stages(services, [stage], stopping))
+    while True:
+        info = await services.js.consumer_info("JM_VARIANT", "variant")
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            break
+        await asyncio.sleep(0.02)
+    elapsed = time.perf_counter() - started
+    stopping.set()
+    await task
+    emitted = (await services.js.stream_info("JM_FINALIZE")).state.messages
+    assert emitted == count, f"expected {count} emitted, found {emitted}"
+    return elapsed
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedStack(Path(tmp)) as stack:
+        assert stack.nats and stack.s3
+        settings = Settings.from_env({}, nats_url=stack.nats.url, s3_endpoint=stack.s3.url, s3_access_key="x",
+                                     s3_secret_key="x", concurrency=args.concurrency, log_level="WARNING")
+        async with Services.open(settings, name="bench") as services:
+            rows = [
+                ("raw nats-py fetch(500)+ack", await raw_fetch_ack(services, args.messages)),
+                ("no-op stage via runtime (decode, publish next, ack)",
+                 await through_runtime(services, args.messages, cancellable=False)),
+                ("same, plus KV cancellation check per message",
+                 await through_runtime(services, args.messages, cancellable=True)),
+            ]
+    table = Table(title=f"bus throughput, {args.messages} messages, one process, concurrency {args.concurrency}")
+    for column in ("path", "seconds", "msgs/s", "vs raw"):
+        table.add_column(column, justify="right")
+    raw_rate = args.messages / rows[0][1]
+    for name, seconds in rows:
+        rate = args.messages / seconds
+        table.add_row(name, f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / raw_rate:.2f}x")
+    Console(width=120).print(table)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

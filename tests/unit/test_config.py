@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.config import Settings, settings_help
+
+
+def test_reads_jetmedia_variables_with_types() -> None:
+    settings = Settings.from_env({
+        "JETMEDIA_NATS_URL": "nats://u:secret@10.0.0.1:4222", "JETMEDIA_CONCURRENCY": "8",
+        "JETMEDIA_ACK_WAIT": "12.5", "JETMEDIA_RETRY_BACKOFF": "1, 2,4", "JETMEDIA_S3_SECRET_KEY": "hush",
+        "OTHER": "ignored",
+    })
+    assert settings.concurrency == 8 and settings.ack_wait == 12.5
+    assert settings.retry_backoff == (1.0, 2.0, 4.0)
+    shown = settings.redacted()
+    assert shown["s3_secret_key"] == "***" and "secret" not in shown["nats_url"]
+
+
+def test_bad_values_say_which_variable() -> None:
+    with pytest.raises(ValueError, match="concurrency"):
+        Settings.from_env({"JETMEDIA_CONCURRENCY": "lots"})
+
+
+def test_backoff_grows_then_holds() -> None:
+    settings = Settings(retry_backoff=(1.0, 2.0, 4.0))
+    assert [settings.backoff_for(n) for n in (1, 2, 3, 4, 9)] == [1.0, 2.0, 4.0, 4.0, 4.0]
+
+
+def test_help_lists_every_setting() -> None:
+    names = [name for name, _ in settings_help()]
+    assert len(names) == len(Settings.__struct_fields__)
+    assert "JETMEDIA_NATS_URL" in names and "JETMEDIA_BUCKET" in names
