@@ -7,6 +7,7 @@ misbehaves in one specific way, and asserts on what the server, the DLQ and KV t
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -73,7 +74,7 @@ async def test_transient_failure_retries_with_growing_delays_then_succeeds(servi
         await eventually(lambda: consumer_idle(services), timeout=30)
 
     assert len(seen) == 4
-    gaps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(seen)]
     backoff = services.settings.retry_backoff
     for gap, expected in zip(gaps, backoff, strict=False):
         assert gap >= expected * 0.9
