@@ -11,7 +11,6 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-import nats
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -60,6 +59,7 @@ async def connect(settings: Settings, name: str = "jetmedia") -> NATS:
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
+        "drain_timeout": 5,
     }
     if settings.nats_user:
         options["user"] = settings.nats_user
@@ -75,14 +75,17 @@ async def connect(settings: Settings, name: str = "jetmedia") -> NATS:
         log.warning("nats: %s", exc)
 
     async def on_disconnect() -> None:
-        log.warning("nats: disconnected")
+        if not (client.is_closed or client.is_draining):
+            log.warning("nats: disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats: reconnected")
 
-    return await nats.connect(
+    client = NATS()
+    await client.connect(
         error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
     )
+    return client
 
 
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:

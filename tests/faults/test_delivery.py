@@ -7,6 +7,7 @@ misbehaves in one specific way, and asserts on what the server, the DLQ and KV t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Coroutine
@@ -203,3 +204,38 @@ async def test_cancelled_job_is_skipped_and_running_handler_stopped(services: Se
 async def _at_least(events: Coroutine[Any, Any, list[m.AnyEvent]], n: int) -> list[m.AnyEvent] | None:
     found = await events
     return found if len(found) >= n else None
+
+
+async def test_worker_dying_on_every_delivery_is_dead_lettered_from_the_server_advisory(
+    services: Services,
+) -> None:
+    """A poison message that crashes its worker each time never reaches our own error path; the
+    server's MAX_DELIVERIES advisory does, and one replica turns it into a dead letter."""
+    settings = services.settings.replace(max_deliver=2)
+    async with Services.open(settings, name="advisory") as strict:
+        from shared.runtime import Worker
+
+        listener = Worker(stage_with(_never_called), strict)
+        advisories = await listener._watch_max_deliveries()
+        try:
+            await publish_job(strict, "poison")
+            zombie = await strict.js.pull_subscribe_bind(durable="variant", stream="JM_VARIANT")
+            for _ in range(2):  # delivered, never acked: what a crashing worker looks like
+                await zombie.fetch(1, timeout=settings.ack_wait * 3)
+            with contextlib.suppress(TimeoutError):  # a replica still pulling: the server gives up now
+                await zombie.fetch(1, timeout=settings.ack_wait * 2)
+            letters = await eventually(lambda: stream_events(strict, "JM_DLQ"), timeout=20)
+            await zombie.unsubscribe()
+        finally:
+            await advisories.unsubscribe()
+
+    assert len(letters) == 1 and isinstance(letters[0], m.DeadLetter)
+    assert letters[0].data.error_class == "MaxDeliveries" and letters[0].data.delivery_count == 2
+    assert letters[0].data.job == "poison"
+    job = await services.jobs.get("poison")
+    assert job is not None and job.status == "failed" and "2 deliveries" in job.errors[-1].reason
+    assert (await services.js.stream_info("JM_VARIANT")).state.messages == 0  # not left behind
+
+
+async def _never_called(event: m.VariantRequested, ctx: Context) -> None:
+    raise AssertionError("the listener must not handle messages")
