@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -37,7 +37,7 @@ from nats.js import JetStreamContext
 from . import bus, metrics
 from . import messages as m
 from .config import Settings
-from .jobs import JobStore
+from .jobs import Job, JobStore
 from .storage import Storage, is_transient
 
 log = logging.getLogger("jetmedia.runtime")
@@ -94,7 +94,7 @@ class Services:
 
     @classmethod
     @contextlib.asynccontextmanager
-    async def open(cls, settings: Settings, name: str = "jetmedia", *, layout: bool = True):  # type: ignore[no-untyped-def]
+    async def open(cls, settings: Settings, name: str = "jetmedia", *, layout: bool = True) -> AsyncIterator[Services]:
         """Connect to NATS and S3, make sure the layout exists; close everything on exit."""
         nc = await bus.connect(settings, name)
         try:
@@ -122,7 +122,7 @@ class Services:
 
     async def cancel(self, job_id: str) -> bool:
         """Mark a job cancelled and tell every worker to stop its in-flight work for it."""
-        def change(job):  # type: ignore[no-untyped-def]
+        def change(job: Job) -> Job:
             return job if job.final else msgspec.structs.replace(job, status="cancelled")
 
         job = await self.jobs.update(job_id, change)
@@ -200,7 +200,7 @@ class Worker:
         js = self.services.js
         sub = await js.pull_subscribe_bind(durable=self.stage.name, stream=self.stage.stream)
         advisories = await self._watch_max_deliveries()
-        heartbeat = asyncio.create_task(self._heartbeat(stopping), name=f"{self.stage.name}-heartbeat")
+        heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.stage.name}-heartbeat")
         log.info("stage %s: pulling from %s (concurrency %d)", self.stage.name, self.stage.stream, self.concurrency)
         try:
             while not stopping.is_set():
@@ -246,7 +246,7 @@ class Worker:
         if pending:
             await asyncio.wait(pending, timeout=5)
 
-    async def _heartbeat(self, stopping: asyncio.Event) -> None:
+    async def _heartbeat(self) -> None:
         interval = max(self.settings.ack_wait / 4, 0.05)
         while True:
             await asyncio.sleep(interval)
@@ -315,7 +315,7 @@ class Worker:
         if not isinstance(event, self.stage.accepts):
             raise Reject(
                 f"stage {self.stage.name} does not handle {type(event).__name__} "
-                f"(type {msgspec.inspect.type_info(type(event)).tag!r})"  # type: ignore[attr-defined]
+                f"(type {type(event).__struct_config__.tag!r})"
             )
         return event
 
