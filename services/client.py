@@ -22,6 +22,14 @@ from shared.runtime import Services
 console = Console(stderr=True)
 
 
+def output_console() -> Console:
+    """Tables on stdout; piped output (CI logs, scripts) gets full lines instead of 80 columns."""
+    out = Console()
+    if not out.is_terminal:
+        out.width = 200
+    return out
+
+
 async def publish_asset(services: Services, key: str, *, event_id: str | None = None) -> str:
     """Start an asset job for an object already in S3; returns the job id."""
     event = m.AssetUploaded(
@@ -89,7 +97,7 @@ def print_jobs(jobs: Sequence[Job]) -> None:
                             for o in job.outputs) or (job.url or "")
         errors = "\n".join(f"{e.stage}: {e.reason}" for e in job.errors[-3:])
         table.add_row(job.id, job.kind, job.media or "", job.status, outputs, errors)
-    Console().print(table)
+    output_console().print(table)
 
 
 async def show_status(settings: Settings, job_id: str, *, follow: bool) -> int:
@@ -152,5 +160,5 @@ async def list_dead_letters(settings: Settings, stage: str | None, limit: int) -
         for letter in letters:
             d = letter.data
             table.add_row(str(letter.time), d.stage, d.job or "", f"{d.error_class}: {d.error}", str(d.delivery_count))
-        Console().print(table)
+        output_console().print(table)
         return 0

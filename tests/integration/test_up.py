@@ -1,0 +1,63 @@
+"""`jetmedia up` prints where everything is, serves jobs, and stops cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from services import samples
+
+
+def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    env = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        banner = _read_until(up, "Ctrl-C stops everything.", timeout=60)
+        exports = dict(re.findall(r"export (JETMEDIA_\w+)=(\S+)", banner))
+        assert {"JETMEDIA_NATS_URL", "JETMEDIA_S3_ENDPOINT"} <= set(exports)
+        metrics_url = re.search(r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)", banner)
+        assert metrics_url, banner
+
+        photo = tmp_path / "beach.jpg"
+        photo.write_bytes(samples.photo(900, 600))
+        submit = subprocess.run(
+            [sys.executable, "-m", "services.cli", "submit", str(photo), "--wait"],
+            env={**env, **exports}, capture_output=True, text=True, timeout=120,
+        )
+        assert submit.returncode == 0, submit.stdout + submit.stderr
+        assert "thumb.webp" in submit.stdout
+
+        with urllib.request.urlopen(metrics_url.group(1), timeout=5) as resp:
+            text = resp.read().decode()
+        assert 'jetmedia_messages_total{outcome="ok",stage="variant"} 1.0' in text
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+    assert not list((tmp_path / "stack").rglob("*.ports")), "nats-server left running"
+
+
+def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"`jetmedia up` did not get ready:\n{seen[-3000:]}")
