@@ -3,6 +3,8 @@
     jetmedia up              embedded stack (nats-server, local S3) + every stage, until Ctrl-C
     jetmedia demo            the embedded stack, sample media through every stage, results, exit
     jetmedia worker [STAGE]  run stages against JETMEDIA_NATS_URL / JETMEDIA_S3_ENDPOINT (compose)
+    jetmedia collector       export queue depth and JetStream usage (one per deployment)
+    jetmedia health          exit 0 when this host's jetmedia process is ready (compose health checks)
     jetmedia submit FILE     upload a file and start an asset job (--wait draws a progress bar)
     jetmedia status JOB      a job's record (--follow until it ends)
     jetmedia cancel JOB      cancel a job; running work stops at the next boundary
@@ -22,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from shared import logs, metrics
+from shared import bus, logs, metrics, queue_metrics
 from shared.config import Settings, settings_help
 from shared.devstack import EmbeddedStack
 from shared.runtime import Services, run_stages
@@ -62,16 +64,29 @@ async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[Em
         await asyncio.to_thread(stack.stop)
 
 
-async def serve_stages(settings: Settings, names: Sequence[str], stopping: asyncio.Event, *, ready: str = "") -> None:
-    """Run stages in this process until `stopping`; metrics endpoint alongside."""
-    chosen = [stages.load(name) for name in names] if names else stages.load_all()
+async def serve_stages(
+    settings: Settings, names: Sequence[str], stopping: asyncio.Event, *, ready: str = "", collect: bool = False
+) -> None:
+    """Run stages in this process until `stopping`; metrics endpoint alongside (and the queue
+    collector with `collect`, for the single-process stack)."""
+    periodic = [n for n in names if n in stages.PERIODIC_MODULES] if names else list(stages.PERIODIC_MODULES)
+    chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
     server = metrics.serve(settings.metrics_host, settings.metrics_port)
     try:
         async with Services.open(settings, name=f"jetmedia-{'+'.join(s.name for s in chosen)}") as services:
             await services.storage.ensure_bucket()
+            metrics.mark_ready(lambda: services.nc.is_connected)
+            collector = (
+                asyncio.create_task(queue_metrics.run(services.js, stopping, settings.queue_poll_interval))
+                if collect else None
+            )
             if ready:
                 print(ready.format(metrics=f"http://{settings.metrics_host}:{server.server_port}/metrics"), flush=True)
+            loops = [asyncio.create_task(stages.load_periodic(n)(services, stopping)) for n in periodic]
             await run_stages(services, chosen, stopping)
+            await asyncio.gather(*loops)
+            if collector:
+                await collector
     finally:
         server.shutdown()
 
@@ -83,17 +98,44 @@ async def cmd_up(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stopping = asyncio.Event()
     _stop_on_signals(stopping)
-    async with embedded(settings, Path(args.data_dir)) as (stack, local):
+    async with embedded(settings, Path(args.data_dir)) as (stack, local), \
+            _local_prometheus(args, local, Path(args.data_dir)) as (local, prometheus_line):
         assert stack.nats and stack.s3
         banner = (
             f"jetmedia is up\n  NATS     {stack.nats.url}\n  S3       {stack.s3.url}  (bucket {local.bucket})\n"
-            "  metrics  {metrics}\n"
-            f"Point other processes here with:\n"
+            "  metrics  {metrics}\n" + prometheus_line.replace("{", "{{").replace("}", "}}")
+            + "Point other processes here with:\n"
             + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
             + "Ctrl-C stops everything."
         )
-        await serve_stages(local, args.stages, stopping, ready=banner)
+        await serve_stages(local, args.stages, stopping, ready=banner, collect=True)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _local_prometheus(
+    args: argparse.Namespace, settings: Settings, data_dir: Path
+) -> AsyncIterator[tuple[Settings, str]]:
+    """`up --prometheus`: scrape this process with the Prometheus installed here, if there is one."""
+    from shared import promlocal
+    from shared.devstack import free_port
+
+    if not args.prometheus:
+        yield settings, ""
+        return
+    if promlocal.binary() is None:
+        yield settings, "  prometheus  not installed (apt-get install prometheus); skipped\n"
+        return
+    port = settings.metrics_port or free_port()
+    settings = settings.replace(metrics_port=port)
+    config = {"global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
+              "scrape_configs": [{"job_name": "jetmedia", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}]}
+    server = promlocal.LocalPrometheus(data_dir / "prometheus", config)
+    await asyncio.to_thread(server.start)
+    try:
+        yield settings, f"  prometheus  {server.url}  (PromQL over the metrics above)\n"
+    finally:
+        await asyncio.to_thread(server.stop)
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
@@ -103,6 +145,34 @@ async def cmd_worker(args: argparse.Namespace) -> int:
     _stop_on_signals(stopping)
     await serve_stages(settings, args.stages, stopping, ready="worker ready; metrics at {metrics}")
     return 0
+
+
+async def cmd_collector(args: argparse.Namespace) -> int:
+    """Queue depth per stage for the whole deployment: run exactly one of these."""
+    settings = _settings(args)
+    stopping = asyncio.Event()
+    _stop_on_signals(stopping)
+    server = metrics.serve(settings.metrics_host, settings.metrics_port)
+    try:
+        nc = await bus.connect(settings, "jetmedia-collector")
+        try:
+            metrics.mark_ready(lambda: nc.is_connected)
+            url = f"http://{settings.metrics_host}:{server.server_port}/metrics"
+            print(f"collector ready; metrics at {url}", flush=True)
+            await queue_metrics.run(nc.jetstream(), stopping, settings.queue_poll_interval)
+        finally:
+            await nc.close()
+    finally:
+        server.shutdown()
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    url = args.url or f"http://127.0.0.1:{Settings.from_env().metrics_port}/metrics"
+    problems = metrics.check_health(url)
+    for problem in problems:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 async def cmd_demo(args: argparse.Namespace) -> int:
@@ -166,10 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("stages", nargs="*", help="stages to run (default: all)")
     up.add_argument("--data-dir", default=data_dir, help="where nats-server keeps its data (default %(default)s)")
     up.add_argument("--concurrency", type=int, help="handlers in flight per stage")
+    up.add_argument("--prometheus", action="store_true", help="also run the locally installed Prometheus on it")
     up.set_defaults(run=cmd_up)
 
+    collector = sub.add_parser("collector", help="export queue depth per stage and JetStream usage (run one)")
+    collector.set_defaults(run=cmd_collector)
+
+    health = sub.add_parser("health", help="exit 0 if the jetmedia process on JETMEDIA_METRICS_PORT is ready")
+    health.add_argument("--url", help="metrics URL to check (default http://127.0.0.1:$JETMEDIA_METRICS_PORT/metrics)")
+    health.set_defaults(run=cmd_health)
+
     worker = sub.add_parser("worker", help="run stages against JETMEDIA_NATS_URL and JETMEDIA_S3_ENDPOINT")
-    worker.add_argument("stages", nargs="*", help=f"stages to run (default: all of {', '.join(stages.STAGE_MODULES)})"
+    every = ", ".join([*stages.STAGE_MODULES, *stages.PERIODIC_MODULES])
+    worker.add_argument("stages", nargs="*", help=f"stages to run (default: all of {every})"
                         "; also module:ATTR for a custom Stage")
     worker.add_argument("--concurrency", type=int, help="handlers in flight per stage")
     worker.set_defaults(run=cmd_worker)

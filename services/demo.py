@@ -1,7 +1,8 @@
 """`jetmedia demo`: a fresh embedded stack, sample media through every stage, the results.
 
-Exits 0 when every sample ended the way it should: photos `ready` with their variants in S3,
-and the deliberately broken file `failed` with a clear reason (and a dead letter).
+Exits 0 when every sample ended the way it should: photos, a song and a video `ready` with their
+variants and transcodes in S3, and the deliberately broken file `failed` with a clear reason (and
+a dead letter).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from shared import bus
+from shared import messages as m
 from shared.config import Settings
 from shared.runtime import Services, run_stages
 
 from . import samples, stages
 from .cli import embedded
 from .client import print_jobs, publish_asset, read_dead_letters, wait_for_jobs
+from .transcode.samples import lavfi
 
 console = Console()
 
@@ -29,6 +33,8 @@ def sample_files() -> dict[str, tuple[bytes, str]]:
         "rotated-phone-shot.jpg": (samples.photo(1200, 900, orientation=6), "ready"),
         "logo-with-alpha.png": (samples.png_with_alpha(), "ready"),
         "not-really-an-image.jpg": (b"this is a text file pretending to be a JPEG\n", "failed"),
+        "tone.flac": (lavfi("flac", 3.0), "ready"),
+        "test-pattern.mov": (lavfi("mov", 3.0, size="640x360"), "ready"),
     }
 
 
@@ -62,6 +68,7 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
                                   f"{letter.data.error_class}: {letter.data.error}")
                 statuses = {record.id: str(record.status) for record in jobs}
                 ok = all(statuses.get(job_id) == want for job_id, want in expected.items())
+                ok = await export_uploads(services) and ok
                 console.print("[green]demo OK[/]" if ok else f"[red]demo FAILED[/]: {statuses} != {expected}")
                 return 0 if ok else 1
             finally:
@@ -69,4 +76,17 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
                 await workers
 
 
-
+async def export_uploads(services: Services) -> bool:
+    """The export flow: every demo upload (a missing one on purpose) into one ZIP, and its URL."""
+    request = m.ExportRequested(id="demo-export", source="jetmedia-demo", time=m.now(), data=m.ExportRequestedData(
+        prefix="uploads/demo/", keys=["uploads/demo/deleted-before-export.jpg"], name="jetmedia-demo"))
+    await bus.publish(services.js, m.UPLOAD_EXPORT, request)
+    [job] = await wait_for_jobs(services.jobs, ["demo-export"], timeout=300, label="export")
+    if job.status != "ready":
+        console.print(f"[red]export {job.status}[/]: {[e.reason for e in job.errors]}")
+        return False
+    size = sum(part.bytes for part in job.exports)
+    console.print(f"  export: {job.archived} files ({job.missing_count} missing, listed in manifest.json), "
+                  f"{size:,} B zip, download until {job.expires:%Y-%m-%d %H:%M} UTC:")
+    console.print(f"  {job.url}", soft_wrap=True)
+    return True

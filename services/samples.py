@@ -24,3 +24,59 @@ def png_with_alpha(width: int = 640, height: int = 480) -> bytes:
     alpha = pyvips.Image.xyz(width, height)[0] * (255 / width)
     image = rgb.bandjoin([rgb * 0.5, rgb * 0.8, alpha]).cast("uchar").copy(interpretation="srgb")
     return bytes(image.pngsave_buffer())
+
+
+# --- images in every format the variant stage takes (tests, bench) ------------------------
+
+
+def swatches(width: int = 400, height: int = 300, colours: tuple[tuple[int, int, int], ...] = (
+    (200, 30, 30), (30, 160, 60), (40, 60, 200), (230, 200, 40),
+)) -> pyvips.Image:
+    """Vertical bands of known colours, left to right: colour checks have a right answer."""
+    step = width // len(colours)
+    bands = [pyvips.Image.black(step if i < len(colours) - 1 else width - step * i, height).new_from_image(list(c))
+             for i, c in enumerate(colours)]
+    image = bands[0]
+    for band in bands[1:]:
+        image = image.join(band, "horizontal")
+    return image.cast("uchar").copy(interpretation="srgb")
+
+
+def cmyk_jpeg(width: int = 400, height: int = 300) -> bytes:
+    """A print-shop JPEG: CMYK pixels with the CMYK ICC profile embedded."""
+    cmyk = swatches(width, height).icc_transform("cmyk", embedded=False, input_profile="srgb")
+    return bytes(cmyk.jpegsave_buffer(Q=92, keep="icc"))
+
+
+def animated_gif(width: int = 160, height: int = 120, frames: int = 4) -> bytes:
+    """Frames of different solid colours (red first), stacked as libvips' pages."""
+    palette = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (240, 240, 240)]
+    pages = [pyvips.Image.black(width, height).new_from_image(list(palette[i % len(palette)])) for i in range(frames)]
+    strip = pyvips.Image.arrayjoin(pages, across=1).cast("uchar").copy(interpretation="srgb")
+    strip.set_type(pyvips.GValue.gint_type, "page-height", height)
+    strip.set_type(pyvips.GValue.array_int_type, "delay", [100] * frames)
+    return bytes(strip.gifsave_buffer())
+
+
+def encoded(fmt: str, width: int = 640, height: int = 480, *, alpha: bool = False, **options: object) -> bytes:
+    """The photo-like sample (or the alpha PNG's pixels) saved as webp, tiff, avif, png, gif..."""
+    image = pyvips.Image.new_from_buffer(png_with_alpha(width, height) if alpha else photo(width, height), "")
+    saver = {"webp": "webpsave_buffer", "tiff": "tiffsave_buffer", "avif": "heifsave_buffer",
+             "png": "pngsave_buffer", "gif": "gifsave_buffer", "jpeg": "jpegsave_buffer"}[fmt]
+    if fmt == "avif":
+        options = {"compression": "av1", "effort": 0, **options}
+    return bytes(getattr(image, saver)(**options))
+
+
+def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A few hundred bytes whose header claims `width` × `height` pixels (a decompression bomb):
+    one deflated row of zeros as the whole image data. Only the header is valid; that is the point."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    idat = zlib.compress(b"\x00" * (1 + 3 * width), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from shared.runtime import Stage
+from shared.runtime import Services, Stage
 
 # name -> module holding `STAGE`; imported lazily so `jetmedia worker upload` loads no libvips.
 STAGE_MODULES: dict[str, str] = {
     "upload": "services.upload",
     "variant": "services.variant",
+    "transcode": "services.transcode",
+    "chunk": "services.chunk",
     "finalize": "services.finalize",
+}
+
+# name -> module holding `run(services, stopping)`: loops driven by time, not by messages.
+PERIODIC_MODULES: dict[str, str] = {
+    "cleanup": "services.cleanup",
 }
 
 
@@ -26,6 +36,13 @@ def load(name: str) -> Stage:
     if not isinstance(stage, Stage):
         raise TypeError(f"{name} is not a Stage")
     return stage
+
+
+def load_periodic(name: str) -> Callable[[Services, asyncio.Event], Coroutine[Any, Any, None]]:
+    """A periodic service's `run(services, stopping)` by registry name."""
+    run: Callable[[Services, asyncio.Event], Coroutine[Any, Any, None]]
+    run = importlib.import_module(PERIODIC_MODULES[name]).run
+    return run
 
 
 def load_all() -> list[Stage]:

@@ -50,9 +50,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- media limits ---
     max_source_bytes: int = 512 * 1024 * 1024
 
+    # --- transcode (audio/video, ffmpeg) ---
+    ffmpeg: str | None = None  # ffmpeg binary (default: the imageio-ffmpeg wheel's static build)
+    transcode_audio_presets: tuple[str, ...] = ("mp3", "opus")  # of: mp3, opus, aac
+    transcode_video_presets: tuple[str, ...] = ("mp4",)  # of: mp4, webm
+    transcode_x264_preset: str = "veryfast"  # x264 speed/size trade-off (tests: ultrafast)
+    transcode_max_height: int = 1080  # outputs are scaled down to this, never up
+    transcode_max_fps: float = 60.0  # higher frame rates are reduced to this
+    transcode_max_duration: float = 4 * 3600.0  # seconds of media accepted
+    transcode_max_dimension: int = 8192  # px, either side of the source video
+    transcode_stall_timeout: float = 60.0  # kill ffmpeg after this long without progress
+    transcode_time_limit: float = 6 * 3600.0  # overall seconds one transcode message may take
+    transcode_threads: int = 0  # ffmpeg -threads; 0 = ffmpeg decides
+    transcode_tmp_dir: str | None = None  # where sources/outputs are staged (default: system temp)
+
+    # --- variant (images, libvips) ---
+    variant_presets: str = ""  # JSON, compact `name:fmt:size[:qN][:eN][:optional][:animated],...`, or a file path
+    max_image_bytes: int = 128 * 1024 * 1024  # an image source over this is rejected before download
+    max_image_pixels: int = 100_000_000  # width × height from the header, checked before decoding
+    max_image_frames: int = 500  # pages/frames of an animated or multi-page image
+    vips_threads: int = 1  # libvips threads per image; images already run one per CPU thread
+
+    # --- export (ZIP) ---
+    export_chunk_files: int = 100  # sources per chunk message
+    export_chunk_bytes: int = 50_000_000  # source bytes per chunk message (when sizes are known)
+    export_part_bytes: int = 4_000_000_000  # archives above this are split into numbered parts
+    export_deflate_level: int = 1  # zlib level for members that compress (never 9 by default)
+    export_max_files: int = 100_000  # sources one export may name
+    cleanup_interval: float = 60.0  # seconds between sweeps for expired exports
+
     # --- process ---
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 = pick a free port
+    queue_poll_interval: float = 5.0  # seconds between the collector's JetStream queue-depth reads
     data_dir: str = ".jetmedia"
     log_level: str = "INFO"
     source: str = "jetmedia"  # CloudEvents `source` of what we emit
@@ -92,7 +122,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.retry_backoff[min(max(delivery, 1) - 1, len(self.retry_backoff) - 1)]
 
 
-_LIST_FIELDS = frozenset({"retry_backoff"})
+_LIST_FIELDS = frozenset({"retry_backoff", "transcode_audio_presets", "transcode_video_presets"})
 
 
 def _split_list(value: str) -> list[str]:

@@ -16,11 +16,12 @@ from typing import Literal
 
 import msgspec
 from msgspec import Struct
+from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from . import metrics
-from .messages import MediaInfo, OutputFile, now
+from .messages import ExportFile, MediaInfo, OutputFile, now
 
 BUCKET = "jetmedia-jobs"
 MAX_ERRORS = 20
@@ -66,6 +67,16 @@ class Job(Struct, kw_only=True, frozen=True):
     updated: datetime
     expires: datetime | None = None
     percent: float | None = None  # progress of a long step (a transcode), 0-100
+    # export jobs: progress and results (per-chunk detail lives under `{job}.chunk.{n}`)
+    archive: str | None = None  # archive file name, without .zip
+    compression: str = "auto"
+    chunks: int = 0
+    chunks_counted: list[int] = []  # chunk numbers already added to done/bytes (redelivery-safe)
+    finalize_by: int | None = None  # the chunk whose count completed the set (it emits finalize)
+    missing_count: int = 0  # `missing` keeps only the first keys; the manifest has them all
+    archived: int = 0  # files streamed into the archive so far
+    archived_bytes: int = 0
+    exports: list[ExportFile] = []  # the archive, or its numbered parts
 
     @property
     def final(self) -> bool:
@@ -100,7 +111,7 @@ class JobStore:
         self.kv = kv
 
     @classmethod
-    async def open(cls, js, replicas: int = 1) -> JobStore:  # type: ignore[no-untyped-def]
+    async def open(cls, js: JetStreamContext, replicas: int = 1) -> JobStore:
         try:
             kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
@@ -148,6 +159,8 @@ class JobStore:
                 await self.kv.update(job_id, _encoder.encode(changed), last=revision)
                 if changed.status != job.status:
                     metrics.jobs_total.labels(changed.kind, changed.status).inc()
+                    if changed.status == "ready":
+                        metrics.job_finished(changed.kind, (changed.updated - changed.created).total_seconds())
                 return changed
             except KeyWrongLastSequenceError:
                 await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 10), 0.1)))

@@ -95,6 +95,11 @@ class MediaInfo(Struct, kw_only=True, frozen=True):
     height: int | None = None
     duration: float | None = None
     bytes: int | None = None
+    # audio/video facts (transcode stage)
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    bitrate: int | None = None  # bits per second, whole file
+    fps: float | None = None
 
 
 class OutputFile(Struct, kw_only=True, frozen=True):
@@ -105,6 +110,11 @@ class OutputFile(Struct, kw_only=True, frozen=True):
     width: int | None = None
     height: int | None = None
     duration: float | None = None
+    # audio/video facts (transcode stage)
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    bitrate: int | None = None  # bits per second, whole file
+    fps: float | None = None
 
 
 class PartData(Struct, kw_only=True, frozen=True):
@@ -135,6 +145,109 @@ class AssetReady(Event, tag="jetmedia.asset.ready.v1", frozen=True):
     """Downstream users subscribe to this: every output of the asset is in S3."""
 
     data: AssetReadyData
+
+
+# --- transcode (audio/video) ------------------------------------------------------------
+
+
+class TranscodeRequestedData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    asset: JobId
+    bucket: str
+    key: S3Key
+    media: MediaKind = "video"  # upload's guess from magic bytes; the stage decides from a probe
+    presets: list[str] | None = None  # transcode presets to make; default: the configured ones
+
+
+class TranscodeRequested(Event, tag="jetmedia.transcode.requested.v1", frozen=True):
+    """Audio/video work for the transcode stage (outputs at `transcodes/{asset}/{preset}.{ext}`)."""
+
+    data: TranscodeRequestedData
+
+
+# --- export flow (ZIP of many objects) ---------------------------------------------------
+
+
+class ExportItem(Struct, kw_only=True, frozen=True):
+    key: S3Key
+    name: str | None = None  # path inside the archive; default: from the key (always sanitised, unique)
+
+
+class ExportRequestedData(Struct, kw_only=True, frozen=True):
+    keys: list[S3Key] = []  # objects to export, in this order
+    items: list[ExportItem] = []  # the same with chosen names (after `keys`)
+    prefix: str | None = None  # every object under this prefix (after `items`)
+    bucket: str | None = None  # where the sources are; default: JETMEDIA_BUCKET
+    job_id: JobId | None = None  # default: derived from the event id
+    name: str | None = None  # archive file name (without .zip); default: export-{job}
+    transform: str = "original"  # per-item transform; only "original" today
+    compression: Literal["auto", "store", "deflate"] = "auto"  # auto: store what does not compress
+
+
+class ExportRequested(Event, tag="jetmedia.export.requested.v1", frozen=True):
+    """A producer asks for one ZIP of many objects; progress and the URL are in the job record."""
+
+    data: ExportRequestedData
+
+
+class ChunkRequestedData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    chunk: int  # 0-based; the job record says how many there are
+    bucket: str
+    items: list[ExportItem]  # names already sanitised and unique across the export
+
+
+class ChunkRequested(Event, tag="jetmedia.export.chunk.v1", frozen=True):
+    """Internal: check one chunk (<= 100 files / <= 50 MB) of an export's sources."""
+
+    data: ChunkRequestedData
+
+
+class ExportFinalizeData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    chunks: int
+
+
+class ExportFinalize(Event, tag="jetmedia.export.finalize.v1", frozen=True):
+    """Internal: every chunk is checked; stream the archive."""
+
+    data: ExportFinalizeData
+
+
+class ExportFile(Struct, kw_only=True, frozen=True):
+    name: str  # download file name
+    key: S3Key
+    bytes: int
+    files: int  # members from the sources (README.txt / manifest.json not counted)
+    url: str | None = None
+
+
+class ExportReadyData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    url: str  # the archive, or the index of the parts of a large export
+    expires: datetime
+    files: int
+    bytes: int  # archive bytes, all parts
+    parts: list[ExportFile]
+    missing: list[str] = []  # first missing source keys (all are in manifest.json)
+    missing_count: int = 0
+
+
+class ExportReady(Event, tag="jetmedia.export.ready.v1", frozen=True):
+    """Downstream users subscribe to this: the archive is in S3 and downloadable until `expires`."""
+
+    data: ExportReadyData
+
+
+class CancelRequestedData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    reason: str | None = None
+
+
+class CancelRequested(Event, tag="jetmedia.job.cancel.v1", frozen=True):
+    """Stop a job: work stops at the next file boundary and leaves nothing behind."""
+
+    data: CancelRequestedData
 
 
 # --- failure ----------------------------------------------------------------------------
@@ -169,7 +282,10 @@ class JobFailed(Event, tag="jetmedia.job.failed.v1", frozen=True):
 
 # --- the union --------------------------------------------------------------------------
 
-AnyEvent = AssetUploaded | VariantRequested | PartDone | AssetReady | DeadLetter | JobFailed
+AnyEvent = (
+    AssetUploaded | VariantRequested | TranscodeRequested | PartDone | AssetReady | DeadLetter | JobFailed
+    | ExportRequested | ChunkRequested | ExportFinalize | ExportReady | CancelRequested
+)
 """Everything `decode` accepts. Add a new event type here, then run `jetmedia schemas`."""
 
 _decoder = msgspec.json.Decoder(AnyEvent)
@@ -210,6 +326,8 @@ def job_of(event: AnyEvent) -> str | None:
     """Which job an event belongs to, if any; producers' events may not say."""
     match event:
         case AssetUploaded(data=data):
+            return data.job_id or safe_job_id(event.id)
+        case ExportRequested(data=data):
             return data.job_id or safe_job_id(event.id)
         case _:
             return event.subject

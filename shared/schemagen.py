@@ -22,9 +22,15 @@ DIALECT = "https://json-schema.org/draft/2020-12/schema"
 CHANNELS: dict[str, tuple[str, type[m.Event], str]] = {
     "uploadAsset": (m.UPLOAD_ASSET, m.AssetUploaded, "Producers: an asset landed in S3."),
     "variant": (m.VARIANT, m.VariantRequested, "Internal: image work for the variant stage."),
+    "transcode": (m.TRANSCODE, m.TranscodeRequested, "Internal: audio/video work for the transcode stage."),
     "finalizeAsset": (m.FINALIZE_ASSET, m.PartDone, "Internal: a finished part of an asset job."),
     "assetReady": (m.EVENTS_ASSET_READY, m.AssetReady, "Consumers: every output of an asset is in S3."),
     "jobFailed": (m.EVENTS_JOB_FAILED, m.JobFailed, "Consumers: a job failed, with the reason."),
+    "uploadExport": (m.UPLOAD_EXPORT, m.ExportRequested, "Producers: make one ZIP of many objects."),
+    "cancel": (m.UPLOAD_CANCEL, m.CancelRequested, "Producers: cancel a job."),
+    "chunk": (m.CHUNK, m.ChunkRequested, "Internal: check one chunk of an export's sources."),
+    "finalizeExport": (m.FINALIZE_EXPORT, m.ExportFinalize, "Internal: stream an export's archive."),
+    "exportReady": (m.EVENTS_EXPORT_READY, m.ExportReady, "Consumers: an export archive is downloadable."),
     "deadLetters": (m.DLQ_PREFIX + ".{stage}", m.DeadLetter, "Operators: messages that could not be handled."),
 }
 

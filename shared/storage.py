@@ -105,7 +105,8 @@ class Storage:
     async def iter_bytes(self, key: str, bucket: str | None = None, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
         """Stream an object without holding it: memory stays at one chunk."""
         resp = await self.client.get_object(Bucket=bucket or self.bucket, Key=key)
-        async with resp["Body"] as body:
+        body = resp["Body"]
+        async with body:  # not `as body`: __aenter__ returns the bare aiohttp response
             async for piece in body.iter_chunks(chunk):
                 yield piece
 

@@ -91,3 +91,52 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def asset_event(key: str, event_id: str | None = None, **data: object) -> m.AssetUploaded:
     return m.AssetUploaded(id=event_id or m.new_id(), source="test", time=m.now(),
                            data=m.AssetUploadedData(key=key, **data))  # type: ignore[arg-type]
+
+
+def processes_with(marker: str) -> list[int]:
+    """PIDs of live processes whose command line contains `marker` (Linux /proc; zombies excluded)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker in cmdline and state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+# --- exports (appended for the export flow) ----------------------------------------------
+
+
+def export_event(event_id: str | None = None, **data: object) -> m.ExportRequested:
+    return m.ExportRequested(id=event_id or m.new_id(), source="test", time=m.now(),
+                             data=m.ExportRequestedData(**data))  # type: ignore[arg-type]
+
+
+async def final_job(services: Services, job_id: str):  # type: ignore[no-untyped-def]
+    """The job record once it reached a final status, else None (for `eventually`)."""
+    job = await services.jobs.get(job_id)
+    return job if job is not None and job.final else None
+
+
+def download(url: str, path: str) -> int:
+    """GET a (presigned) URL into a file, streaming; returns the byte count."""
+    import shutil
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=60) as resp, open(path, "wb") as out:
+        shutil.copyfileobj(resp, out, 1024 * 1024)
+        return out.tell()
+
+
+def zip_tools_accept(path: str) -> None:
+    """`python -m zipfile -t`, `unzip -t` and `bsdtar -tf` all read the archive without error."""
+    for command in ([sys.executable, "-m", "zipfile", "-t", path], ["unzip", "-tqq", path], ["bsdtar", "-tf", path]):
+        done = subprocess.run(command, capture_output=True, timeout=600)
+        assert done.returncode == 0, f"{command[0]} rejected {path}: {done.stdout[-2000:]!r} {done.stderr[-2000:]!r}"

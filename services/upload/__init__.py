@@ -9,13 +9,21 @@ from shared import messages as m
 from shared.runtime import Context, Emit, Stage
 
 from .asset import start_asset
+from .export import cancel_job, start_export
 
 
-async def handle(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
+async def handle(event: m.AssetUploaded | m.ExportRequested | m.CancelRequested, ctx: Context) -> list[Emit]:
     match event:
         case m.AssetUploaded():
             return await start_asset(event, ctx)
+        case m.ExportRequested():
+            return await start_export(event, ctx)
+        case m.CancelRequested():
+            return await cancel_job(event, ctx)
     return []
 
 
-STAGE = Stage(name="upload", stream="JM_UPLOAD", handle=handle, accepts=(m.AssetUploaded,))
+STAGE = Stage(
+    name="upload", stream="JM_UPLOAD", handle=handle,
+    accepts=(m.AssetUploaded, m.ExportRequested, m.CancelRequested),
+)

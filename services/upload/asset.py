@@ -55,5 +55,10 @@ async def start_asset(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
             data=m.VariantRequestedData(job=job_id, asset=asset, bucket=bucket, key=data.key, presets=data.presets),
         )
         return [Emit(m.VARIANT, request)]
-    raise Reject(f"{kind.media} ({kind.format}) needs the transcode stage, which is not deployed")
+    transcode = m.TranscodeRequested(
+        id=m.derived_id(job_id, "transcode", asset), source=ctx.settings.source, time=m.now(), subject=job_id,
+        data=m.TranscodeRequestedData(job=job_id, asset=asset, bucket=bucket, key=data.key,
+                                      media="video" if kind.media == "video" else "audio"),
+    )
+    return [Emit(m.TRANSCODE, transcode)]
 

@@ -1,24 +1,64 @@
-"""Image work with libvips, pure and synchronous: bytes in, encoded variants out.
+"""Image work with libvips, pure and synchronous: bytes in, encoded variants and facts out.
 
-Runs in the runtime's CPU pool (pyvips releases the GIL), never on the event loop.
+Runs in the runtime's CPU pool (libvips releases the GIL, so both cores work), never on the event
+loop. The pipeline, and why:
+
+1. `probe`: the header only (libvips loads lazily). Format allow-list, pixel and frame limits are
+   checked here, so a decompression bomb is rejected before a single pixel is allocated.
+2. One decode, streamed, at the largest preset's size: JPEG with DCT scaling (shrink-on-load),
+   one resize (alpha premultiplied), then the EXIF orientation and ICC profile → sRGB (CMYK
+   included) applied to the small image. Only frame 1 of an animation is decoded unless a preset
+   asks for animation. The result is materialised (a few MB), because a sequential libvips
+   pipeline read twice would decode the source twice.
+3. Each smaller preset is resized from the previous, already small image, not from the source.
+4. Encode with metadata stripped (`keep="none"`: EXIF, XMP, ICC; pixels are sRGB by then).
+5. Colours and a ThumbHash from a ≤ 64 px copy of the smallest variant (about a millisecond).
+
+Memory per image: the source bytes + the largest variant's pixels + libvips' line buffers, bounded
+by `max_image_bytes` and the preset sizes, not by the source's pixel count.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import pyvips
 
 from shared.runtime import Reject
 
+from . import colours, thumbhash
+from .presets import Preset
+
+FAIL_ON = "error"  # truncated or corrupt data fails the load instead of coming out grey
+LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else is refused
+    "jpegload_buffer": "jpeg",
+    "pngload_buffer": "png",
+    "webpload_buffer": "webp",
+    "gifload_buffer": "gif",
+    "tiffload_buffer": "tiff",
+    "heifload_buffer": "heif",
+}
+ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+KERNEL = "cubic"  # resize kernel: chosen on bytes and PSNR in bench/variant.py (see docs/benchmarks.md)
+
 
 @dataclass(frozen=True)
-class Preset:
-    name: str
-    size: int  # long edge in px; never upscaled
-    format: str = "webp"
-    quality: int = 80
-    effort: int = 4
+class Limits:
+    max_pixels: int = 100_000_000
+    max_frames: int = 500
+
+
+@dataclass(frozen=True)
+class Header:
+    format: str  # jpeg, png, webp, gif, tiff, heif, avif
+    width: int  # as displayed: EXIF orientation applied
+    height: int
+    frames: int
+    has_icc: bool
+    has_alpha: bool
+    orientation: int = 1  # EXIF 1-8
+    cmyk: bool = False
 
 
 @dataclass(frozen=True)
@@ -27,29 +67,194 @@ class Encoded:
     data: bytes
     width: int
     height: int
+    frames: int = 1
 
 
 @dataclass(frozen=True)
 class Rendered:
-    source_format: str
-    source_width: int
-    source_height: int
+    source: Header
     variants: list[Encoded]
+    colours: list[str]  # dominant first
+    placeholder: str  # ThumbHash, base64
 
 
-DEFAULT_PRESETS = (Preset("thumb", 400),)
+@functools.cache
+def configure(threads: int) -> None:
+    """Process-wide libvips settings, once: its own threads per image (the CPU pool already runs
+    one image per core, and the brief measured 1 thread per image as faster on 2 cores); no
+    operation cache (every image is new, a cache only holds memory); untrusted loaders off."""
+    if threads > 0:
+        pyvips.concurrency_set(threads)
+    pyvips.cache_set_max(0)
+    pyvips.cache_set_max_mem(0)
+    pyvips.cache_set_max_files(0)
+    pyvips.block_untrusted_set(True)
 
 
-def render(source: bytes, presets: tuple[Preset, ...] = DEFAULT_PRESETS) -> Rendered:
+def probe(source: bytes, limits: Limits) -> Header:
+    """Read the header only; refuse what is not an image we serve or is over a limit."""
+    if not source:
+        raise Reject("source image is empty (0 bytes)")
     try:
-        header = pyvips.Image.new_from_buffer(source, "")
-        loader = str(header.get("vips-loader"))
-        width, height = header.width, header.height
-        variants = []
-        for preset in presets:
-            image = pyvips.Image.thumbnail_buffer(source, preset.size, height=preset.size, size="down")
-            data = image.webpsave_buffer(Q=preset.quality, effort=preset.effort, keep="none")
-            variants.append(Encoded(preset, data, image.width, image.height))
+        image = pyvips.Image.new_from_buffer(source, "", access="sequential", fail_on=FAIL_ON)
+        loader = str(image.get("vips-loader"))
     except pyvips.Error as exc:
-        raise Reject(f"cannot decode image: {str(exc).strip().splitlines()[0]}") from None
-    return Rendered(loader.removesuffix("load_buffer").removesuffix("load"), width, height, variants)
+        raise Reject(f"not a supported image (unknown format or corrupt header): {_first_line(exc)}") from None
+    fmt = LOADERS.get(loader)
+    if fmt is None:
+        raise Reject(f"unsupported image format ({loader.removesuffix('_buffer')})")
+    fields = set(image.get_fields())
+    if fmt == "heif" and "heif-compression" in fields and str(image.get("heif-compression")) == "av1":
+        fmt = "avif"
+    frames = int(image.get("n-pages")) if "n-pages" in fields else 1
+    width, height = image.width, image.height  # one page: n=1 is the default
+    pixels = width * height
+    if pixels > limits.max_pixels:
+        raise Reject(
+            f"image is {width}×{height} = {pixels / 1e6:.1f} MP, over the limit of {limits.max_pixels / 1e6:.1f} MP "
+            "(rejected from the header, nothing decoded)"
+        )
+    if frames > limits.max_frames:
+        raise Reject(f"image has {frames} frames/pages, over the limit of {limits.max_frames}")
+    orientation = int(image.get("orientation")) if "orientation" in fields else 1
+    if orientation in ROTATED:
+        width, height = height, width
+    return Header(fmt, width, height, frames, "icc-profile-data" in fields, bool(image.hasalpha()),
+                  orientation if 1 <= orientation <= 8 else 1, image.interpretation == "cmyk")
+
+
+def render(source: bytes, presets: tuple[Preset, ...], limits: Limits = Limits(), vips_threads: int = 1) -> Rendered:
+    """Every preset of one image, plus its colours and placeholder. Raises Reject on bad input."""
+    configure(vips_threads)
+    header = probe(source, limits)
+    animate = [p for p in presets if p.animated and header.frames > 1]
+    stills = sorted((p for p in presets if p not in animate), key=lambda p: -p.size)
+    try:
+        encoded: dict[str, Encoded] = {}
+        smallest: pyvips.Image | None = None
+        if stills:
+            image = _decode(source, stills[0].size, header)
+            for preset in stills:
+                image = _resize(image, preset.size).copy_memory()  # the next, smaller one starts here
+                encoded[preset.name] = Encoded(preset, _encode(image, preset), image.width, image.height)
+            smallest = image
+        for preset in animate:
+            if header.width * header.height * header.frames > limits.max_pixels:
+                raise Reject(
+                    f"animation is {header.width}×{header.height} × {header.frames} frames, over the "
+                    f"limit of {limits.max_pixels / 1e6:.1f} MP for animated output"
+                )
+            frames = _decode_animation(source, preset.size, header)
+            page_height = _page_height(frames)
+            encoded[preset.name] = Encoded(
+                preset, _encode(frames, preset), frames.width, page_height, frames.height // page_height
+            )
+            if smallest is None:
+                smallest = frames.crop(0, 0, frames.width, page_height)
+        assert smallest is not None
+        palette, placeholder = _facts(smallest)
+    except pyvips.Error as exc:
+        raise Reject(f"cannot decode {header.format} image: {_first_line(exc)}") from None
+    return Rendered(header, [encoded[p.name] for p in presets], palette, placeholder)
+
+
+def _decode(source: bytes, size: int, header: Header) -> pyvips.Image:
+    """Decode once, to at least `size` on the long edge: upright, sRGB, 8-bit, in memory.
+
+    JPEG is decoded with DCT scaling (shrink-on-load) by the largest power of two that keeps the
+    long edge ≥ `size`, as Pillow's draft() does; libvips' own thumbnail() would decode
+    6000 → 1600 at full size (it keeps a 2× margin), 2.5× slower for no visible gain. The one
+    resize after it uses KERNEL. Orientation and colour are fixed on the small image."""
+    options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON}
+    if header.format == "jpeg":
+        long_edge = max(header.width, header.height)
+        shrink = next(s for s in (8, 4, 2, 1) if s == 1 or long_edge / s >= size)
+        image = pyvips.Image.jpegload_buffer(source, shrink=shrink, **options)
+    else:
+        image = pyvips.Image.new_from_buffer(source, "", **options)
+    image = _resize(image, size).copy_memory()  # the decode happens here, streamed
+    if header.orientation != 1:
+        image = image.autorot()
+    return _to_srgb(image, header).copy_memory()
+
+
+def _resize(image: pyvips.Image, size: int) -> pyvips.Image:
+    """Long edge to `size` exactly (never up), alpha premultiplied while filtering."""
+    long_edge = max(image.width, image.height)
+    if long_edge <= size:
+        return image
+    scale = size / long_edge
+    width = size if image.width >= image.height else max(1, round(image.width * scale))
+    height = size if image.height > image.width else max(1, round(image.height * scale))
+    alpha, original = image.hasalpha(), image.format
+    if alpha:
+        image = image.premultiply()
+    image = image.resize(width / image.width, vscale=height / image.height, kernel=KERNEL)
+    if alpha:
+        image = image.unpremultiply().cast(original)
+    return image
+
+
+def _to_srgb(image: pyvips.Image, header: Header) -> pyvips.Image:
+    """Pixels in sRGB, 8 bits: an embedded ICC profile is applied (CMYK without one gets a generic
+    CMYK profile), so stripping the profile on save loses nothing."""
+    if header.has_icc or header.cmyk:
+        image = image.icc_transform("srgb", embedded=True, input_profile="cmyk" if header.cmyk else "srgb",
+                                    intent="perceptual")
+    if image.format != "uchar" or image.interpretation not in ("srgb", "b-w"):
+        image = image.colourspace("srgb")  # 16-bit PNG/TIFF, odd TIFF colour spaces
+        if image.format != "uchar":
+            image = image.cast("uchar")
+    return image
+
+
+def _decode_animation(source: bytes, size: int, header: Header) -> pyvips.Image:
+    """Every frame at `size` (libvips' thumbnail keeps the page layout of animations intact)."""
+    extra = {"export_profile": "srgb"} if header.has_icc else {}
+    image = pyvips.Image.thumbnail_buffer(
+        source, size, height=size, size="down", option_string=f"n=-1,fail_on={FAIL_ON}", **extra
+    )
+    if image.format != "uchar" or image.interpretation not in ("srgb", "b-w"):
+        image = image.colourspace("srgb").cast("uchar")
+    return image.copy_memory()
+
+
+def _page_height(image: pyvips.Image) -> int:
+    if "page-height" in image.get_fields():
+        return int(image.get("page-height"))
+    return image.height
+
+
+def _encode(image: pyvips.Image, preset: Preset) -> bytes:
+    match preset.format:
+        case "webp":
+            return bytes(image.webpsave_buffer(Q=preset.q, effort=preset.e, keep="none"))
+        case "avif":
+            return bytes(image.heifsave_buffer(Q=preset.q, effort=preset.e, compression="av1", keep="none"))
+        case "jpeg":
+            if image.hasalpha():
+                image = image.flatten(background=[255])
+            return bytes(image.jpegsave_buffer(Q=preset.q, keep="none", optimize_coding=True, interlace=True))
+        case "png":
+            return bytes(image.pngsave_buffer(compression=preset.e, keep="none"))
+    raise ValueError(f"unknown format {preset.format}")
+
+
+def _facts(image: pyvips.Image) -> tuple[list[str], str]:
+    """Palette from ≤ 64 px, ThumbHash from ≤ 32 px, both RGBA 8-bit sRGB."""
+    small = image.thumbnail_image(64, height=64, size="down")
+    if small.interpretation != "srgb":
+        small = small.colourspace("srgb")
+    if not small.hasalpha():
+        small = small.bandjoin(255)
+    small = small.cast("uchar").copy_memory()
+    palette = colours.palette(bytes(small.write_to_memory()), 4)
+    tiny = small.thumbnail_image(32, height=32, size="down").copy_memory()
+    hash_ = thumbhash.encode(tiny.width, tiny.height, bytes(tiny.write_to_memory()))
+    return palette, thumbhash.to_text(hash_)
+
+
+def _first_line(exc: pyvips.Error) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    detail = [line for line in lines if not line.startswith("unable to ")]
+    return (detail or lines or ["libvips error"])[0][:300]

@@ -1,0 +1,368 @@
+"""finalize (exports): stream every source from S3 into a ZIP and the ZIP straight into S3.
+
+No temporary file and no whole object in memory: stream-zip pulls each source chunk by chunk and
+its output goes into a multipart upload, so memory stays at about one upload part (8 MiB) plus a
+read buffer whatever the export size. Per member:
+
+- sources that do not compress (JPEG, MP4, MP3, ZIP: judged from their first 64 KiB) are stored,
+  using the CRC-32 S3 already holds, so nothing is read twice; without one they become level-0
+  deflate (stored blocks, CRC computed while streaming) rather than being buffered;
+- everything else is deflated at a low level (`JETMEDIA_EXPORT_DEFLATE_LEVEL`, default 1);
+- Zip64 only where a member or an offset needs it; names are UTF-8 (stream-zip flags them).
+
+README.txt comes first, manifest.json last (name, source key, size, sha256 of every member,
+plus the missing sources), so the sha256s are computed on the way through. An export bigger
+than `JETMEDIA_EXPORT_PART_BYTES` becomes numbered parts plus an index.json.
+
+A run killed mid-stream is redone from scratch on redelivery: leftover multipart uploads under
+`exports/{job}/` are aborted first and the keys are deterministic, so exactly one archive results.
+A cancel (the runtime cancels this task, or the job turns `cancelled` under us) aborts the
+upload and deletes any part already written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import stat
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from botocore.exceptions import ClientError
+from stream_zip import (
+    NO_COMPRESSION_32,
+    NO_COMPRESSION_64,
+    ZIP_AUTO,
+    Method,
+    ZipIntegrityError,
+    async_stream_zip,
+)
+
+from shared import messages as m
+from shared import metrics
+from shared.exportplan import (
+    MANIFEST,
+    README,
+    ChunkRecord,
+    SourceInfo,
+    chunk_key,
+    compresses,
+    part_names,
+    plan_runs,
+)
+from shared.jobs import Job
+from shared.runtime import Context, Emit, Reject, Retry
+from shared.storage import Storage
+
+log = logging.getLogger("jetmedia.finalize.export")
+
+READ_CHUNK = 1024 * 1024  # bytes per S3 read and per stream-zip output chunk
+PROGRESS_EVERY = 2.0  # seconds between progress updates of the job record (and cancel checks)
+MODE = stat.S_IFREG | 0o644
+ZIP32_LIMIT = 0xFFFFFFFF
+MISSING_IN_EVENT = 50
+
+_decoder = msgspec.json.Decoder(ChunkRecord)
+
+
+class Cancelled(Exception):
+    """The job turned `cancelled` while we were streaming (seen at a file boundary)."""
+
+
+class StoredAuto(Method):
+    """Stored with a known size and CRC-32: Zip32 unless the size or the offset needs Zip64.
+
+    stream-zip's ZIP_AUTO makes that choice for deflated members; this does it for stored ones
+    through the same `Method._get(offset, ...)` hook."""
+
+    def __init__(self, size: int, crc32: int) -> None:
+        self.size = size
+        self.crc32 = crc32
+
+    def _get(self, offset: int, default_get_compressobj: Any) -> Any:
+        method = NO_COMPRESSION_64 if self.size > ZIP32_LIMIT or offset > ZIP32_LIMIT else NO_COMPRESSION_32
+        return method(self.size, self.crc32)._get(offset, default_get_compressobj)
+
+
+@dataclass
+class Member:
+    """One source while it streams: what the manifest will say about it."""
+
+    source: SourceInfo
+    method: str = "stored"
+    sha256: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+
+@dataclass
+class Progress:
+    files: int = 0
+    bytes: int = 0
+    last: float = field(default_factory=time.monotonic)
+
+
+async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
+    job_id = event.data.job
+    job = await ctx.jobs.get(job_id)
+    if job is None:
+        raise Reject(f"export job {job_id!r} has no record")
+    if job.final:
+        return []  # already ready (a duplicate finalize) or cancelled/failed
+    records = await _load_chunks(ctx, job)
+    bucket = records[0].bucket if records else ctx.settings.bucket
+    found = [source for record in records for source in record.found]
+    missing = [item for record in records for item in record.missing]
+
+    prefix = f"exports/{job_id}/"
+    leftovers = await ctx.storage.abort_multipart_uploads(prefix)
+    if leftovers:
+        log.info("export %s: aborted %d multipart upload(s) of an earlier attempt", job_id, leftovers)
+    await ctx.jobs.update(job_id, lambda j: j if j.final else msgspec.structs.replace(
+        j, stage="finalize", archived=0, archived_bytes=0))
+
+    runs = plan_runs([s.size for s in found], max_files=len(found) + 1, max_bytes=ctx.settings.export_part_bytes)
+    runs = runs or [range(0)]  # every source missing: still one archive with the manifest
+    names = part_names(job.archive or f"export-{job_id}", len(runs))
+    written: list[m.ExportFile] = []
+    progress = Progress()
+    try:
+        for number, (run, name) in enumerate(zip(runs, names, strict=True), start=1):
+            written.append(await write_archive(
+                ctx, job, key=prefix + name, name=name, bucket=bucket, sources=[found[i] for i in run],
+                missing=missing, part=number, parts=len(runs), progress=progress,
+            ))
+        index_key = await _write_index(ctx, job, prefix, written, missing) if len(written) > 1 else None
+        return await _ready(ctx, job, written, index_key, missing, progress)
+    except (asyncio.CancelledError, Cancelled) as exc:
+        await asyncio.shield(_remove(ctx.storage, [f.key for f in written] + [prefix + "index.json"]))
+        log.info("export %s: cancelled; removed %d finished part(s)", job_id, len(written))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
+        return []
+
+
+async def write_archive(
+    ctx: Context, job: Job, *, key: str, name: str, bucket: str, sources: list[SourceInfo],
+    missing: list[m.ExportItem], part: int, parts: int, progress: Progress,
+) -> m.ExportFile:
+    """One ZIP into one multipart upload; aborted (nothing left behind) if anything goes wrong."""
+    upload = ctx.storage.multipart(key, "application/zip")
+    members: list[Member] = []
+    modified = job.created.astimezone(UTC)
+    level = ctx.settings.export_deflate_level
+
+    async def files() -> AsyncIterator[Any]:
+        readme = _readme(job, name, part, parts, len(sources)).encode()
+        yield README, modified, MODE, ZIP_AUTO(len(readme), level=level), _once(readme)
+        for source in sources:
+            await _boundary(ctx, job.id, progress)
+            opened = await _open(ctx.storage, source, bucket)
+            if opened is None:  # deleted since the chunk stage saw it: listed as missing
+                missing.append(m.ExportItem(key=source.key, name=source.name))
+                continue
+            first, rest = opened
+            method, how = choose_method(job.compression, source.size, source.crc32, first, level)
+            member = Member(source, method=how)
+            members.append(member)
+            yield source.name, modified, MODE, method, _tee(first, rest, member, ctx, progress)
+            progress.files += 1
+        manifest = _manifest(job, part, parts, members, missing)
+        yield MANIFEST, modified, MODE, ZIP_AUTO(len(manifest), level=level), _once(manifest)
+
+    stream = async_stream_zip(files(), chunk_size=READ_CHUNK)
+    try:
+        async for piece in stream:
+            await upload.write(piece)
+            ctx.count_bytes("out", len(piece))
+        await upload.complete()
+    except ZipIntegrityError as exc:  # size or CRC-32 differ from the HEAD: retrying would not help
+        await asyncio.shield(upload.abort())
+        changed = members[-1].source.key if members else "?"
+        raise Reject(f"source {changed} changed while the export ran ({type(exc).__name__}: its size or "
+                     "CRC-32 no longer match what the chunk stage recorded); request the export again") from None
+    except BaseException:
+        await asyncio.shield(upload.abort())
+        raise
+    finally:
+        with contextlib.suppress(BaseException):
+            await stream.aclose()  # type: ignore[attr-defined]
+    return m.ExportFile(name=name, key=key, bytes=upload.bytes_written, files=len(members))
+
+
+def choose_method(policy: str, size: int, crc32: int | None, first: bytes, level: int) -> tuple[Method, str]:
+    """Store what does not compress (with S3's CRC when there is one), deflate the rest; Zip64
+    only where the size or the offset needs it. Returns the method and its manifest label."""
+    store = policy == "store" or (policy == "auto" and not compresses(first, level))
+    if not store:
+        return ZIP_AUTO(size, level=level), "deflated"
+    if crc32 is not None:
+        return StoredAuto(size, crc32), "stored"
+    return ZIP_AUTO(size, level=0), "stored-blocks"  # deflate level 0: no CRC up front, nothing buffered
+
+
+async def _open(storage: Storage, source: SourceInfo, bucket: str) -> tuple[bytes, AsyncIterator[bytes]] | None:
+    """Start reading a source; None if it vanished since the chunk stage saw it."""
+    body = storage.iter_bytes(source.key, bucket, chunk=READ_CHUNK)
+    try:
+        first = await anext(body, b"")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    return first, body
+
+
+async def _tee(first: bytes, rest: AsyncIterator[bytes], member: Member, ctx: Context,
+               progress: Progress) -> AsyncIterator[bytes]:
+    """The source's bytes, hashed and counted on the way into the archive, in pieces of about
+    1 MiB (S3 reads arrive smaller; each piece costs stream-zip a thread hop, joining costs one copy)."""
+    try:
+        pending, size = [first], len(first)
+        async for piece in rest:
+            pending.append(piece)
+            size += len(piece)
+            if size >= READ_CHUNK:
+                yield _account(b"".join(pending), member, ctx, progress)
+                pending, size = [], 0
+        if size or member.size == 0:
+            yield _account(b"".join(pending), member, ctx, progress)
+    finally:
+        with contextlib.suppress(Exception):
+            await rest.aclose()  # type: ignore[attr-defined]
+
+
+def _account(piece: bytes, member: Member, ctx: Context, progress: Progress) -> bytes:
+    member.sha256.update(piece)
+    member.size += len(piece)
+    progress.bytes += len(piece)
+    ctx.count_bytes("in", len(piece))
+    ctx.progress()
+    return piece
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _boundary(ctx: Context, job_id: str, progress: Progress) -> None:
+    """Between two files: every couple of seconds, publish progress and notice a cancel."""
+    if time.monotonic() - progress.last < PROGRESS_EVERY:
+        return
+    progress.last = time.monotonic()
+
+    def advance(job: Job) -> Job:
+        if job.final:
+            return job
+        return msgspec.structs.replace(job, archived=progress.files, archived_bytes=progress.bytes)
+
+    job = await ctx.jobs.update(job_id, advance)
+    if job.status == "cancelled":
+        raise Cancelled(job_id)
+
+
+async def _load_chunks(ctx: Context, job: Job) -> list[ChunkRecord]:
+    records: list[ChunkRecord] = []
+    for start in range(0, job.chunks, 50):
+        raws = await asyncio.gather(*(ctx.jobs.get_raw(chunk_key(job.id, n))
+                                      for n in range(start, min(start + 50, job.chunks))))
+        for n, raw in enumerate(raws, start=start):
+            if raw is None:
+                raise Retry(f"chunk {n} of export {job.id} has no record yet")
+            records.append(_decoder.decode(raw))
+    return records
+
+
+def _readme(job: Job, name: str, part: int, parts: int, files: int) -> str:
+    lines = [
+        f"{name}",
+        "",
+        f"Export {job.id}, made by jetmedia on {job.created:%Y-%m-%d %H:%M} UTC.",
+        f"Part {part} of {parts}: {files} file(s)." if parts > 1 else f"{files} file(s).",
+        "",
+        f"{MANIFEST} lists every file in this archive: its name here, the S3 key it came from,",
+        "its size in bytes and its SHA-256, and under \"missing\" the requested objects that did",
+        "not exist when the export ran.",
+        "Names were made safe to unpack: no absolute paths, no '..', no control characters; a name",
+        "taken twice got a number, as in 'photo (1).jpg'.",
+    ]
+    if parts > 1:
+        lines.append(f"The other parts are listed in index.json next to this archive in S3 ({parts} parts).")
+    return "\n".join(lines) + "\n"
+
+
+def _manifest(job: Job, part: int, parts: int, members: list[Member], missing: list[m.ExportItem]) -> bytes:
+    document = {
+        "job": job.id,
+        "archive": job.archive,
+        "part": part,
+        "parts": parts,
+        "created": job.created.isoformat(),
+        "files": [
+            {"name": mb.source.name, "key": mb.source.key, "size": mb.size, "sha256": mb.sha256.hexdigest(),
+             "compression": mb.method}
+            for mb in members
+        ],
+        "missing": [{"key": item.key, "name": item.name} for item in missing],
+    }
+    return msgspec.json.format(msgspec.json.encode(document), indent=1)
+
+
+async def _write_index(ctx: Context, job: Job, prefix: str, parts: list[m.ExportFile],
+                       missing: list[m.ExportItem]) -> str:
+    key = prefix + "index.json"
+    urls = [await ctx.storage.presign(p.key, filename=p.name) for p in parts]
+    document = {
+        "job": job.id, "archive": job.archive, "parts": [
+            {**msgspec.structs.asdict(p), "url": url} for p, url in zip(parts, urls, strict=True)
+        ],
+        "missing": [item.key for item in missing],
+    }
+    await ctx.storage.put_bytes(key, msgspec.json.format(msgspec.json.encode(document), indent=1),
+                                content_type="application/json")
+    return key
+
+
+async def _ready(ctx: Context, job: Job, written: list[m.ExportFile], index_key: str | None,
+                 missing: list[m.ExportItem], progress: Progress) -> list[Emit]:
+    parts = [msgspec.structs.replace(p, url=await ctx.storage.presign(p.key, filename=p.name)) for p in written]
+    url = await ctx.storage.presign(index_key) if index_key else parts[0].url
+    assert url is not None
+    expires = datetime.now(UTC) + timedelta(seconds=ctx.settings.url_ttl)
+    files = sum(p.files for p in parts)
+    size = sum(p.bytes for p in parts)
+
+    def ready(current: Job) -> Job:
+        if current.final:
+            return current
+        return msgspec.structs.replace(
+            current, status="ready", stage="finalize", url=url, expires=expires, exports=parts,
+            archived=files, archived_bytes=progress.bytes, missing=[i.key for i in missing][:50],
+            missing_count=len(missing),
+        )
+
+    done = await ctx.jobs.update(job.id, ready)
+    if done.status == "cancelled":
+        raise Cancelled(job.id)
+    if done.status != "ready" or done.url != url:
+        return []  # failed meanwhile, or another run finished first
+    metrics.export_seconds.observe((done.updated - done.created).total_seconds())
+    event = m.ExportReady(
+        id=m.derived_id(job.id, "ready"), source=ctx.settings.source, time=m.now(), subject=job.id,
+        data=m.ExportReadyData(
+            job=job.id, url=url, expires=expires, files=files, bytes=size, parts=parts,
+            missing=[i.key for i in missing][:MISSING_IN_EVENT], missing_count=len(missing),
+        ),
+    )
+    return [Emit(m.EVENTS_EXPORT_READY, event)]
+
+
+async def _remove(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        with contextlib.suppress(Exception):
+            await storage.delete(key)

@@ -1,0 +1,95 @@
+"""transcode: audio and video become web-ready files in S3 (`transcodes/{asset}/{preset}.{ext}`).
+
+Audio -> MP3 + Opus; video -> MP4 (H.264/AAC, faststart, <= 1080p) and a poster frame
+(`transcodes/{asset}/poster.jpg`) that goes on to the variant stage for its thumb/display sizes.
+The probe, not upload's magic-byte guess, decides what the file is. Progress is written to the
+job record as a percent; a stalled ffmpeg is killed and retried, a cancelled job's ffmpeg is
+killed and its temp files removed (the runtime cancels this handler; `finally` does the rest).
+Deterministic keys and derived message ids make a redelivery overwrite, never duplicate.
+
+`transcode_file()` is the same work for one object and one preset (an export's per-item transform).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import msgspec
+
+from shared import messages as m
+from shared.jobs import Job
+from shared.runtime import Context, Emit, Stage
+
+from . import presets
+from .work import Encoded, JobPercent, encode, fetch, inspect, output_key, poster, transcode_file, upload, workspace
+
+__all__ = ["STAGE", "handle", "transcode_file"]
+
+
+async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
+    data = event.data
+    deadline = time.monotonic() + ctx.settings.transcode_time_limit
+    async with workspace(ctx) as folder:
+        source, size = await fetch(ctx, data.bucket, data.key, folder)
+        facts = await inspect(ctx, source, size)
+        chosen = presets.choose(facts.media, data.presets, ctx.settings)
+        progress = JobPercent(ctx, data.job, facts.duration * len(chosen))
+        files = []
+        for n, preset in enumerate(chosen):
+            out = os.path.join(folder, f"{preset.name}.{preset.ext}")
+            made = await encode(ctx, source, facts, preset, out, progress.step(n * facts.duration), deadline)
+            files.append(Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
+                                 preset.content_type, preset.ext, made))
+        if facts.video is not None:
+            frame = os.path.join(folder, "poster.jpg")
+            await poster(ctx, source, facts, frame, deadline)
+            files.append(Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg"))
+        outputs = await upload(ctx, files)
+    await progress.at(facts.duration * len(chosen), force=True)
+
+    emits = [_part(ctx, data, "transcode", outputs, facts.info())]
+    needs_poster = await _poster_needed(ctx, data.job, facts.media)
+    if facts.video is not None:
+        frame_key = output_key(data.asset, "poster", "jpg")
+        request = m.VariantRequested(
+            id=m.derived_id(data.job, "poster", data.asset), source=ctx.settings.source, time=m.now(),
+            subject=data.job,
+            data=m.VariantRequestedData(job=data.job, asset=data.asset, bucket=ctx.settings.bucket, key=frame_key,
+                                        part="poster"),
+        )
+        emits.append(Emit(m.VARIANT, request))
+    elif needs_poster:  # upload guessed video, the probe found only sound: nothing to wait for
+        emits.append(_part(ctx, data, "poster", [], None))
+    return emits
+
+
+def _part(ctx: Context, data: m.TranscodeRequestedData, part: str, outputs: list[m.OutputFile],
+          source: m.MediaInfo | None) -> Emit:
+    done = m.PartDone(
+        id=m.derived_id(data.job, part, data.asset), source=ctx.settings.source, time=m.now(), subject=data.job,
+        data=m.PartData(job=data.job, asset=data.asset, part=part, outputs=outputs, source=source),
+    )
+    return Emit(m.FINALIZE_ASSET, done)
+
+
+async def _poster_needed(ctx: Context, job_id: str, media: str) -> bool:
+    """Make the job's list of parts match what the probe found (upload only saw magic bytes):
+    a video needs its poster part, audio does not."""
+    def align(job: Job) -> Job:
+        if job.final:
+            return job
+        if media == "video" and "poster" not in job.parts_needed:
+            needed = [*job.parts_needed, "poster"]
+            return msgspec.structs.replace(job, parts_needed=needed, total=len(needed), media=media)
+        return job if job.media == media else msgspec.structs.replace(job, media=media)
+
+    try:
+        job = await ctx.jobs.update(job_id, align)
+    except KeyError:  # no job record (a direct request): nothing to align
+        return False
+    return "poster" in job.parts_needed
+
+
+STAGE = Stage(name="transcode", stream="JM_TRANSCODE", handle=handle, accepts=(m.TranscodeRequested,),
+              concurrency=2)  # ffmpeg uses every core; two in flight overlap one's I/O with the other's encode

@@ -1,0 +1,84 @@
+"""upload (exports): a producer wants one ZIP of many objects — check the request, plan the work.
+
+Resolves the sources (listed keys, named items, everything under a prefix), gives each one its
+name inside the archive here, once, so names are unique across the whole export whatever the
+chunking, and sends one `chunk` message per <= 100 files / <= 50 MB. Chunk message ids derive
+from the job and the chunk number, so a redelivered request re-sends nothing new.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shared import messages as m
+from shared.exportplan import NameRegistry, archive_name, default_name, plan_runs
+from shared.jobs import Job, new_job
+from shared.runtime import Context, Emit, Reject
+
+TRANSFORMS = ("original",)
+
+
+async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
+    data = event.data
+    job_id = m.job_of(event)
+    assert job_id is not None
+    archive = archive_name(data.name, job_id)
+    job, _created = await ctx.jobs.create(
+        new_job(job_id, "export", status="running", stage="upload", archive=archive, compression=data.compression)
+    )
+    if job.final:
+        return []  # a replay of a job that already ended
+    if data.transform not in TRANSFORMS:
+        raise Reject(f"transform {data.transform!r} is not available (supported: {', '.join(TRANSFORMS)})")
+    bucket = data.bucket or ctx.settings.bucket
+
+    wanted: list[tuple[str, str | None, int | None]] = [(key, None, None) for key in data.keys]
+    wanted += [(item.key, item.name, None) for item in data.items]
+    if data.prefix is not None:
+        wanted += [(key, None, size) for key, size in await _list(ctx, bucket, data.prefix)]
+    if not wanted:
+        where = f" under s3://{bucket}/{data.prefix}" if data.prefix is not None else ""
+        raise Reject(f"nothing to export: the request names no objects{where}")
+    limit = ctx.settings.export_max_files
+    if len(wanted) > limit:
+        raise Reject(f"export names {len(wanted)} objects, over the limit of {limit} (JETMEDIA_EXPORT_MAX_FILES)")
+
+    names = NameRegistry()
+    items = [m.ExportItem(key=key, name=names.add(name or default_name(key, data.prefix))) for key, name, _ in wanted]
+    runs = plan_runs([size for _, _, size in wanted], ctx.settings.export_chunk_files, ctx.settings.export_chunk_bytes)
+
+    def planned(current: Job) -> Job:
+        if current.final or current.chunks:  # a redelivery: the first plan stands
+            return current
+        return msgspec.structs.replace(current, stage="chunk", total=len(items), chunks=len(runs))
+
+    await ctx.jobs.update(job_id, planned)
+    return [
+        Emit(m.CHUNK, m.ChunkRequested(
+            id=m.derived_id(job_id, "chunk", str(n)), source=ctx.settings.source, time=m.now(), subject=job_id,
+            data=m.ChunkRequestedData(job=job_id, chunk=n, bucket=bucket, items=[items[i] for i in run]),
+        ))
+        for n, run in enumerate(runs)
+    ]
+
+
+async def _list(ctx: Context, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    """Keys and sizes under a prefix (sizes let chunks respect the byte limit)."""
+    found: list[tuple[str, int]] = []
+    paginator = ctx.storage.client.get_paginator("list_objects_v2")
+    page: dict[str, Any]
+    async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", []))
+        ctx.progress()
+    return found
+
+
+async def cancel_job(event: m.CancelRequested, ctx: Context) -> list[Emit]:
+    """Mark the job cancelled; every worker running a piece of it stops at its next boundary."""
+    try:
+        await ctx.services.cancel(event.data.job)
+    except KeyError:
+        raise Reject(f"cannot cancel job {event.data.job!r}: no such job") from None
+    return []

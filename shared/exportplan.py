@@ -1,0 +1,226 @@
+"""Export planning, pure: names inside the archive, chunks of work, parts of a large archive.
+
+No I/O here, so property tests can throw anything at it. The names matter most: an archive is
+unpacked by tools that trust them, so every name is made safe (no `..`, no absolute paths, no
+backslashes, no control or bidi characters, no Windows device names, bounded length) and unique
+(`a.jpg`, `a (1).jpg`), case-insensitively and so that no file is also a directory.
+
+The KV side records (`{job}.chunk.{n}`) that the chunk stage writes and finalize reads are
+declared here too: the two stages share a format, not code.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+import zlib
+from collections.abc import Iterable, Sequence
+
+from msgspec import Struct
+
+from .messages import ExportItem
+
+README = "README.txt"
+MANIFEST = "manifest.json"
+RESERVED = (README, MANIFEST)  # written by finalize at the archive's root
+
+MAX_SEGMENT_BYTES = 200  # per path segment, UTF-8 (filesystems allow 255)
+MAX_DEPTH = 16  # path segments; deeper names keep the first 15 and the file name
+MAX_EXTENSION_BYTES = 16
+FALLBACK = "file"
+
+_SEPARATORS = re.compile(r"[/\\]+")
+_WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+_DEVICES = frozenset(
+    {"con", "prn", "aux", "nul", "conin$", "conout$"}
+    | {f"com{i}" for i in "123456789¹²³"}
+    | {f"lpt{i}" for i in "123456789¹²³"}
+)
+
+
+# --- names --------------------------------------------------------------------------------
+
+
+def sanitise(name: str) -> str:
+    """A relative, portable, harmless path for `name` (never empty). Idempotent."""
+    for _ in range(8):  # each pass can only shorten; a fixpoint comes within two or three
+        cleaned = _sanitise_once(name)
+        if cleaned == name:
+            return cleaned
+        name = cleaned
+    return name
+
+
+def _sanitise_once(name: str) -> str:
+    name = unicodedata.normalize("NFC", name)
+    segments = [_segment(part) for part in _SEPARATORS.split(name)]
+    segments = [s for s in segments if s]
+    if not segments:
+        return FALLBACK
+    if len(segments) > MAX_DEPTH:
+        segments = [*segments[: MAX_DEPTH - 1], segments[-1]]
+    return "/".join(segments)
+
+
+def _segment(part: str) -> str:
+    text = "".join(_char(c) for c in part)
+    text = text.lstrip(" ").rstrip(" .")  # Windows drops trailing dots/spaces; `..` becomes empty
+    if not text:
+        return ""
+    if text.split(".", 1)[0].rstrip(" ").casefold() in _DEVICES:
+        text = "_" + text
+    return _fit(text, MAX_SEGMENT_BYTES)
+
+
+def _char(c: str) -> str:
+    category = unicodedata.category(c)
+    if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):  # controls, bidi overrides, lone surrogates
+        return ""
+    if c in _WINDOWS_FORBIDDEN:
+        return "_"
+    return c
+
+
+def _split_ext(segment: str) -> tuple[str, str]:
+    stem, ext = posixpath.splitext(segment)
+    if not stem or len(ext.encode()) > MAX_EXTENSION_BYTES:
+        return segment, ""
+    return stem, ext
+
+
+def _fit(segment: str, limit: int, suffix: str = "") -> str:
+    """`segment` with `suffix` before its extension, cut to `limit` UTF-8 bytes (extension kept)."""
+    stem, ext = _split_ext(segment)
+    room = limit - len(suffix.encode()) - len(ext.encode())
+    if len(stem.encode()) > room:
+        stem = stem.encode()[: max(room, 1)].decode("utf-8", errors="ignore").rstrip(" .") or "_"
+    return (stem + suffix + ext).rstrip(" .") or "_"
+
+
+def fold(name: str) -> str:
+    """Names that collide on a case-insensitive filesystem fold to the same string."""
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+class NameRegistry:
+    """Hands out archive names: sanitised, unique (case-insensitively), never both file and dir."""
+
+    def __init__(self, reserved: Iterable[str] = RESERVED) -> None:
+        self.files: set[str] = {fold(name) for name in reserved}
+        self.dirs: set[str] = set()
+
+    def add(self, wanted: str) -> str:
+        parts = sanitise(wanted).split("/")
+        for i in range(len(parts) - 1):  # a directory may not be named like an existing file
+            parts[i] = self._free(parts[:i], parts[i], is_dir=True)
+        parts[-1] = self._free(parts[:-1], parts[-1], is_dir=False)
+        for i in range(1, len(parts)):
+            self.dirs.add(fold("/".join(parts[:i])))
+        name = "/".join(parts)
+        self.files.add(fold(name))
+        return name
+
+    def _free(self, parent: list[str], segment: str, *, is_dir: bool) -> str:
+        candidate, n = segment, 0
+        while True:
+            path = fold("/".join([*parent, candidate]))
+            taken = path in self.files or (not is_dir and path in self.dirs)
+            if not taken:
+                return candidate
+            n += 1
+            candidate = _fit(segment, MAX_SEGMENT_BYTES, f" ({n})") if not is_dir else _fit_dir(segment, n)
+
+
+def _fit_dir(segment: str, n: int) -> str:
+    suffix = f" ({n})"
+    cut = segment.encode()[: MAX_SEGMENT_BYTES - len(suffix)].decode("utf-8", errors="ignore").rstrip(" .")
+    return (cut or "_") + suffix
+
+
+def unique_names(wanted: Iterable[str], reserved: Iterable[str] = RESERVED) -> list[str]:
+    registry = NameRegistry(reserved)
+    return [registry.add(name) for name in wanted]
+
+
+def default_name(key: str, prefix: str | None) -> str:
+    """The name a source gets when the producer chose none: its key below the export's prefix
+    (the folder part of it), else the key's last segment."""
+    if prefix:
+        folder = prefix[: prefix.rfind("/") + 1]
+        if key.startswith(folder) and len(key) > len(folder):
+            return key[len(folder):]
+    return key.rstrip("/").rsplit("/", 1)[-1] or key
+
+
+# --- chunks and parts -------------------------------------------------------------------
+
+
+def plan_runs(sizes: Sequence[int | None], max_files: int, max_bytes: int) -> list[range]:
+    """Cut a sequence into consecutive runs of <= max_files items and <= max_bytes (unknown sizes
+    count 0; one item bigger than max_bytes is a run of its own). Order is kept."""
+    runs: list[range] = []
+    start = count = total = 0
+    for i, size in enumerate(sizes):
+        size = size or 0
+        if count and (count >= max_files or total + size > max_bytes):
+            runs.append(range(start, i))
+            start, count, total = i, 0, 0
+        count += 1
+        total += size
+    if count:
+        runs.append(range(start, len(sizes)))
+    return runs
+
+
+def part_names(archive: str, parts: int) -> list[str]:
+    """`name.zip`, or `name.part01.zip`... when an export is split."""
+    if parts <= 1:
+        return [f"{archive}.zip"]
+    width = max(2, len(str(parts)))
+    return [f"{archive}.part{i:0{width}d}.zip" for i in range(1, parts + 1)]
+
+
+def archive_name(wanted: str | None, job: str) -> str:
+    """A file name for the download: one safe segment, no `.zip` (added per part)."""
+    base = (wanted or f"export-{job}").removesuffix(".zip").removesuffix(".ZIP")
+    segment = _segment(base.replace("/", "_").replace("\\", "_"))
+    return segment.replace('"', "_") or f"export-{job}"
+
+
+# --- compression ------------------------------------------------------------------------
+
+PROBE_BYTES = 64 * 1024
+
+
+def compresses(sample: bytes, level: int = 1, threshold: float = 0.95) -> bool:
+    """Whether deflating is worth it, judged from the object's first bytes: JPEG, MP4, MP3, ZIP...
+    save nothing, so they are stored; text, JSON, TIFF, WAV are deflated."""
+    sample = sample[:PROBE_BYTES]
+    if len(sample) < 256:
+        return len(sample) > 0 and sample.isascii()
+    return len(zlib.compress(sample, level)) < threshold * len(sample)
+
+
+# --- KV side records ------------------------------------------------------------------
+
+
+class SourceInfo(Struct, kw_only=True, frozen=True):
+    key: str
+    name: str
+    size: int
+    crc32: int | None = None  # from S3 when the object was uploaded with a CRC32 checksum
+    etag: str | None = None
+
+
+class ChunkRecord(Struct, kw_only=True, frozen=True):
+    """What the chunk stage learnt about one chunk's sources (`{job}.chunk.{n}`)."""
+
+    chunk: int
+    bucket: str
+    found: list[SourceInfo] = []
+    missing: list[ExportItem] = []
+
+
+def chunk_key(job: str, n: int) -> str:
+    return f"{job}.chunk.{n}"

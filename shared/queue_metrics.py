@@ -1,0 +1,94 @@
+"""The collector: queue depth per stage and JetStream usage, read from the server itself.
+
+Replicas of a stage share one durable consumer, so its pending / ack-pending / redelivered
+counts are facts about the stage, not about any process. If every replica exported them, a
+`sum` over four variant replicas would show four times the real queue. So exactly one process
+reads them (the `collector` service in compose, the collector task inside `jetmedia up`) and
+sets the gauges in shared/metrics.py; workers never touch them.
+
+What is read, every `queue_poll_interval` seconds:
+- consumer info of every stage's durable consumer -> jetmedia_queue_{pending,ack_pending,
+  redelivered,waiting}{stage};
+- JM_DLQ's per-subject counts (`jetmedia.dlq.<stage>`) -> jetmedia_dlq_messages{stage}, 0 for a
+  stage without dead letters, so "no dead letters" is a visible 0 rather than a gap;
+- every stream's messages and bytes, and the account's storage/memory use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from . import bus, metrics
+from . import messages as m
+
+log = logging.getLogger("jetmedia.collector")
+
+# (stage, stream) for every work-queue stream: the durable consumer is named after its stage.
+STAGE_CONSUMERS: tuple[tuple[str, str], ...] = tuple(
+    (spec.durable, spec.name) for spec in bus.STREAMS if spec.durable
+)
+DLQ_STREAM = "JM_DLQ"
+
+
+async def poll(js: JetStreamContext) -> None:
+    """Read JetStream once and set every collector gauge. Missing streams/consumers (a fresh
+    server before the first stage created the layout) are skipped, not reported as zero."""
+    for stage, stream in STAGE_CONSUMERS:
+        try:
+            info = await js.consumer_info(stream, stage)
+        except NotFoundError:
+            continue
+        metrics.queue_pending.labels(stage).set(info.num_pending or 0)
+        metrics.queue_ack_pending.labels(stage).set(info.num_ack_pending or 0)
+        metrics.queue_redelivered.labels(stage).set(info.num_redelivered or 0)
+        metrics.queue_waiting.labels(stage).set(info.num_waiting or 0)
+
+    for spec in bus.STREAMS:
+        try:
+            state = (await js.stream_info(spec.name)).state
+        except NotFoundError:
+            continue
+        metrics.stream_messages.labels(spec.name).set(state.messages)
+        metrics.stream_bytes.labels(spec.name).set(state.bytes)
+
+    await _dead_letters(js)
+
+    account = await js.account_info()
+    metrics.jetstream_storage_bytes.set(account.storage)
+    metrics.jetstream_memory_bytes.set(account.memory)
+
+
+async def _dead_letters(js: JetStreamContext) -> None:
+    try:
+        info = await js.stream_info(DLQ_STREAM, subjects_filter=f"{m.DLQ_PREFIX}.>")
+    except NotFoundError:
+        return
+    counts = {stage: 0 for stage, _stream in STAGE_CONSUMERS}
+    for subject, count in (info.state.subjects or {}).items():
+        stage = subject.removeprefix(f"{m.DLQ_PREFIX}.")
+        counts[stage] = counts.get(stage, 0) + count
+    for stage, count in counts.items():
+        metrics.dlq_messages.labels(stage).set(count)
+
+
+async def run(js: JetStreamContext, stopping: asyncio.Event, interval: float) -> None:
+    """Poll until `stopping`; a failed poll is counted and logged, the next one tries again."""
+    log.info("collector: reading queue depth every %.1fs", interval)
+    for result in ("ok", "error"):
+        metrics.collector_polls.labels(result)  # both series exist from the start: errors show as 0
+    while not stopping.is_set():
+        try:
+            await poll(js)
+        except Exception as exc:
+            metrics.collector_polls.labels("error").inc()
+            log.warning("collector: could not read JetStream (%s); retrying", exc)
+        else:
+            metrics.collector_polls.labels("ok").inc()
+            metrics.collector_last_poll.set_to_current_time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)

@@ -1,0 +1,137 @@
+"""Archive names and work plans, by property: whatever a producer sends, names come out safe and
+unique, and plans cover every source once, in order, within limits."""
+
+from __future__ import annotations
+
+import itertools
+import unicodedata
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.exportplan import (
+    MAX_DEPTH,
+    MAX_SEGMENT_BYTES,
+    RESERVED,
+    archive_name,
+    compresses,
+    default_name,
+    fold,
+    part_names,
+    plan_runs,
+    sanitise,
+    unique_names,
+)
+
+# Text that looks like what hostile or careless producers send: separators, dots, controls,
+# bidi overrides, Windows specials, combining marks, very long runs.
+hostile_text = st.lists(
+    st.one_of(
+        st.sampled_from([*list('/\\.. :*?"<>|\x00\x1b\n\t\u202e\u200d~-_ aAcC'), "con", "NUL", "..", "/", "x" * 90]),
+        st.characters(codec="utf-8"),
+        st.characters(),  # includes lone surrogates
+    ),
+    max_size=120,
+).map("".join)
+
+
+def assert_safe(name: str) -> None:
+    assert name and not name.startswith("/") and "\\" not in name
+    segments = name.split("/")
+    assert len(segments) <= MAX_DEPTH
+    for segment in segments:
+        assert segment not in ("", ".", "..")
+        assert segment == segment.strip(" ") and not segment.endswith(".")
+        assert len(segment.encode()) <= MAX_SEGMENT_BYTES
+        assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in segment)
+        assert not set(segment) & set('<>:"|?*')
+        assert segment.split(".")[0].strip(" ").casefold() not in ("con", "nul", "prn", "aux", "com1", "lpt1")
+    name.encode("utf-8")  # strict: no surrogates left
+
+
+@given(hostile_text)
+def test_sanitised_names_are_safe_and_stable(name: str) -> None:
+    clean = sanitise(name)
+    assert_safe(clean)
+    assert sanitise(clean) == clean
+
+
+@settings(max_examples=200)
+@given(st.lists(hostile_text, max_size=40))
+def test_unique_names_never_collide_and_never_shadow_a_directory(names: list[str]) -> None:
+    out = unique_names(names)
+    assert len(out) == len(names)
+    folded = [fold(n) for n in out]
+    assert len(set(folded)) == len(folded), out
+    assert not set(folded) & {fold(r) for r in RESERVED}
+    directories = {fold("/".join(n.split("/")[:i])) for n in out for i in range(1, n.count("/") + 1)}
+    assert not directories & set(folded), out  # a file is never also a directory
+    for name in out:
+        assert_safe(name)
+        assert sanitise(name) == name
+
+
+@given(st.lists(st.from_regex(r"[a-z]{1,8}(/[a-z]{1,8}){0,2}\.(jpg|txt)", fullmatch=True), unique=True, max_size=30))
+def test_names_that_are_already_fine_are_kept(names: list[str]) -> None:
+    folded = [fold(n) for n in names]
+    dirs = {fold("/".join(n.split("/")[:i])) for n in names for i in range(1, n.count("/") + 1)}
+    if len(set(folded)) == len(folded) and not dirs & set(folded):
+        assert unique_names(names) == names
+
+
+def test_hostile_examples() -> None:
+    names = unique_names([
+        "../../etc/passwd", "/abs", "a\\b", "x" * 300 + ".jpg", "a.jpg", "a.jpg", "A.JPG",
+        "café/日本.txt", "con.txt", "\x00\x1b[31m.txt", "evil\u202egnp.exe", "README.txt", "a.jpg/inner", "..",
+    ])
+    assert names[:3] == ["etc/passwd", "abs", "a/b"]
+    assert names[3].endswith(".jpg") and len(names[3].encode()) <= MAX_SEGMENT_BYTES
+    assert names[4:7] == ["a.jpg", "a (1).jpg", "A (2).JPG"]
+    assert names[7] == "café/日本.txt"
+    assert names[8] == "_con.txt"
+    assert names[9] == "[31m.txt"
+    assert names[10] == "evilgnp.exe"
+    assert names[11] == "README (1).txt"
+    assert names[12] == "a.jpg (1)/inner"
+    assert names[13] == "file"
+
+
+@given(st.lists(st.one_of(st.none(), st.integers(0, 200)), max_size=300),
+       st.integers(1, 20), st.integers(1, 500))
+def test_runs_cover_everything_in_order_within_limits(sizes: list[int | None], max_files: int, max_bytes: int) -> None:
+    runs = plan_runs(sizes, max_files, max_bytes)
+    assert [i for run in runs for i in run] == list(range(len(sizes)))
+    for run in runs:
+        assert 1 <= len(run) <= max_files
+        total = sum(sizes[i] or 0 for i in run)
+        assert total <= max_bytes or len(run) == 1
+    for a, b in itertools.pairwise(runs):  # greedy: the next item did not fit
+        assert len(a) == max_files or sum(sizes[i] or 0 for i in a) + (sizes[b[0]] or 0) > max_bytes
+
+
+def test_chunks_of_the_issue() -> None:
+    assert [len(r) for r in plan_runs([1000] * 250, 100, 50_000_000)] == [100, 100, 50]
+    assert [len(r) for r in plan_runs([20_000_000] * 5, 100, 50_000_000)] == [2, 2, 1]
+
+
+def test_part_and_archive_names() -> None:
+    assert part_names("photos", 1) == ["photos.zip"]
+    assert part_names("photos", 3) == ["photos.part01.zip", "photos.part02.zip", "photos.part03.zip"]
+    assert part_names("p", 120)[-1] == "p.part120.zip"
+    assert archive_name(None, "j1") == "export-j1"
+    assert archive_name('../my "x".zip', "j1") == "_my _x_" or "/" not in archive_name('../my "x".zip', "j1")
+    assert '"' not in archive_name('a"b', "j")
+
+
+def test_default_names() -> None:
+    assert default_name("uploads/demo/a.jpg", "uploads/") == "demo/a.jpg"
+    assert default_name("uploads/demo/a.jpg", "uploads/de") == "demo/a.jpg"
+    assert default_name("uploads/demo/a.jpg", None) == "a.jpg"
+
+
+def test_compression_probe() -> None:
+    import os
+
+    assert compresses(b'{"name": "value"}\n' * 1000)
+    assert not compresses(os.urandom(100_000))
+    assert not compresses(b"")

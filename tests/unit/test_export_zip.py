@@ -1,0 +1,96 @@
+"""The ZIP methods finalize picks, checked by three unzip implementations: Zip32 for small
+archives, Zip64 exactly where a member or an offset passes 4 GiB (a generator source, not S3:
+moto keeps objects in memory)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+import zlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from stream_zip import async_stream_zip
+
+from services.finalize.export import READ_CHUNK, choose_method
+from tests.helpers import zip_tools_accept
+
+WHEN = datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
+MODE = stat.S_IFREG | 0o644
+
+
+async def chunks_of(data: bytes | Iterator[bytes]) -> AsyncIterator[bytes]:
+    for piece in [data] if isinstance(data, bytes) else data:
+        yield piece
+
+
+Member = tuple[str, int, int | None, bytes | Iterator[bytes], bytes]
+
+
+async def write_zip(path: Path, members: list[Member]) -> list[str]:
+    """members: (name, size, crc32 or None, bytes or a generator, first bytes for the probe)."""
+    labels: list[str] = []
+
+    async def files() -> AsyncIterator[tuple]:  # type: ignore[type-arg]
+        for name, size, crc, data, first in members:
+            method, label = choose_method("auto", size, crc, first, 1)
+            labels.append(label)
+            yield name, WHEN, MODE, method, chunks_of(data)
+
+    with open(path, "wb") as out:
+        async for piece in async_stream_zip(files(), chunk_size=READ_CHUNK):
+            out.write(piece)
+    return labels
+
+
+def small_members() -> list[Member]:
+    photo_like = os.urandom(300_000)
+    text = b"hello zip " * 5000
+    blob = os.urandom(70_000)
+    return [
+        ("photo.jpg", len(photo_like), zlib.crc32(photo_like), photo_like, photo_like[:65536]),
+        ("notes.txt", len(text), zlib.crc32(text), text, text[:65536]),
+        ("blob-without-crc.bin", len(blob), None, blob, blob[:65536]),
+        ("empty.txt", 0, 0, b"", b""),
+    ]
+
+
+async def test_small_archive_is_zip32_and_every_tool_accepts_it(tmp_path: Path) -> None:
+    path = tmp_path / "small.zip"
+    members = small_members()
+    labels = await write_zip(path, members)
+    assert labels == ["stored", "deflated", "stored-blocks", "stored"]
+    zip_tools_accept(str(path))
+    data = path.read_bytes()
+    assert b"PK\x06\x06" not in data and b"PK\x06\x07" not in data  # no Zip64 records
+    with zipfile.ZipFile(path) as archive:
+        for name, _size, _crc, content, _first in members:
+            assert archive.read(name) == content
+        assert archive.getinfo("photo.jpg").compress_type == zipfile.ZIP_STORED
+        assert archive.getinfo("notes.txt").compress_size < len(small_members()[1][3]) // 10
+
+
+@pytest.mark.slow
+async def test_member_and_archive_over_4_gib_use_zip64_and_verify(tmp_path: Path) -> None:
+    block = os.urandom(READ_CHUNK)
+    blocks = 4097  # 4097 MiB > 4 GiB - 1: the member itself needs Zip64
+    crc = 0
+    for _ in range(blocks):
+        crc = zlib.crc32(block, crc)
+    size = blocks * len(block)
+    big = ("huge.bin", size, crc, (block for _ in range(blocks)), block)
+    path = tmp_path / "huge.zip"
+    labels = await write_zip(path, [big, *small_members()])  # the small ones sit past the 4 GiB offset
+    assert labels[0] == "stored"
+    assert path.stat().st_size > size
+    zip_tools_accept(str(path))
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo("huge.bin")
+        assert (info.file_size, info.CRC, info.compress_type) == (size, crc, zipfile.ZIP_STORED)
+        assert archive.getinfo("notes.txt").header_offset > 0xFFFFFFFF
+        for name, _size, _crc, content, _first in small_members()[1:2]:
+            assert archive.read(name) == content
+    path.unlink()
