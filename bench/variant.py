@@ -266,7 +266,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
         settings = Settings.from_env({}, **env, bucket="bench", variant_presets=presets, metrics_port=0,
                                      data_dir=tmp)
         if concurrency:
-            settings = settings.replace(concurrency=concurrency)
+            settings = settings.replace(stage_concurrency={"variant": concurrency})
         async with Services.open(settings, name="bench") as services:
             await services.storage.ensure_bucket()
             for i, path in enumerate(paths):
@@ -293,6 +293,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
                 while (await services.js.stream_info("JM_FINALIZE")).state.messages < n:  # noqa: ASYNC110
                     await asyncio.sleep(0.02)
 
+            in_flight = settings.stage_concurrency.get("variant") or real.concurrency or settings.concurrency
             rss = PeakRss().__enter__()  # this process only: nats-server and moto are children too
             stopping = asyncio.Event()
             workers = asyncio.create_task(run_stages(services, [dataclasses.replace(real, handle=timed)], stopping))
@@ -323,7 +324,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
             for i, path in enumerate(paths[:QUALITY_SAMPLES]):
                 stored = await services.storage.get_bytes(f"variants/bench-{i}/display.webp")
                 quality.append((psnr(vips_resize(path), stored), psnr(reference(path), stored)))
-    out = result("variant stage (runtime+S3)", f"q{QUALITY} effort {effort}, {settings.concurrency} in flight", wall,
+    out = result("variant stage (runtime+S3)", f"q{QUALITY} effort {effort}, {in_flight} in flight", wall,
                  per_image, sizes, quality, rss.mb)
     out["cpu_ms_per_image"] = {name: 1000 * seconds / len(paths) for name, seconds in cpu.items()}
     return out

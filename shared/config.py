@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # --- worker runtime ---
     concurrency: int = 4  # handlers in flight per stage per process
+    stage_concurrency: dict[str, int] = {}  # per-stage override, env form `variant=8,transcode=2`
     ack_wait: float = 30.0  # seconds before an unacked, un-heartbeated message is redelivered
     max_deliver: int = 5
     retry_backoff: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)  # nak delay after delivery n
@@ -96,7 +97,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = env.get(ENV_PREFIX + name.upper())
             if value is None or value == "":
                 continue
-            raw[name] = _split_list(value) if name in _LIST_FIELDS else value
+            if name in _MAP_FIELDS:
+                raw[name] = dict(_split_pair(part) for part in _split_list(value))
+            else:
+                raw[name] = _split_list(value) if name in _LIST_FIELDS else value
         raw.update(overrides)
         try:
             return msgspec.convert(raw, cls, strict=False)
@@ -115,6 +119,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         out["nats_url"] = _strip_userinfo(self.nats_url)
         return out
 
+    def as_env(self) -> dict[str, str]:
+        """The `JETMEDIA_*` variables that `from_env` reads back into these settings (for child processes)."""
+        return {
+            ENV_PREFIX + name.upper(): _show(value)
+            for name in self.__struct_fields__
+            if (value := getattr(self, name)) is not None and value != {}
+        }
+
     def backoff_for(self, delivery: int) -> float:
         """Delay before redelivery after the `delivery`-th attempt failed transiently."""
         if not self.retry_backoff:
@@ -123,6 +135,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _LIST_FIELDS = frozenset({"retry_backoff", "transcode_audio_presets", "transcode_video_presets"})
+
+
+_MAP_FIELDS = frozenset({"stage_concurrency"})
+
+
+def _split_pair(part: str) -> tuple[str, str]:
+    key, sep, value = part.partition("=")
+    if not sep:
+        raise ValueError(f"invalid JETMEDIA_* setting: expected name=value, got {part!r}")
+    return key.strip(), value.strip()
 
 
 def _split_list(value: str) -> list[str]:
@@ -151,4 +173,6 @@ def settings_help() -> list[tuple[str, str]]:
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(_show(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
     return "" if value is None else str(value)

@@ -74,7 +74,7 @@ class Stage:
     stream: str
     handle: Handler
     accepts: tuple[type[m.Event], ...]
-    concurrency: int | None = None  # default: settings.concurrency
+    concurrency: int | None = None  # the stage's own default; JETMEDIA_STAGE_CONCURRENCY overrides it
     cancellable: bool = True  # skip/cancel work of cancelled jobs
 
 
@@ -188,7 +188,9 @@ class Worker:
         self.stage = stage
         self.services = services
         self.settings = services.settings
-        self.concurrency = stage.concurrency or self.settings.concurrency
+        self.concurrency = (
+            self.settings.stage_concurrency.get(stage.name) or stage.concurrency or self.settings.concurrency
+        )
         self.inflight: dict[asyncio.Task[None], InFlight] = {}
         self.shutting_down = False
         metrics.prime(stage.name)

@@ -78,14 +78,7 @@ def worker_process(settings: Settings, *stages: str, env: dict[str, str] | None 
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    out = {}
-    for name in Settings.__struct_fields__:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        text = ",".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
-        out["JETMEDIA_" + name.upper()] = text
-    return out
+    return settings.as_env()
 
 
 def asset_event(key: str, event_id: str | None = None, **data: object) -> m.AssetUploaded:

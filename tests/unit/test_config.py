@@ -31,3 +31,16 @@ def test_help_lists_every_setting() -> None:
     names = [name for name, _ in settings_help()]
     assert len(names) == len(Settings.__struct_fields__)
     assert "JETMEDIA_NATS_URL" in names and "JETMEDIA_BUCKET" in names
+
+
+def test_per_stage_concurrency_from_env() -> None:
+    settings = Settings.from_env({"JETMEDIA_STAGE_CONCURRENCY": "variant=8, transcode=2"})
+    assert settings.stage_concurrency == {"variant": 8, "transcode": 2}
+    with pytest.raises(ValueError, match="name=value"):
+        Settings.from_env({"JETMEDIA_STAGE_CONCURRENCY": "variant"})
+
+
+def test_as_env_round_trips() -> None:
+    settings = Settings(concurrency=3, retry_backoff=(0.5, 1.0), stage_concurrency={"variant": 8}, bucket="b")
+    assert Settings.from_env(settings.as_env()) == settings
+    assert "JETMEDIA_STAGE_CONCURRENCY" not in Settings().as_env()
