@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,29 @@ class NatsServer:
         _stop(self.proc)
 
 
+def start_http_process(
+    command: Callable[[int], list[str]], ready_url: Callable[[int], str], log_path: Path,
+    timeout: float = 30.0, port: int = 0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a server on a free loopback port and wait until `ready_url` answers 2xx.
+    Another process may grab the port between our probe and the server's bind: then retry."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    for _attempt in range(3):
+        port = port or free_port()
+        with open(log_path, "ab") as log_file:
+            proc = subprocess.Popen(command(port), stdout=log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(ready_url(port), timeout=1):
+                    return proc, port
+            except OSError:
+                time.sleep(0.1)
+        _stop(proc)
+        port = 0
+    raise RuntimeError(f"{command(0)[0]} did not start; see {log_path}")
+
+
 @dataclass
 class MotoS3:
     """moto's S3 server as a separate process (the in-process mock breaks aioboto3)."""
@@ -128,24 +152,11 @@ class MotoS3:
         return f"http://{LOCAL}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> MotoS3:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        for _attempt in range(3):
-            self.port = self.port or free_port()
-            log_file = open(self.data_dir / "s3.log", "ab")
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", LOCAL, "-p", str(self.port)],
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
-                        return self
-                except OSError:
-                    time.sleep(0.1)
-            self.stop()
-            self.port = 0  # the port was taken in between: try another
-        raise RuntimeError(f"local S3 endpoint did not start; see {self.data_dir / 's3.log'}")
+        self.proc, self.port = start_http_process(
+            lambda port: [sys.executable, "-m", "moto.server", "-H", LOCAL, "-p", str(port)],
+            lambda port: f"http://{LOCAL}:{port}/moto-api/", self.data_dir / "s3.log", timeout, self.port,
+        )
+        return self
 
     def stop(self) -> None:
         _stop(self.proc)

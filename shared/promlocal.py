@@ -12,15 +12,13 @@ import copy
 import logging
 import shutil
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .devstack import LOCAL, _stop, free_port
+from .devstack import LOCAL, _stop, start_http_process
 
 log = logging.getLogger("jetmedia.prometheus")
 
@@ -82,26 +80,13 @@ class LocalPrometheus:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         config_file = self.data_dir / "prometheus.yml"
         config_file.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        for _attempt in range(3):
-            self.port = self.port or free_port()
-            log_file = open(self.data_dir / "prometheus.log", "ab")
-            self.proc = subprocess.Popen(
-                [exe, f"--config.file={config_file}", f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
-                 f"--web.listen-address={LOCAL}:{self.port}"],
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and self.proc.poll() is None:
-                try:
-                    with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as resp:
-                        if resp.status == 200:
-                            log.info("prometheus on %s", self.url)
-                            return self
-                except OSError:
-                    time.sleep(0.1)
-            self.stop()
-            self.port = 0  # the port was taken in between (or it would not start): try another
-        raise RuntimeError(f"prometheus did not start; see {self.data_dir / 'prometheus.log'}")
+        self.proc, self.port = start_http_process(
+            lambda port: [exe, f"--config.file={config_file}", f"--storage.tsdb.path={self.data_dir / 'tsdb'}",
+                          f"--web.listen-address={LOCAL}:{port}"],
+            lambda port: f"http://{LOCAL}:{port}/-/ready", self.data_dir / "prometheus.log", timeout, self.port,
+        )
+        log.info("prometheus on %s", self.url)
+        return self
 
     def stop(self) -> None:
         _stop(self.proc)
