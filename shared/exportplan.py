@@ -143,6 +143,16 @@ def unique_names(wanted: Iterable[str], reserved: Iterable[str] = RESERVED) -> l
     return [registry.add(name) for name in wanted]
 
 
+def with_extension(name: str, ext: str) -> str:
+    """`name` with its last segment's extension replaced by `ext` (`song.wav` -> `song.mp3`),
+    or `ext` appended when it has none: the name of a transformed source inside the archive."""
+    folder, _, last = name.rpartition("/")
+    stem, old = posixpath.splitext(last)
+    if not stem or not old or len(old.encode()) > MAX_EXTENSION_BYTES:
+        stem = last
+    return (folder + "/" if folder else "") + f"{stem}.{ext}"
+
+
 def default_name(key: str, prefix: str | None) -> str:
     """The name a source gets when the producer chose none: its key below the export's prefix
     (the folder part of it), else the key's last segment."""
@@ -205,12 +215,31 @@ def compresses(sample: bytes, level: int = 1, threshold: float = 0.95) -> bool:
 # --- KV side records ------------------------------------------------------------------
 
 
+TRANSFORM_EXTENSIONS: dict[str, str | None] = {  # per-item transform -> extension of its output
+    "original": None,  # the object as it is
+    "mp3": "mp3",  # audio/video -> the transcode stage's mp3 preset
+    "opus": "opus",  # audio/video -> its opus preset (Ogg)
+    "display": "webp",  # images -> the variant stage's 1600 px WebP display preset
+}
+
+
 class SourceInfo(Struct, kw_only=True, frozen=True):
-    key: str
+    key: str  # the object that goes into the archive (a transform's output, not the source)
     name: str
     size: int
     crc32: int | None = None  # from S3 when the object was uploaded with a CRC32 checksum
     etag: str | None = None
+    bucket: str | None = None  # None: the chunk record's bucket (a transform's output may live elsewhere)
+    source: str | None = None  # the requested key when `key` is a transform's output
+
+
+class Untransformed(Struct, kw_only=True, frozen=True):
+    """A source that exists but the export's transform could not be applied to (an image under
+    "mp3", a corrupt file): listed in the manifest with the reason, it does not fail the export."""
+
+    key: str
+    name: str
+    reason: str
 
 
 class ChunkRecord(Struct, kw_only=True, frozen=True):
@@ -220,6 +249,7 @@ class ChunkRecord(Struct, kw_only=True, frozen=True):
     bucket: str
     found: list[SourceInfo] = []
     missing: list[ExportItem] = []
+    untransformed: list[Untransformed] = []
 
 
 def chunk_key(job: str, n: int) -> str:

@@ -77,6 +77,8 @@ class Job(Struct, kw_only=True, frozen=True):
     archived: int = 0  # files streamed into the archive so far
     archived_bytes: int = 0
     exports: list[ExportFile] = []  # the archive, or its numbered parts
+    transform: str = "original"  # the export's per-item transform (mp3, opus, display)
+    untransformed_count: int = 0  # sources the transform could not apply to (listed in the manifest)
 
     @property
     def final(self) -> bool:

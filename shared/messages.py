@@ -180,7 +180,10 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
     bucket: str | None = None  # where the sources are; default: JETMEDIA_BUCKET
     job_id: JobId | None = None  # default: derived from the event id
     name: str | None = None  # archive file name (without .zip); default: export-{job}
-    transform: str = "original"  # per-item transform; only "original" today
+    # per-item transform: "original" (as stored), "mp3" / "opus" (audio and video -> that audio
+    # preset), "display" (images -> 1600 px WebP); names get the output's extension, and a source
+    # the transform cannot apply to is listed in the manifest (with the reason), not exported
+    transform: str = "original"
     compression: Literal["auto", "store", "deflate"] = "auto"  # auto: store what does not compress
 
 
@@ -195,6 +198,7 @@ class ChunkRequestedData(Struct, kw_only=True, frozen=True):
     chunk: int  # 0-based; the job record says how many there are
     bucket: str
     items: list[ExportItem]  # names already sanitised and unique across the export
+    transform: str = "original"  # the request's per-item transform (names already carry its extension)
 
 
 class ChunkRequested(Event, tag="jetmedia.export.chunk.v1", frozen=True):
@@ -329,5 +333,7 @@ def job_of(event: AnyEvent) -> str | None:
             return data.job_id or safe_job_id(event.id)
         case ExportRequested(data=data):
             return data.job_id or safe_job_id(event.id)
+        case CancelRequested():
+            return None  # about a job, not part of its work: never skipped or stopped as that job's work
         case _:
             return event.subject

@@ -51,6 +51,7 @@ from shared.exportplan import (
     README,
     ChunkRecord,
     SourceInfo,
+    Untransformed,
     chunk_key,
     compresses,
     part_names,
@@ -116,8 +117,11 @@ async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
         return []  # already ready (a duplicate finalize) or cancelled/failed
     records = await _load_chunks(ctx, job)
     bucket = records[0].bucket if records else ctx.settings.bucket
-    found = [source for record in records for source in record.found]
     missing = [item for record in records for item in record.missing]
+    untransformed = [item for record in records for item in record.untransformed]
+    # a transform's output may live in another bucket than the sources: resolved here, per source
+    found = [s if s.bucket is not None else msgspec.structs.replace(s, bucket=r.bucket)
+             for r in records for s in r.found]
 
     prefix = f"exports/{job_id}/"
     leftovers = await ctx.storage.abort_multipart_uploads(prefix)
@@ -135,7 +139,7 @@ async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
         for number, (run, name) in enumerate(zip(runs, names, strict=True), start=1):
             written.append(await write_archive(
                 ctx, job, key=prefix + name, name=name, bucket=bucket, sources=[found[i] for i in run],
-                missing=missing, part=number, parts=len(runs), progress=progress,
+                missing=missing, part=number, parts=len(runs), progress=progress, untransformed=untransformed,
             ))
         index_key = await _write_index(ctx, job, prefix, written, missing) if len(written) > 1 else None
         return await _ready(ctx, job, written, index_key, missing, progress)
@@ -150,6 +154,7 @@ async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
 async def write_archive(
     ctx: Context, job: Job, *, key: str, name: str, bucket: str, sources: list[SourceInfo],
     missing: list[m.ExportItem], part: int, parts: int, progress: Progress,
+    untransformed: list[Untransformed] | None = None,
 ) -> m.ExportFile:
     """One ZIP into one multipart upload; aborted (nothing left behind) if anything goes wrong."""
     upload = ctx.storage.multipart(key, "application/zip")
@@ -162,9 +167,9 @@ async def write_archive(
         yield README, modified, MODE, ZIP_AUTO(len(readme), level=level), _once(readme)
         for source in sources:
             await _boundary(ctx, job.id, progress)
-            opened = await _open(ctx.storage, source, bucket)
+            opened = await _open(ctx.storage, source, source.bucket or bucket)
             if opened is None:  # deleted since the chunk stage saw it: listed as missing
-                missing.append(m.ExportItem(key=source.key, name=source.name))
+                missing.append(m.ExportItem(key=source.source or source.key, name=source.name))
                 continue
             first, rest = opened
             method, how = choose_method(job.compression, source.size, source.crc32, first, level)
@@ -172,7 +177,7 @@ async def write_archive(
             members.append(member)
             yield source.name, modified, MODE, method, _tee(first, rest, member, ctx, progress)
             progress.files += 1
-        manifest = _manifest(job, part, parts, members, missing)
+        manifest = _manifest(job, part, parts, members, missing, untransformed or [])
         yield MANIFEST, modified, MODE, ZIP_AUTO(len(manifest), level=level), _once(manifest)
 
     stream = async_stream_zip(files(), chunk_size=READ_CHUNK)
@@ -291,12 +296,16 @@ def _readme(job: Job, name: str, part: int, parts: int, files: int) -> str:
         "Names were made safe to unpack: no absolute paths, no '..', no control characters; a name",
         "taken twice got a number, as in 'photo (1).jpg'.",
     ]
+    if job.transform != "original":
+        lines += ["", f"Every file was converted ({job.transform!r}) and named with its new extension; the",
+                  f"ones that could not be are listed under \"untransformed\" in {MANIFEST}, with the reason."]
     if parts > 1:
         lines.append(f"The other parts are listed in index.json next to this archive in S3 ({parts} parts).")
     return "\n".join(lines) + "\n"
 
 
-def _manifest(job: Job, part: int, parts: int, members: list[Member], missing: list[m.ExportItem]) -> bytes:
+def _manifest(job: Job, part: int, parts: int, members: list[Member], missing: list[m.ExportItem],
+              untransformed: list[Untransformed]) -> bytes:
     document = {
         "job": job.id,
         "archive": job.archive,
@@ -304,13 +313,23 @@ def _manifest(job: Job, part: int, parts: int, members: list[Member], missing: l
         "parts": parts,
         "created": job.created.isoformat(),
         "files": [
-            {"name": mb.source.name, "key": mb.source.key, "size": mb.size, "sha256": mb.sha256.hexdigest(),
-             "compression": mb.method}
-            for mb in members
+            _entry(mb) for mb in members
         ],
         "missing": [{"key": item.key, "name": item.name} for item in missing],
     }
+    if job.transform != "original":
+        document["transform"] = job.transform
+        document["untransformed"] = [{"key": u.key, "name": u.name, "reason": u.reason} for u in untransformed]
     return msgspec.json.format(msgspec.json.encode(document), indent=1)
+
+
+def _entry(member: Member) -> dict[str, Any]:
+    source = member.source
+    entry: dict[str, Any] = {"name": source.name, "key": source.source or source.key, "size": member.size,
+                             "sha256": member.sha256.hexdigest(), "compression": member.method}
+    if source.source is not None:  # a transform's output: the requested key above, the output here
+        entry["output"] = source.key
+    return entry
 
 
 async def _write_index(ctx: Context, job: Job, prefix: str, parts: list[m.ExportFile],

@@ -13,11 +13,19 @@ from typing import Any
 import msgspec
 
 from shared import messages as m
-from shared.exportplan import NameRegistry, archive_name, default_name, plan_runs
+from shared.exportplan import (
+    TRANSFORM_EXTENSIONS,
+    NameRegistry,
+    archive_name,
+    default_name,
+    plan_runs,
+    sanitise,
+    with_extension,
+)
 from shared.jobs import Job, new_job
 from shared.runtime import Context, Emit, Reject
 
-TRANSFORMS = ("original",)
+TRANSFORMS = tuple(TRANSFORM_EXTENSIONS)  # original, mp3, opus, display
 
 
 async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
@@ -26,7 +34,8 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     assert job_id is not None
     archive = archive_name(data.name, job_id)
     job, _created = await ctx.jobs.create(
-        new_job(job_id, "export", status="running", stage="upload", archive=archive, compression=data.compression)
+        new_job(job_id, "export", status="running", stage="upload", archive=archive, compression=data.compression,
+                transform=data.transform)
     )
     if job.final:
         return []  # a replay of a job that already ended
@@ -46,7 +55,15 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
         raise Reject(f"export names {len(wanted)} objects, over the limit of {limit} (JETMEDIA_EXPORT_MAX_FILES)")
 
     names = NameRegistry()
-    items = [m.ExportItem(key=key, name=names.add(name or default_name(key, data.prefix))) for key, name, _ in wanted]
+    ext = TRANSFORM_EXTENSIONS[data.transform]
+
+    def archived_as(key: str, name: str | None) -> str:
+        """Named once here, with the transform's extension (song.wav -> song.mp3), so the names
+        stay unique across the whole export after the change."""
+        wanted_name = name or default_name(key, data.prefix)
+        return names.add(with_extension(sanitise(wanted_name), ext) if ext else wanted_name)
+
+    items = [m.ExportItem(key=key, name=archived_as(key, name)) for key, name, _ in wanted]
     runs = plan_runs([size for _, _, size in wanted], ctx.settings.export_chunk_files, ctx.settings.export_chunk_bytes)
 
     def planned(current: Job) -> Job:
@@ -58,7 +75,8 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     return [
         Emit(m.CHUNK, m.ChunkRequested(
             id=m.derived_id(job_id, "chunk", str(n)), source=ctx.settings.source, time=m.now(), subject=job_id,
-            data=m.ChunkRequestedData(job=job_id, chunk=n, bucket=bucket, items=[items[i] for i in run]),
+            data=m.ChunkRequestedData(job=job_id, chunk=n, bucket=bucket, items=[items[i] for i in run],
+                                      transform=data.transform),
         ))
         for n, run in enumerate(runs)
     ]
