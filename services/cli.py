@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from shared import bus, logs, metrics, queue_metrics
-from shared.config import Settings, settings_help
+from shared.config import ConfigError, Settings, settings_help
 from shared.devstack import EmbeddedStack
 from shared.runtime import Services, run_stages
 
@@ -71,6 +71,8 @@ async def serve_stages(
     collector with `collect`, for the single-process stack)."""
     periodic = [n for n in names if n in stages.PERIODIC_MODULES] if names else list(stages.PERIODIC_MODULES)
     chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
+    for stage in chosen:
+        stage.check_settings(settings)
     server = metrics.serve(settings.metrics_host, settings.metrics_port)
     try:
         async with Services.open(settings, name=f"jetmedia-{'+'.join(s.name for s in chosen)}") as services:
@@ -297,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = asyncio.run(result)
         except KeyboardInterrupt:
             result = 130
+        except ConfigError as exc:
+            print(f"jetmedia: {exc}", file=sys.stderr)
+            return 2
     return int(result or 0)
 
 

@@ -17,6 +17,10 @@ ENV_PREFIX = "JETMEDIA_"
 SECRET_FIELDS = frozenset({"s3_secret_key", "nats_password", "nats_token"})
 
 
+class ConfigError(ValueError):
+    """Settings that cannot work: reported at start-up with the variable to fix, exit code 2."""
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- NATS / JetStream ---
     nats_url: str = "nats://127.0.0.1:4222"

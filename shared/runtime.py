@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 
 from . import bus, metrics
 from . import messages as m
-from .config import Settings
+from .config import ConfigError, Settings
 from .jobs import Job, JobStore
 from .storage import Storage, is_transient
 
@@ -76,6 +76,15 @@ class Stage:
     accepts: tuple[type[m.Event], ...]
     concurrency: int | None = None  # the stage's own default; JETMEDIA_STAGE_CONCURRENCY overrides it
     cancellable: bool = True  # skip/cancel work of cancelled jobs
+    check: Callable[[Settings], None] | None = None  # raises ValueError when the settings cannot work
+
+    def check_settings(self, settings: Settings) -> None:
+        """Fail at start-up, not at the first message, when this stage's settings are wrong."""
+        if self.check is not None:
+            try:
+                self.check(settings)
+            except ValueError as exc:
+                raise ConfigError(f"stage {self.name}: {exc}") from None
 
 
 class Services:

@@ -92,4 +92,5 @@ async def _poster_needed(ctx: Context, job_id: str, media: str) -> bool:
 
 
 STAGE = Stage(name="transcode", stream="JM_TRANSCODE", handle=handle, accepts=(m.TranscodeRequested,),
+              check=presets.check,
               concurrency=2)  # ffmpeg uses every core; two in flight overlap one's I/O with the other's encode

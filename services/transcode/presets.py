@@ -114,3 +114,15 @@ def poster_args(facts: Probe, settings: Settings) -> tuple[list[str], list[str]]
     return (["-ss", f"{at:.3f}"],
             ["-map", f"0:{facts.video.index}", "-frames:v", "1", "-vf", fit(settings), "-q:v", "3",
              "-map_metadata", "-1", "-an", "-sn", "-dn", "-f", "image2", "-update", "1"])
+
+
+def check(settings: Settings) -> None:
+    """Start-up check: every configured preset name exists and suits its media."""
+    for media, names in (("audio", settings.transcode_audio_presets), ("video", settings.transcode_video_presets)):
+        for name in names:
+            preset = PRESETS.get(name)
+            if preset is None:
+                raise ValueError(f"unknown transcode preset {name!r} in JETMEDIA_TRANSCODE_{media.upper()}_PRESETS; "
+                                 f"known: {', '.join(PRESETS)}")
+            if media == "audio" and preset.media == "video":
+                raise ValueError(f"preset {name!r} makes video; it cannot be an audio preset")

@@ -28,6 +28,10 @@ def configured_presets(spec: str) -> tuple[presets.Preset, ...]:
     return presets.parse(spec)
 
 
+def check_settings(settings: Settings) -> None:
+    configured_presets(settings.variant_presets)  # raises PresetError (a ValueError) with the reason
+
+
 def limits_of(settings: Settings) -> Limits:
     return Limits(max_pixels=settings.max_image_pixels, max_frames=settings.max_image_frames)
 
@@ -102,4 +106,4 @@ async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:
 # 8 in flight on a 2-thread CPU pool: S3 round trips (~45 ms each on a local endpoint) overlap
 # with renders; memory stays at ≤ 8 sources plus one decode per CPU thread (bench/variant.py).
 STAGE = Stage(name="variant", stream="JM_VARIANT", handle=make_variants, accepts=(m.VariantRequested,),
-              concurrency=8)
+              concurrency=8, check=check_settings)

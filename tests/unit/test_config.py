@@ -44,3 +44,21 @@ def test_as_env_round_trips() -> None:
     settings = Settings(concurrency=3, retry_backoff=(0.5, 1.0), stage_concurrency={"variant": 8}, bucket="b")
     assert Settings.from_env(settings.as_env()) == settings
     assert "JETMEDIA_STAGE_CONCURRENCY" not in Settings().as_env()
+
+
+def test_a_worker_with_impossible_stage_settings_stops_at_start_with_the_reason() -> None:
+    import os
+    import subprocess
+    import sys
+
+    for variable, value, reason in (
+        ("JETMEDIA_VARIANT_PRESETS", "thumb:webp:abc", "stage variant"),
+        ("JETMEDIA_TRANSCODE_AUDIO_PRESETS", "mp3,flac9000", "flac9000"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "services.cli", "worker", "variant", "transcode"],
+            env={**os.environ, variable: value, "JETMEDIA_NATS_URL": "nats://127.0.0.1:1"},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert run.returncode == 2, run.stderr[-2000:]
+        assert reason in run.stderr
