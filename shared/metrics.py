@@ -62,11 +62,6 @@ job_seconds = Histogram(
     ["kind"],
     buckets=(0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
-export_seconds = Histogram(
-    "jetmedia_export_seconds",
-    "Time from export request to archive ready.",
-    buckets=(1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600),
-)
 last_success = Gauge(
     "jetmedia_last_success_timestamp_seconds", "When a stage last handled a message OK.", ["stage"]
 )

@@ -45,7 +45,6 @@ from stream_zip import (
 )
 
 from shared import messages as m
-from shared import metrics
 from shared.exportplan import (
     MANIFEST,
     README,
@@ -370,7 +369,6 @@ async def _ready(ctx: Context, job: Job, written: list[m.ExportFile], index_key:
         raise Cancelled(job.id)
     if done.status != "ready" or done.url != url:
         return []  # failed meanwhile, or another run finished first
-    metrics.export_seconds.observe((done.updated - done.created).total_seconds())
     event = m.ExportReady(
         id=m.derived_id(job.id, "ready"), source=ctx.settings.source, time=m.now(), subject=job.id,
         data=m.ExportReadyData(

@@ -172,7 +172,8 @@ async def test_prometheus_gets_data_for_every_panel(
         async def prometheus_saw_it() -> bool:
             ok = await asyncio.to_thread(
                 api, prom.url, "query", query='sum(jetmedia_messages_total{stage="finalize",outcome="ok"})')
-            export = await asyncio.to_thread(api, prom.url, "query", query="sum(jetmedia_export_seconds_count)")
+            export = await asyncio.to_thread(
+                api, prom.url, "query", query='sum(jetmedia_job_seconds_count{kind="export"})')
             dlq = await asyncio.to_thread(api, prom.url, "query", query='max(jetmedia_dlq_messages{stage="upload"})')
             return bool(ok["result"] and float(ok["result"][0]["value"][1]) >= 4
                         and export["result"] and float(export["result"][0]["value"][1]) >= 1
