@@ -6,6 +6,7 @@ a free port, and is stopped by the PID we started (terminate, then kill after a 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -23,7 +24,8 @@ from pathlib import Path
 log = logging.getLogger("jetmedia.devstack")
 
 LOCAL = "127.0.0.1"
-MOTO_KEY = "jetmedia-dev"  # moto accepts any credentials; these only keep botocore happy
+MOTO_KEY = "jetmedia-dev"
+PR_SET_PDEATHSIG = 1  # moto accepts any credentials; these only keep botocore happy
 
 
 def nats_server_binary(configured: str | None = None) -> str:
@@ -46,6 +48,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOCAL, 0))
         return int(sock.getsockname()[1])
+
+
+def _resolve_prctl() -> Callable[..., int] | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _resolve_prctl()  # resolved here: the child, between fork and exec, only calls it
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: on Linux, ask for SIGTERM when the process that started us
+    dies, so a SIGKILLed `jetmedia up` (or test run) leaves no nats-server or S3 server behind."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
@@ -93,7 +112,9 @@ class NatsServer:
         version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         log.info("starting %s (%s)", binary, version or "unknown version")
         log_file = open(self.data_dir / "nats-server.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -126,7 +147,9 @@ def start_http_process(
     for _attempt in range(3):
         port = port or free_port()
         with open(log_path, "ab") as log_file:
-            proc = subprocess.Popen(command(port), stdout=log_file, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                command(port), stdout=log_file, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and proc.poll() is None:
             try:

@@ -61,3 +61,45 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
         if marker in line:
             return seen
     raise AssertionError(f"`jetmedia up` did not get ready:\n{seen[-3000:]}")
+
+
+def test_servers_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
+    env = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
+    up = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        _read_until(up, "Ctrl-C stops everything.", timeout=60)
+        children = _children_of(up.pid)
+        assert len(children) >= 2, children  # nats-server and the S3 endpoint
+        up.kill()  # no chance to clean up
+        up.wait(10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(_alive(pid) for pid in children):
+            time.sleep(0.1)
+        assert not [pid for pid in children if _alive(pid)], "servers outlived their parent"
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+
+
+def _children_of(parent: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
