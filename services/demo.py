@@ -11,8 +11,6 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from rich.console import Console
-
 from shared import bus
 from shared import messages as m
 from shared.config import Settings
@@ -20,10 +18,10 @@ from shared.runtime import Services, run_stages
 
 from . import samples, stages
 from .cli import embedded
-from .client import print_jobs, publish_asset, read_dead_letters, wait_for_jobs
+from .client import output_console, print_jobs, publish_asset, read_dead_letters, wait_for_jobs
 from .transcode.samples import lavfi
 
-console = Console()
+console = output_console()
 
 
 def sample_files() -> dict[str, tuple[bytes, str]]:
