@@ -12,8 +12,11 @@ Deterministic keys and derived message ids make a redelivery overwrite, never du
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import msgspec
 
@@ -27,6 +30,18 @@ from .work import Encoded, JobPercent, encode, fetch, inspect, output_key, poste
 __all__ = ["STAGE", "handle", "transcode_file"]
 
 
+async def all_or_none(steps: list[Coroutine[Any, Any, Encoded]]) -> list[Encoded]:
+    """Run steps concurrently; when one fails (or the job is cancelled), stop the others and wait
+    until their ffmpeg is killed and reaped before the error propagates (its type intact)."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
     data = event.data
     deadline = time.monotonic() + ctx.settings.transcode_time_limit
@@ -35,16 +50,27 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         facts = await inspect(ctx, source, size)
         chosen = presets.choose(facts.media, data.presets, ctx.settings)
         progress = JobPercent(ctx, data.job, facts.duration * len(chosen))
-        files = []
-        for n, preset in enumerate(chosen):
+        seconds_done = [0.0] * len(chosen)
+
+        async def make(n: int, preset: presets.Preset) -> Encoded:
+            async def report(seconds: float) -> None:
+                seconds_done[n] = seconds
+                await progress.at(sum(seconds_done))
+
             out = os.path.join(folder, f"{preset.name}.{preset.ext}")
-            made = await encode(ctx, source, facts, preset, out, progress.step(n * facts.duration), deadline)
-            files.append(Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
-                                 preset.content_type, preset.ext, made))
-        if facts.video is not None:
+            made = await encode(ctx, source, facts, preset, out, report, deadline)
+            return Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
+                           preset.content_type, preset.ext, made)
+
+        async def make_poster() -> Encoded:
             frame = os.path.join(folder, "poster.jpg")
             await poster(ctx, source, facts, frame, deadline)
-            files.append(Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg"))
+            return Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg")
+
+        # The encodes run side by side: audio encoders (LAME, libopus) use one core each, and the
+        # poster is a single frame; x264 uses every core either way.
+        work = [make(n, preset) for n, preset in enumerate(chosen)]
+        files = await all_or_none([*work, make_poster()] if facts.video is not None else work)
         outputs = await upload(ctx, files)
     await progress.at(facts.duration * len(chosen), force=True)
 
