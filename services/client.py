@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -127,28 +126,8 @@ async def cancel(settings: Settings, job_id: str) -> int:
 async def read_dead_letters(services: Services, stage: str | None = None, limit: int = 1000) -> list[m.DeadLetter]:
     """Every dead letter in JM_DLQ (optionally one stage's), oldest first."""
     subject = f"{m.DLQ_PREFIX}.{stage}" if stage else f"{m.DLQ_PREFIX}.>"
-    info = await services.js.stream_info("JM_DLQ")
-    if not info.state.messages:
-        return []
-    sub = await services.js.pull_subscribe(
-        subject, stream="JM_DLQ",
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0),
-    )
-    letters: list[m.DeadLetter] = []
-    try:
-        while len(letters) < limit:
-            try:
-                batch = await sub.fetch(min(100, limit - len(letters)), timeout=0.5)
-            except (TimeoutError, Exception):
-                break
-            for msg in batch:
-                event = m.decode(msg.data)
-                if isinstance(event, m.DeadLetter):
-                    letters.append(event)
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
-    return letters
+    events = await bus.read_stream(services.js, "JM_DLQ", subject, limit)
+    return [event for event in events if isinstance(event, m.DeadLetter)]
 
 
 async def list_dead_letters(settings: Settings, stage: str | None, limit: int) -> int:

@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
     StorageType,
@@ -134,3 +135,27 @@ async def publish(js: JetStreamContext, subject: str, event: m.Event, timeout: f
     """Publish with `Nats-Msg-Id` = event id; returns False when the server dropped a duplicate."""
     ack = await js.publish(subject, m.encode(event), timeout=timeout, headers={MSG_ID: event.id})
     return not ack.duplicate
+
+
+async def read_stream(js: JetStreamContext, stream: str, subject: str = ">", limit: int = 100_000) -> list[m.AnyEvent]:
+    """Everything a stream holds now (oldest first), read through a short-lived consumer: nothing
+    is consumed, so it works on the limits streams (JM_EVENTS, JM_DLQ) without side effects."""
+    info = await js.stream_info(stream)
+    if not info.state.messages:
+        return []
+    sub = await js.pull_subscribe(
+        subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
+    )
+    events: list[m.AnyEvent] = []
+    try:
+        while len(events) < limit:
+            try:
+                batch = await sub.fetch(min(500, limit - len(events)), timeout=0.5)
+            except TimeoutError:
+                break
+            for msg in batch:
+                events.append(m.decode(msg.data))
+                await msg.ack()
+    finally:
+        await sub.unsubscribe()
+    return events

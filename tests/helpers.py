@@ -11,8 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
-
+from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.runtime import Services, Stage, run_stages
@@ -47,25 +46,7 @@ async def eventually(probe: Callable[[], Awaitable[T]], *, timeout: float = 20.0
 
 async def stream_events(services: Services, stream: str, subject: str = ">") -> list[m.AnyEvent]:
     """Everything currently in a stream (read with an ephemeral consumer, nothing consumed)."""
-    info = await services.js.stream_info(stream)
-    if not info.state.messages:
-        return []
-    sub = await services.js.pull_subscribe(
-        subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=10.0)
-    )
-    events: list[m.AnyEvent] = []
-    try:
-        while True:
-            try:
-                batch = await sub.fetch(500, timeout=0.5)
-            except TimeoutError:
-                break
-            for msg in batch:
-                events.append(m.decode(msg.data))
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
-    return events
+    return await bus.read_stream(services.js, stream, subject)
 
 
 def worker_process(settings: Settings, *stages: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -66,6 +66,19 @@ async def _events(services: Services) -> list[m.AnyEvent]:
     return await stream_events(services, "JM_EVENTS")
 
 
+async def replica_finishes(services: Services, ids: list[str]) -> subprocess.Popen[bytes]:
+    """Start another replica; every job ends ready with each output stored once."""
+    replica = worker_process(services.settings)
+    try:
+        final = await eventually(lambda: all_final(services, ids), timeout=90)
+        assert set(final.values()) == {"ready"}
+        await assert_each_output_once(services, ids)
+    except BaseException:
+        stop(replica)
+        raise
+    return replica
+
+
 def stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -83,10 +96,7 @@ async def test_sigkilled_worker_mid_job_another_replica_completes_it(services: S
         first.wait(10)
         assert in_flight > 0, "the worker was killed with nothing in flight; the test proves nothing"
 
-        second = worker_process(services.settings)
-        final = await eventually(lambda: all_final(services, ids), timeout=90)
-        assert set(final.values()) == {"ready"}
-        await assert_each_output_once(services, ids)
+        second = await replica_finishes(services, ids)
         second.send_signal(signal.SIGTERM)
         log = second.stdout.read().decode() if second.stdout else ""
         assert "outcome=ok delivery=2" in log  # the killed worker's message came back to the replica
@@ -108,10 +118,7 @@ async def test_sigterm_finishes_in_flight_work_and_exits_cleanly(services: Servi
         assert code == 0, output[-3000:]
         assert "stopped" in output
 
-        second = worker_process(services.settings)
-        final = await eventually(lambda: all_final(services, ids), timeout=90)
-        assert set(final.values()) == {"ready"}
-        await assert_each_output_once(services, ids)
+        second = await replica_finishes(services, ids)
     finally:
         stop(first)
         if second:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -9,19 +10,31 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from services import samples
 
+ENV = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
 
-def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None:
-    env = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
+
+@contextlib.contextmanager
+def jetmedia_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`jetmedia up` in a subprocess, once it printed its banner; killed at the end if still running."""
     up = subprocess.Popen(
         [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        banner = _read_until(up, "Ctrl-C stops everything.", timeout=60)
+        yield up, _read_until(up, "Ctrl-C stops everything.", timeout=60)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+
+
+def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None:
+    with jetmedia_up(tmp_path) as (up, banner):
         exports = dict(re.findall(r"export (JETMEDIA_\w+)=(\S+)", banner))
         assert {"JETMEDIA_NATS_URL", "JETMEDIA_S3_ENDPOINT"} <= set(exports)
         metrics_url = re.search(r"metrics\s+(http://127\.0\.0\.1:\d+/metrics)", banner)
@@ -31,7 +44,7 @@ def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None
         photo.write_bytes(samples.photo(900, 600))
         submit = subprocess.run(
             [sys.executable, "-m", "services.cli", "submit", str(photo), "--wait"],
-            env={**env, **exports}, capture_output=True, text=True, timeout=120,
+            env={**ENV, **exports}, capture_output=True, text=True, timeout=120,
         )
         assert submit.returncode == 0, submit.stdout + submit.stderr
         assert "thumb.webp" in submit.stdout
@@ -42,10 +55,6 @@ def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None
 
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
     assert not list((tmp_path / "stack").rglob("*.ports")), "nats-server left running"
 
 
@@ -64,13 +73,7 @@ def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str
 
 
 def test_servers_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
-    env = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        _read_until(up, "Ctrl-C stops everything.", timeout=60)
+    with jetmedia_up(tmp_path) as (up, _banner):
         children = _children_of(up.pid)
         assert len(children) >= 2, children  # nats-server and the S3 endpoint
         up.kill()  # no chance to clean up
@@ -79,10 +82,6 @@ def test_servers_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
         while time.monotonic() < deadline and any(_alive(pid) for pid in children):
             time.sleep(0.1)
         assert not [pid for pid in children if _alive(pid)], "servers outlived their parent"
-    finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait(10)
 
 
 def _children_of(parent: int) -> list[int]:
