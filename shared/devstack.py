@@ -164,7 +164,8 @@ def start_http_process(
 
 @dataclass
 class MotoS3:
-    """moto's S3 server as a separate process (the in-process mock breaks aioboto3)."""
+    """moto's S3 as a separate process (the in-process mock breaks aioboto3), served by
+    `shared.s3server` (keep-alive, S3 only) rather than `moto.server`."""
 
     data_dir: Path
     port: int = 0
@@ -176,7 +177,7 @@ class MotoS3:
 
     def start(self, timeout: float = 30.0) -> MotoS3:
         self.proc, self.port = start_http_process(
-            lambda port: [sys.executable, "-m", "moto.server", "-H", LOCAL, "-p", str(port)],
+            lambda port: [sys.executable, "-m", "shared.s3server", "--host", LOCAL, "--port", str(port)],
             lambda port: f"http://{LOCAL}:{port}/moto-api/", self.data_dir / "s3.log", timeout, self.port,
         )
         return self

@@ -9,6 +9,7 @@ vote. Deterministic: ties break on the bin index, so a redelivery stores the sam
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 MIN_DISTANCE = 48.0  # redmean distance (0..~765) below which two colours count as the same
@@ -21,10 +22,12 @@ def palette(pixels: bytes | Sequence[int], bands: int, size: int = PALETTE_SIZE)
     if bands not in (3, 4):
         raise ValueError(f"palette needs RGB or RGBA pixels, got {bands} bands")
     counts: dict[int, list[int]] = {}
-    for i in range(0, len(pixels) - bands + 1, bands):
-        if bands == 4 and pixels[i + 3] < 128:
+    whole = len(pixels) - len(pixels) % bands
+    alphas = pixels[3:whole:4] if bands == 4 else itertools.repeat(255)  # RGB: endless "opaque"
+    channels = (pixels[0:whole:bands], pixels[1:whole:bands], pixels[2:whole:bands])
+    for r, g, b, a in zip(*channels, alphas, strict=False):
+        if a < 128:
             continue
-        r, g, b = pixels[i], pixels[i + 1], pixels[i + 2]
         key = ((r >> 5) << 6) | ((g >> 5) << 3) | (b >> 5)
         slot = counts.get(key)
         if slot is None:

@@ -152,7 +152,7 @@ def render(source: bytes, presets: tuple[Preset, ...], limits: Limits = Limits()
             if smallest is None:
                 smallest = frames.crop(0, 0, frames.width, page_height)
         assert smallest is not None
-        palette, placeholder = _facts(smallest)
+        palette, placeholder = facts(smallest)
     except pyvips.Error as exc:
         raise Reject(f"cannot decode {header.format} image: {_first_line(exc)}") from None
     return Rendered(header, [encoded[p.name] for p in presets], palette, placeholder)
@@ -240,7 +240,7 @@ def _encode(image: pyvips.Image, preset: Preset) -> bytes:
     raise ValueError(f"unknown format {preset.format}")
 
 
-def _facts(image: pyvips.Image) -> tuple[list[str], str]:
+def facts(image: pyvips.Image) -> tuple[list[str], str]:
     """Palette from ≤ 64 px, ThumbHash from ≤ 32 px, both RGBA 8-bit sRGB."""
     small = image.thumbnail_image(64, height=64, size="down")
     if small.interpretation != "srgb":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Sequence
+from operator import mul
 
 
 def encode(width: int, height: int, rgba: bytes | Sequence[int]) -> bytes:
@@ -23,12 +24,13 @@ def encode(width: int, height: int, rgba: bytes | Sequence[int]) -> bytes:
     if len(rgba) != n * 4:
         raise ValueError(f"expected {n * 4} RGBA bytes, got {len(rgba)}")
 
+    pixels = list(zip(rgba[0::4], rgba[1::4], rgba[2::4], rgba[3::4], strict=True))
     avg_r = avg_g = avg_b = avg_a = 0.0
-    for i in range(0, n * 4, 4):
-        alpha = rgba[i + 3] / 255
-        avg_r += alpha / 255 * rgba[i]
-        avg_g += alpha / 255 * rgba[i + 1]
-        avg_b += alpha / 255 * rgba[i + 2]
+    for red, green, blue, opacity in pixels:
+        alpha = opacity / 255
+        avg_r += alpha / 255 * red
+        avg_g += alpha / 255 * green
+        avg_b += alpha / 255 * blue
         avg_a += alpha
     if avg_a > 0:
         avg_r, avg_g, avg_b = avg_r / avg_a, avg_g / avg_a, avg_b / avg_a
@@ -41,12 +43,11 @@ def encode(width: int, height: int, rgba: bytes | Sequence[int]) -> bytes:
 
     # RGBA -> LPQA, composited over the average colour
     lum, p, q, a = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
-    for k in range(n):
-        i = k * 4
-        alpha = rgba[i + 3] / 255
-        r = avg_r * (1 - alpha) + alpha / 255 * rgba[i]
-        g = avg_g * (1 - alpha) + alpha / 255 * rgba[i + 1]
-        b = avg_b * (1 - alpha) + alpha / 255 * rgba[i + 2]
+    for k, (red, green, blue, opacity) in enumerate(pixels):
+        alpha = opacity / 255
+        r = avg_r * (1 - alpha) + alpha / 255 * red
+        g = avg_g * (1 - alpha) + alpha / 255 * green
+        b = avg_b * (1 - alpha) + alpha / 255 * blue
         lum[k] = (r + g + b) / 3
         p[k] = (r + g) / 2 - b
         q[k] = r - g
@@ -84,12 +85,12 @@ def _dct(w: int, h: int, channel: list[float], nx: int, ny: int) -> tuple[float,
     fx = [[math.cos(math.pi / w * cx * (x + 0.5)) for x in range(w)] for cx in range(cx_max)]
     fy = [[math.cos(math.pi / h * cy * (y + 0.5)) for y in range(h)] for cy in range(ny)]
     rows = [channel[y * w:(y + 1) * w] for y in range(h)]
-    projected = [[sum(v * f for v, f in zip(row, fx[cx], strict=True)) for row in rows] for cx in range(cx_max)]
+    projected = [[sum(map(mul, row, fx[cx])) for row in rows] for cx in range(cx_max)]  # same order as a loop
     dc, ac, scale = 0.0, [], 0.0
     for cy in range(ny):
         cx = 0
         while cx * ny < nx * (ny - cy):
-            f = sum(pr * g for pr, g in zip(projected[cx], fy[cy], strict=True)) / (w * h)
+            f = sum(map(mul, projected[cx], fy[cy])) / (w * h)
             if cx or cy:
                 ac.append(f)
                 scale = max(scale, abs(f))
