@@ -16,7 +16,7 @@ import asyncio
 import os
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -25,12 +25,25 @@ from shared.jobs import Job
 from shared.runtime import Context, Emit, Stage
 
 from . import presets
-from .work import Encoded, JobPercent, encode, fetch, inspect, output_key, poster, transcode_file, upload, workspace
+from .work import (
+    Encoded,
+    JobPercent,
+    encode,
+    fetch,
+    forget,
+    inspect,
+    output_key,
+    poster,
+    store,
+    transcode_file,
+    workspace,
+)
 
 __all__ = ["STAGE", "handle", "transcode_file"]
+T = TypeVar("T")
 
 
-async def all_or_none(steps: list[Coroutine[Any, Any, Encoded]]) -> list[Encoded]:
+async def all_or_none(steps: list[Coroutine[Any, Any, T]]) -> list[T]:
     """Run steps concurrently; when one fails (or the job is cancelled), stop the others and wait
     until their ffmpeg is killed and reaped before the error propagates (its type intact)."""
     tasks = [asyncio.ensure_future(step) for step in steps]
@@ -52,26 +65,35 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         progress = JobPercent(ctx, data.job, facts.duration * len(chosen))
         seconds_done = [0.0] * len(chosen)
 
-        async def make(n: int, preset: presets.Preset) -> Encoded:
+        uploaded: list[str] = []
+
+        async def make(n: int, preset: presets.Preset) -> m.OutputFile:
             async def report(seconds: float) -> None:
                 seconds_done[n] = seconds
                 await progress.at(sum(seconds_done))
 
             out = os.path.join(folder, f"{preset.name}.{preset.ext}")
             made = await encode(ctx, source, facts, preset, out, report, deadline)
-            return Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
+            item = Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
                            preset.content_type, preset.ext, made)
+            return await store(ctx, item, uploaded)
 
-        async def make_poster() -> Encoded:
+        async def make_poster() -> m.OutputFile:
             frame = os.path.join(folder, "poster.jpg")
             await poster(ctx, source, facts, frame, deadline)
-            return Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg")
+            item = Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg")
+            return await store(ctx, item, uploaded)
 
-        # The encodes run side by side: audio encoders (LAME, libopus) use one core each, and the
-        # poster is a single frame; x264 uses every core either way.
+        # The encodes run side by side (audio encoders use one core each, the poster is a single
+        # frame; x264 uses every core either way), and each output is uploaded as soon as it is
+        # made, while the others still encode. One fails or the job is cancelled: the rest are
+        # stopped and what was uploaded is removed.
         work = [make(n, preset) for n, preset in enumerate(chosen)]
-        files = await all_or_none([*work, make_poster()] if facts.video is not None else work)
-        outputs = await upload(ctx, files)
+        try:
+            outputs = await all_or_none([*work, make_poster()] if facts.video is not None else work)
+        except BaseException:
+            await forget(ctx, uploaded)
+            raise
     await progress.at(facts.duration * len(chosen), force=True)
 
     emits = [_part(ctx, data, "transcode", outputs, facts.info())]

@@ -2,8 +2,9 @@
 
 fetch (S3 object -> local temp file, byte limit) -> probe + limits -> encode each preset with
 ffmpeg (progress -> job percent) -> probe each output (facts) -> upload at deterministic keys.
-Everything local lives in one temp directory that is removed whatever happens; outputs go to S3
-only after every encode succeeded, and are deleted again if the job is cancelled mid-upload.
+Everything local lives in one temp directory that is removed whatever happens; an output that is
+uploaded while another encode still runs is deleted again if that encode fails or the job is
+cancelled, so a job that does not finish leaves no outputs.
 """
 
 from __future__ import annotations
@@ -151,24 +152,32 @@ async def poster(ctx: Context, source: str, facts: Probe, out: str, deadline: fl
         raise Reject("could not extract a poster frame: no picture decoded")
 
 
+async def store(ctx: Context, item: Encoded, uploaded: list[str]) -> m.OutputFile:
+    """Upload one output and describe it from its own probe. The key is noted before the PUT
+    starts, so a cancel that lands mid-request still knows what to remove."""
+    size = _size(item.path)
+    uploaded.append(item.key)
+    await ctx.storage.upload_file(item.key, item.path, content_type=item.content_type)
+    ctx.count_bytes("out", size)
+    return await describe(ctx, item, size)
+
+
+async def forget(ctx: Context, keys: list[str]) -> None:
+    """Remove outputs of a job that did not finish (failed or cancelled): no partial results."""
+    for key in keys:
+        with contextlib.suppress(Exception):
+            await ctx.storage.delete(key)
+
+
 async def upload(ctx: Context, files: list[Encoded]) -> list[m.OutputFile]:
-    """Upload, then describe each output from its own probe. If the task is cancelled
-    half-way, remove what was already uploaded: a cancelled job leaves no outputs."""
-    done: list[str] = []
-    outputs = []
+    """Upload, then describe each output. If the task is cancelled half-way, remove what was
+    already uploaded: a cancelled job leaves no outputs."""
+    uploaded: list[str] = []
     try:
-        for item in files:
-            size = _size(item.path)
-            await ctx.storage.upload_file(item.key, item.path, content_type=item.content_type)
-            done.append(item.key)
-            ctx.count_bytes("out", size)
-            outputs.append(await describe(ctx, item, size))
+        return [await store(ctx, item, uploaded) for item in files]
     except BaseException:
-        for key in done:
-            with contextlib.suppress(Exception):
-                await ctx.storage.delete(key)
+        await forget(ctx, uploaded)
         raise
-    return outputs
 
 
 async def describe(ctx: Context, item: Encoded, size: int) -> m.OutputFile:

@@ -97,6 +97,8 @@ async def test_cancel_mid_encode_kills_ffmpeg_and_leaves_nothing(
     async with running(services, [stages.load(name) for name in ASSET_STAGES]):
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(clip, event_id="cancel-me"))
         await eventually(lambda: _percent_over(services, "cancel-me", 0.0), timeout=30)
+        # the poster is made and uploaded while the MP4 still encodes: the cancel must remove it too
+        await eventually(lambda: services.storage.head("transcodes/cancel-me/poster.jpg"), timeout=30)
         [pid] = processes_with(str(root))
         assert await services.cancel("cancel-me")
         await eventually(lambda: _gone(pid), timeout=10)
