@@ -8,8 +8,8 @@ stack shares with the stages it cost more CPU than the S3 work itself:
   directory (~180 `stat` calls) on every request, under a global lock.
 Here the S3 app is built once and every request goes straight to it, and waitress keeps
 connections alive and runs requests on a fixed thread pool. Measured with one GET of 2.4 MB and
-two PUTs of 36 KB (an image through the variant stage): server CPU 11.4 → ~5 ms, client CPU 9.5 →
-~7 ms (bench/variant.py, docs/benchmarks.md). moto's admin API (`/moto-api/`, used as the
+two PUTs of 36 KB (an image through the variant stage): server CPU 11.4 → 5.4 ms, client CPU 9.5 →
+5.3 ms (docs/benchmarks.md, variant section). moto's admin API (`/moto-api/`, used as the
 readiness probe) still goes through moto's own dispatcher.
 
     python -m shared.s3server --port 9000          # binds 127.0.0.1 unless --host says otherwise
