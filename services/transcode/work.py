@@ -169,17 +169,6 @@ async def forget(ctx: Context, keys: list[str]) -> None:
             await ctx.storage.delete(key)
 
 
-async def upload(ctx: Context, files: list[Encoded]) -> list[m.OutputFile]:
-    """Upload, then describe each output. If the task is cancelled half-way, remove what was
-    already uploaded: a cancelled job leaves no outputs."""
-    uploaded: list[str] = []
-    try:
-        return [await store(ctx, item, uploaded) for item in files]
-    except BaseException:
-        await forget(ctx, uploaded)
-        raise
-
-
 async def describe(ctx: Context, item: Encoded, size: int) -> m.OutputFile:
     if item.format == "jpeg":
         facts = await ctx.run_cpu(_jpeg_size, item.path)
@@ -231,5 +220,9 @@ async def transcode_file(ctx: Context, src_key: str, preset: str, *, bucket: str
         made = await encode(ctx, source, facts, chosen, out, progress.step(0.0), deadline)
         item = Encoded(chosen.name, out, key or output_key(tag, chosen.name, chosen.ext), chosen.content_type,
                        chosen.ext, made)
-        [output] = await upload(ctx, [item])
-        return output
+        uploaded: list[str] = []
+        try:
+            return await store(ctx, item, uploaded)
+        except BaseException:  # cancelled mid-upload: leave no output
+            await forget(ctx, uploaded)
+            raise
