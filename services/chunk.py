@@ -29,6 +29,7 @@ from botocore.exceptions import ClientError
 
 # Crossing stages on purpose: these two modules expose their pure work exactly for this use.
 from services.transcode.work import transcode_file
+from services.upload.export import bucket_exists
 from services.variant import images, presets
 from shared import messages as m
 from shared.exportplan import ChunkRecord, SourceInfo, Untransformed, chunk_key
@@ -51,6 +52,8 @@ async def handle(event: m.ChunkRequested, ctx: Context) -> list[Emit]:
         return []
 
     record = await check_sources(data, ctx)
+    if record.missing and not await bucket_exists(ctx, data.bucket):
+        raise Reject(f"source bucket {data.bucket!r} does not exist")  # not an archive of nothing
     if data.transform != "original":
         record = await transform_sources(record, data.transform, ctx)
     await ctx.jobs.put_raw(chunk_key(data.job, data.chunk), _encoder.encode(record))

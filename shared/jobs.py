@@ -21,6 +21,7 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from . import metrics
+from .errors import UnknownJob
 from .messages import ExportFile, MediaInfo, OutputFile, now
 
 BUCKET = "jetmedia-jobs"
@@ -79,6 +80,8 @@ class Job(Struct, kw_only=True, frozen=True):
     exports: list[ExportFile] = []  # the archive, or its numbered parts
     transform: str = "original"  # the export's per-item transform (mp3, opus, display)
     untransformed_count: int = 0  # sources the transform could not apply to (listed in the manifest)
+    # the outbox: final events (`ready`, `failed`) already published; see shared/outbox.py
+    announced: list[str] = []
 
     @property
     def final(self) -> bool:
@@ -151,7 +154,7 @@ class JobStore:
         for attempt in range(attempts):
             current = await self._entry(job_id)
             if current is None:
-                raise KeyError(f"job {job_id!r} not found")
+                raise UnknownJob(f"job {job_id!r} has no record")
             job, revision = current
             changed = change(job)
             if changed is job:
@@ -168,8 +171,11 @@ class JobStore:
                 await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 10), 0.1)))
         raise RuntimeError(f"job {job_id!r}: gave up after {attempts} conflicting updates")
 
-    async def fail(self, job_id: str, stage: str, reason: str, kind: JobKind = "asset") -> Job:
-        """Mark failed with the reason; creates the record when the job never got one."""
+    async def fail(self, job_id: str, stage: str, reason: str, kind: JobKind = "asset", *,
+                   create: bool = True) -> Job | None:
+        """Mark failed with the reason (a final job keeps its status and only gains the error).
+        A job that never got a record gets one with `create`; without it, None: the runtime does
+        not make records for ids that only a stray or forged message ever named."""
         def change(job: Job) -> Job:
             failed = job.with_error(stage, reason)
             if job.final:
@@ -177,7 +183,23 @@ class JobStore:
             return msgspec.structs.replace(failed, status="failed", stage=stage)
 
         if await self.get(job_id) is None:
+            if not create:
+                return None
             await self.create(new_job(job_id, kind, stage=stage))
+        try:
+            return await self.update(job_id, change)
+        except UnknownJob:
+            if create:
+                raise
+            return None
+
+    async def mark_announced(self, job_id: str, marker: str) -> Job:
+        """Remember that the job's `marker` event is out (after publishing it: see shared/outbox.py)."""
+        def change(job: Job) -> Job:
+            if marker in job.announced:
+                return job
+            return msgspec.structs.replace(job, announced=[*job.announced, marker])
+
         return await self.update(job_id, change)
 
     async def is_cancelled(self, job_id: str) -> bool:

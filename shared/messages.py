@@ -10,6 +10,7 @@ Producers outside Python need only schemas/ (generated from these classes by
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 import uuid
@@ -34,7 +35,13 @@ EVENTS_EXPORT_READY = "jetmedia.events.export.ready"
 EVENTS_JOB_FAILED = "jetmedia.events.job.failed"
 DLQ_PREFIX = "jetmedia.dlq"
 
-JobId = Annotated[str, Meta(pattern=r"^[-_=.a-zA-Z0-9]{1,200}$", description="KV-safe job id")]
+# What NATS KV accepts as a key, and a little less: dot-separated tokens of [-_=a-zA-Z0-9] (no
+# empty token, so no leading/trailing dot and no `..`), at most 200 characters. KV refuses `.a`,
+# `a.` and `.`; the server refuses `a..b`; `/` is left out as it means a path in S3 keys.
+JOB_ID_PATTERN = r"^[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$"
+JOB_ID_MAX = 200
+JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN, min_length=1, max_length=JOB_ID_MAX,
+                            description="KV-safe job id: dot-separated tokens of [-_=a-zA-Z0-9]")]
 S3Key = Annotated[str, Meta(min_length=1, max_length=1024, description="S3 object key")]
 MediaKind = Literal["image", "audio", "video"]
 
@@ -258,6 +265,9 @@ class CancelRequested(Event, tag="jetmedia.job.cancel.v1", frozen=True):
 
 
 class DeadLetterData(Struct, kw_only=True, frozen=True):
+    """Evolution: fields after `job` were added later and have defaults, so letters written before
+    them still decode (as UTF-8 originals, whole)."""
+
     stage: str
     error_class: str
     error: str
@@ -266,8 +276,36 @@ class DeadLetterData(Struct, kw_only=True, frozen=True):
     stream: str
     stream_seq: int
     original_subject: str
-    original: str  # the original payload, as UTF-8 (undecodable bytes replaced)
+    original: str  # the original payload: UTF-8 text, or base64 (see original_encoding)
     job: str | None = None
+    original_encoding: Literal["utf-8", "base64"] = "utf-8"  # base64 when not valid UTF-8 or too big as text
+    original_size: int | None = None  # bytes of the whole original payload
+    original_sha256: str | None = None  # hex digest of the whole original payload
+    original_truncated: bool = False  # `original` holds only the first bytes (the letter must fit)
+
+    def original_payload(self) -> bytes:
+        """The original bytes (only the first ones when `original_truncated`)."""
+        if self.original_encoding == "base64":
+            return base64.b64decode(self.original)
+        return self.original.encode()
+
+
+def stored_original(payload: bytes, budget: int) -> dict[str, Any]:
+    """The DeadLetterData fields that carry `payload` in at most `budget` bytes of JSON.
+
+    Valid UTF-8 that stays within the budget once JSON-escaped is kept as text (readable in
+    `nats stream view`); anything else is base64, truncated to what fits. Size and sha256 are
+    always of the whole payload, so a truncated original can still be matched to its source."""
+    fields: dict[str, Any] = {"original_size": len(payload), "original_sha256": hashlib.sha256(payload).hexdigest()}
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and len(_encoder.encode(text)) <= budget:
+        return {**fields, "original": text, "original_encoding": "utf-8"}
+    keep = max(budget - 2, 0) // 4 * 3  # base64: 4 characters per 3 bytes, plus the quotes
+    return {**fields, "original": base64.b64encode(payload[:keep]).decode("ascii"), "original_encoding": "base64",
+            "original_truncated": keep < len(payload)}
 
 
 class DeadLetter(Event, tag="jetmedia.dlq.v1", frozen=True):
@@ -306,7 +344,7 @@ def encode(event: Any) -> bytes:
 
 # --- ids --------------------------------------------------------------------------------
 
-_KEY_SAFE = re.compile(r"^[-_=.a-zA-Z0-9]{1,200}$")
+_KEY_SAFE = re.compile(JOB_ID_PATTERN)
 
 
 def new_id() -> str:
@@ -321,9 +359,14 @@ def derived_id(job: str, stage: str, item: str = "") -> str:
 
 def safe_job_id(candidate: str) -> str:
     """A producer's event id as a KV key: kept when already safe, else hashed (stable)."""
-    if _KEY_SAFE.match(candidate) and not candidate.startswith(".") and not candidate.endswith("."):
+    if is_job_id(candidate):
         return candidate
     return "j" + hashlib.sha256(candidate.encode()).hexdigest()[:32]
+
+
+def is_job_id(candidate: str) -> bool:
+    """Whether `candidate` may name a job (a JobId, and a key NATS KV accepts)."""
+    return len(candidate) <= JOB_ID_MAX and _KEY_SAFE.match(candidate) is not None
 
 
 def job_of(event: AnyEvent) -> str | None:

@@ -8,9 +8,14 @@ returns the messages to send next. Around it the runtime:
 - heartbeats every in-flight message with `in_progress()`, so a slow handler is never
   redelivered while its process lives, and a dead process's work is redelivered after ack_wait;
 - publishes the returned messages (with their derived `Nats-Msg-Id`) and only then acks;
-- on `Retry` or a transient error: `nak(delay)` on the backoff schedule; on `Reject` (bad
-  input) or when deliveries are used up: a dead letter in JM_DLQ, the job marked failed with the
-  reason in KV, `term()`;
+- on `Retry` or a transient error: `nak(delay)` on the backoff schedule; on `Reject`, a
+  permanent error (shared/errors.py: one table for every stage) or when deliveries are used up:
+  a dead letter in JM_DLQ, the job marked failed with the reason in KV, `term()`; if recording
+  the failure itself fails, the message is handed back (`nak`, counted as outcome "error");
+- final events go through the outbox (shared/outbox.py): derived from the job record, published,
+  then marked on the record; a message of a job that is already final is acked after publishing
+  the job's final event if it is not marked yet, so a lost `ready`/`failed` is sent by the next
+  delivery and a late duplicate sends nothing, whatever the stream's duplicate window;
 - skips (acks) messages of cancelled jobs, and cancels the running handler when its job is
   cancelled (its `finally` blocks clean up: kill ffmpeg, abort the multipart upload);
 - on shutdown: stops pulling, lets in-flight work finish within the grace period, naks the rest.
@@ -30,21 +35,25 @@ from typing import Any, ParamSpec, TypeVar
 
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from . import bus, metrics
+from . import bus, errors, metrics, outbox
 from . import messages as m
 from .config import ConfigError, Settings
 from .jobs import Job, JobStore
-from .storage import Storage, is_transient
+from .storage import Storage
 
 log = logging.getLogger("jetmedia.runtime")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 CANCEL_SUBJECT = "jetmedia.control.cancel"
+PULL_WAIT = 1.0  # seconds one pull request waits for messages (also how long it may outlive fetch())
+MAX_ERROR_TEXT = 4000  # characters of an error kept in a dead letter (the job record keeps 1000)
+DLQ_ENVELOPE = 16 * 1024  # bytes a dead letter needs besides the original (attributes, error, headers)
 
 
 class Retry(Exception):
@@ -63,6 +72,13 @@ class Reject(Exception):
 class Emit:
     subject: str
     event: m.Event
+    announces: str | None = None  # an outbox marker: recorded on the job (event.subject) once published
+
+
+def announcements(job: Job, settings: Settings) -> list[Emit]:
+    """The job's final event, if its record calls for one not yet announced (see shared/outbox.py)."""
+    found = outbox.announcement(job, settings.source)
+    return [] if found is None else [Emit(found.subject, found.event, announces=found.marker)]
 
 
 Handler = Callable[[Any, "Context"], Awaitable[Sequence[Emit]]]
@@ -128,6 +144,13 @@ class Services:
 
     async def publish(self, emit: Emit) -> bool:
         return await bus.publish(self.js, emit.subject, emit.event)
+
+    async def send(self, emits: Sequence[Emit]) -> None:
+        """Publish in order; an announcement is marked on its job's record only once it is out."""
+        for emit in emits:
+            await self.publish(emit)
+            if emit.announces is not None and emit.event.subject:
+                await self.jobs.mark_announced(emit.event.subject, emit.announces)
 
     async def cancel(self, job_id: str) -> bool:
         """Mark a job cancelled and tell every worker to stop its in-flight work for it."""
@@ -201,6 +224,7 @@ class Worker:
             self.settings.stage_concurrency.get(stage.name) or stage.concurrency or self.settings.concurrency
         )
         self.inflight: dict[asyncio.Task[None], InFlight] = {}
+        self._advisory_tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         metrics.prime(stage.name)
         services.workers.append(self)
@@ -233,6 +257,8 @@ class Worker:
         finally:
             await self._drain()
             heartbeat.cancel()
+            for task in list(self._advisory_tasks):
+                task.cancel()
             for sub_ in (sub, advisories):
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
@@ -285,16 +311,17 @@ class Worker:
         outcome = "ok"
         try:
             event = self._decode(msg)
-            flight.job = m.job_of(event)
-            if self.stage.cancellable and flight.job and await self.services.jobs.is_cancelled(flight.job):
-                log.info("stage %s: job %s is cancelled; skipping", stage, flight.job)
+            flight.job = _job_named(event)
+            record = await self.services.jobs.get(flight.job) if flight.job else None
+            if record is not None and record.final and (record.status != "cancelled" or self.stage.cancellable):
+                log.info("stage %s: job %s is %s; skipping", stage, flight.job, record.status)
                 outcome = "skipped"
+                await self.services.send(announcements(record, self.settings))  # a lost final event
                 await msg.ack()
                 return
             ctx = Context(self.services, stage, flight.job, delivery)
             emits = await self.stage.handle(event, ctx)
-            for emit in emits:
-                await self.services.publish(emit)
+            await self.services.send(emits)
             await msg.ack()
             metrics.last_success.labels(stage).set_to_current_time()
         except asyncio.CancelledError:
@@ -306,7 +333,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
-        except Exception as exc:
+        except Exception as exc:  # every failure gets an answer: _failed never raises
             outcome = await self._failed(msg, flight.job, exc, delivery)
         finally:
             elapsed = time.perf_counter() - started
@@ -323,6 +350,8 @@ class Worker:
             raise Reject(f"malformed message: not valid JSON ({exc})") from None
         except msgspec.ValidationError as exc:
             raise Reject(f"malformed message: {exc}") from None
+        except RecursionError:
+            raise Reject("malformed message: JSON nested too deeply to decode") from None
         if not isinstance(event, self.stage.accepts):
             raise Reject(
                 f"stage {self.stage.name} does not handle {type(event).__name__} "
@@ -331,27 +360,40 @@ class Worker:
         return event
 
     async def _failed(self, msg: Msg, job: str | None, exc: Exception, delivery: int) -> str:
+        """Retry, or dead-letter and terminate; never raises. When recording the failure fails
+        too (the DLQ, KV or the events stream refusing), the message is handed back with a delay
+        and the outcome is "error": the next delivery records it (ids are derived, so the dead
+        letter and the failed event still end up there once)."""
         stage = self.stage.name
-        permanent = isinstance(exc, Reject)
+        permanent = not isinstance(exc, Retry) and (isinstance(exc, Reject) or errors.is_permanent(exc))
         reason = _describe(exc)
-        if not permanent and delivery < self.settings.max_deliver:
-            delay = self.settings.backoff_for(delivery)
-            if isinstance(exc, Retry) and exc.delay is not None:
-                delay = exc.delay
-            log.warning("stage %s: job %s delivery %d failed (%s); retry in %.1fs", stage, job, delivery, reason, delay)
-            await msg.nak(delay=delay)
-            return "retry"
-        if not permanent:
-            reason = f"gave up after {delivery} deliveries: {reason}"
-        log.error("stage %s: job %s failed: %s", stage, job, reason, exc_info=not isinstance(exc, (Reject, Retry)))
-        meta = msg.metadata
-        await dead_letter(
-            self.services, stage=stage, job=job, error_class=type(exc).__name__, error=reason,
-            permanent=permanent, delivery=delivery, stream=meta.stream, seq=meta.sequence.stream,
-            subject=msg.subject, payload=msg.data,
-        )
-        await msg.term()
-        return "failed" if permanent else "dead"
+        delay = self.settings.backoff_for(delivery)
+        if isinstance(exc, Retry) and exc.delay is not None:
+            delay = exc.delay
+        try:
+            if not permanent and delivery < self.settings.max_deliver:
+                log.warning("stage %s: job %s delivery %d failed (%s); retry in %.1fs",
+                            stage, job, delivery, reason, delay)
+                await msg.nak(delay=delay)
+                return "retry"
+            if not permanent:
+                reason = f"gave up after {delivery} deliveries: {reason}"
+            log.error("stage %s: job %s failed: %s", stage, job, reason,
+                      exc_info=not isinstance(exc, (Reject, Retry)) and not permanent)
+            meta = msg.metadata
+            await dead_letter(
+                self.services, stage=stage, job=job, error_class=type(exc).__name__, error=reason,
+                permanent=permanent, delivery=delivery, stream=meta.stream, seq=meta.sequence.stream,
+                subject=msg.subject, payload=msg.data,
+            )
+            await msg.term()
+            return "failed" if permanent else "dead"
+        except Exception as failure:
+            log.error("stage %s: job %s: could not answer the message (%s) because %s: %s; handing it "
+                      "back in %.1fs", stage, job, reason, type(failure).__name__, failure, delay)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+            return "error"
 
     # --- crashes on the last delivery ------------------------------------------------
 
@@ -360,24 +402,43 @@ class Worker:
         advisory can. A queue group makes one replica handle each advisory."""
         subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stage.stream}.{self.stage.name}"
 
+        async def letter(info: _MaxDeliveries) -> None:
+            raw = await self.services.js.get_msg(info.stream, info.stream_seq)
+            payload = raw.data or b""
+            await dead_letter(
+                self.services, stage=self.stage.name, job=_job_in(payload), error_class="MaxDeliveries",
+                error=f"not acknowledged after {info.deliveries} deliveries (worker crashed, timed out, "
+                      "or its failure could not be recorded)",
+                permanent=False, delivery=info.deliveries, stream=info.stream, seq=info.stream_seq,
+                subject=raw.subject or "", payload=payload,
+            )
+            await self.services.js.delete_msg(info.stream, info.stream_seq)
+
+        async def with_retries(info: _MaxDeliveries) -> None:
+            """The server will not deliver this message again: this is its last chance of an
+            answer, so try a while (the DLQ or KV may be briefly unavailable)."""
+            for attempt, pause in enumerate((*self.settings.retry_backoff, 0.0), start=1):
+                try:
+                    await letter(info)
+                    return
+                except nats.js.errors.NotFoundError:
+                    return  # already dead-lettered and deleted by another replica
+                except Exception as exc:
+                    log.warning("stage %s: dead letter for %s:%d from the advisory failed (attempt %d: %s: %s)",
+                                self.stage.name, info.stream, info.stream_seq, attempt, type(exc).__name__, exc)
+                    await asyncio.sleep(pause)
+            log.error("stage %s: gave up dead-lettering %s:%d; it stays in its stream",
+                      self.stage.name, info.stream, info.stream_seq)
+
         async def on_advisory(adv: Msg) -> None:
             try:
                 info = msgspec.json.decode(adv.data, type=_MaxDeliveries)
-                raw = await self.services.js.get_msg(info.stream, info.stream_seq)
-                payload = raw.data or b""
-                try:
-                    job = m.job_of(m.decode(payload))
-                except msgspec.MsgspecError:
-                    job = None
-                await dead_letter(
-                    self.services, stage=self.stage.name, job=job, error_class="MaxDeliveries",
-                    error=f"not acknowledged after {info.deliveries} deliveries (worker crashed or timed out)",
-                    permanent=False, delivery=info.deliveries, stream=info.stream, seq=info.stream_seq,
-                    subject=raw.subject or "", payload=payload,
-                )
-                await self.services.js.delete_msg(info.stream, info.stream_seq)
-            except Exception:
-                log.exception("stage %s: could not dead-letter from advisory", self.stage.name)
+            except msgspec.MsgspecError:
+                log.warning("stage %s: unreadable max-deliveries advisory", self.stage.name)
+                return
+            task = asyncio.create_task(with_retries(info))
+            self._advisory_tasks.add(task)
+            task.add_done_callback(self._advisory_tasks.discard)
 
         return await self.services.nc.subscribe(subject, queue=f"jetmedia-{self.stage.name}-dlq", cb=on_advisory)
 
@@ -394,23 +455,27 @@ async def dead_letter(
     delivery: int, stream: str, seq: int, subject: str, payload: bytes,
 ) -> None:
     """Record a failure where people look: JM_DLQ, the job's KV record, the failed-jobs event.
-    Ids derive from the stream sequence, so recording twice after a crash stores one copy."""
+
+    Ids derive from the stream sequence and the job, so recording twice after a crash stores one
+    copy. The original always fits: any message that fit its stream fits the DLQ (m.stored_original).
+    Only a job that has a record is marked failed (no records for ids only a stray message named);
+    its event goes through the outbox, so a job that was already final gets no `job.failed` (only
+    its own final event, if that was never announced)."""
+    error = error[:MAX_ERROR_TEXT]
+    budget = max(services.nc.max_payload - DLQ_ENVELOPE, 1024)
     letter = m.DeadLetter(
         id=f"dlq:{stream}:{seq}", source=services.settings.source, time=m.now(), subject=job,
         data=m.DeadLetterData(
             stage=stage, error_class=error_class, error=error, permanent=permanent, delivery_count=delivery,
-            stream=stream, stream_seq=seq, original_subject=subject,
-            original=payload.decode("utf-8", errors="replace"), job=job,
+            stream=stream, stream_seq=seq, original_subject=subject[:MAX_ERROR_TEXT], job=job,
+            **m.stored_original(payload, budget),
         ),
     )
     await bus.publish(services.js, f"{m.DLQ_PREFIX}.{stage}", letter)
     if job:
-        await services.jobs.fail(job, stage, error)
-        failed = m.JobFailed(
-            id=m.derived_id(job, "failed"), source=services.settings.source, time=m.now(), subject=job,
-            data=m.JobFailedData(job=job, stage=stage, error=error),
-        )
-        await bus.publish(services.js, m.EVENTS_JOB_FAILED, failed)
+        record = await services.jobs.fail(job, stage, error, create=False)
+        if record is not None:
+            await services.send(announcements(record, services.settings))
 
 
 def _delivery(msg: Msg) -> int:
@@ -421,10 +486,28 @@ def _delivery(msg: Msg) -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if is_transient(exc):
+    text = (str(exc) or type(exc).__name__)[:MAX_ERROR_TEXT]
+    if errors.is_transient(exc):
         return f"storage temporarily unavailable: {text}"
     return text
+
+
+def _job_named(event: m.AnyEvent) -> str | None:
+    """The job an event belongs to, refused when it is no KV key (then nothing touches KV for it)."""
+    job = m.job_of(event)
+    if job is not None and not m.is_job_id(job):
+        raise Reject(f"message names job {job[:100]!r}, which is not a valid job id "
+                     "(dot-separated tokens of [-_=a-zA-Z0-9], at most 200 characters)")
+    return job
+
+
+def _job_in(payload: bytes) -> str | None:
+    """The job of a raw payload, when it decodes and names a valid one."""
+    try:
+        job = m.job_of(m.decode(payload))
+    except Exception:  # not decodable (or nested too deep): no job
+        return None
+    return job if job is not None and m.is_job_id(job) else None
 
 
 async def run_stages(services: Services, stages: Sequence[Stage], stopping: asyncio.Event) -> None:

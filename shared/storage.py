@@ -19,6 +19,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from .config import Settings
+from .errors import is_transient as is_transient  # the error table lives in shared.errors
 
 MIN_PART = 8 * 1024 * 1024  # S3's floor is 5 MiB; 8 MiB keeps part counts low for big archives
 
@@ -223,14 +224,6 @@ def _status(exc: ClientError) -> int:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def is_transient(exc: BaseException) -> bool:
-    """S3 throttling and 5xx are worth a retry; 4xx are the caller's problem."""
-    if isinstance(exc, ClientError):
-        status = _status(exc)
-        return status >= 500 or status in (408, 429) or _code(exc) in ("SlowDown", "RequestTimeout")
-    return False
 
 
 def _crc_from_b64(value: str) -> int:

@@ -1,7 +1,8 @@
 """Per asset: record a part's outputs; when every needed part is in, the job is ready.
 
-Safe to run twice: merging the same part again changes nothing, and the ready event's id is
-derived from the job, so a redelivery re-emits it and the server drops the copy.
+Safe to run twice: merging the same part again changes nothing. The ready event is derived from
+the record and sent through the outbox (shared/outbox.py): published, then marked on the record,
+so a redelivery publishes it only while it is not marked, however late the redelivery comes.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import msgspec
 
 from shared import messages as m
 from shared.jobs import Job, Part
-from shared.runtime import Context, Emit
+from shared.runtime import Context, Emit, announcements
 
 
 async def finalize_part(event: m.PartDone, ctx: Context) -> list[Emit]:
@@ -29,14 +30,5 @@ async def finalize_part(event: m.PartDone, ctx: Context) -> list[Emit]:
             stage="finalize" if ready else job.stage,
         )
 
-    job = await ctx.jobs.update(data.job, merge)
-    if job.status != "ready":
-        return []
-    ready = m.AssetReady(
-        id=m.derived_id(job.id, "ready"), source=ctx.settings.source, time=m.now(), subject=job.id,
-        data=m.AssetReadyData(
-            job=job.id, asset=job.asset or job.id, key=job.source_key or "", media=job.media or "image",  # type: ignore[arg-type]
-            outputs=job.outputs,
-        ),
-    )
-    return [Emit(m.EVENTS_ASSET_READY, ready)]
+    job = await ctx.jobs.update(data.job, merge)  # UnknownJob (permanent) for a job with no record
+    return announcements(job, ctx.settings)

@@ -57,7 +57,7 @@ from shared.exportplan import (
     plan_runs,
 )
 from shared.jobs import Job
-from shared.runtime import Context, Emit, Reject, Retry
+from shared.runtime import Context, Emit, Reject, Retry, announcements
 from shared.storage import Storage
 
 log = logging.getLogger("jetmedia.finalize.export")
@@ -66,7 +66,6 @@ READ_CHUNK = 1024 * 1024  # bytes per S3 read and per stream-zip output chunk
 PROGRESS_EVERY = 2.0  # seconds between progress updates of the job record (and cancel checks)
 MODE = stat.S_IFREG | 0o644
 ZIP32_LIMIT = 0xFFFFFFFF
-MISSING_IN_EVENT = 50
 
 _decoder = msgspec.json.Decoder(ChunkRecord)
 
@@ -112,8 +111,8 @@ async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
     job = await ctx.jobs.get(job_id)
     if job is None:
         raise Reject(f"export job {job_id!r} has no record")
-    if job.final:
-        return []  # already ready (a duplicate finalize) or cancelled/failed
+    if job.final:  # a duplicate finalize (the runtime skips most): its event, if never announced
+        return announcements(job, ctx.settings)
     records = await _load_chunks(ctx, job)
     bucket = records[0].bucket if records else ctx.settings.bucket
     missing = [item for record in records for item in record.missing]
@@ -216,7 +215,10 @@ async def _open(storage: Storage, source: SourceInfo, bucket: str) -> tuple[byte
     try:
         first = await anext(body, b"")
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        code = exc.response.get("Error", {}).get("Code")
+        if code == "NoSuchBucket":  # not "missing": the whole export would be an empty archive
+            raise Reject(f"source bucket {bucket!r} does not exist") from None
+        if code in ("NoSuchKey", "404", "NotFound"):
             return None
         raise
     return first, body
@@ -353,7 +355,6 @@ async def _ready(ctx: Context, job: Job, written: list[m.ExportFile], index_key:
     assert url is not None
     expires = datetime.now(UTC) + timedelta(seconds=ctx.settings.url_ttl)
     files = sum(p.files for p in parts)
-    size = sum(p.bytes for p in parts)
 
     def ready(current: Job) -> Job:
         if current.final:
@@ -367,16 +368,9 @@ async def _ready(ctx: Context, job: Job, written: list[m.ExportFile], index_key:
     done = await ctx.jobs.update(job.id, ready)
     if done.status == "cancelled":
         raise Cancelled(job.id)
-    if done.status != "ready" or done.url != url:
-        return []  # failed meanwhile, or another run finished first
-    event = m.ExportReady(
-        id=m.derived_id(job.id, "ready"), source=ctx.settings.source, time=m.now(), subject=job.id,
-        data=m.ExportReadyData(
-            job=job.id, url=url, expires=expires, files=files, bytes=size, parts=parts,
-            missing=[i.key for i in missing][:MISSING_IN_EVENT], missing_count=len(missing),
-        ),
-    )
-    return [Emit(m.EVENTS_EXPORT_READY, event)]
+    # the event is derived from the record (the outbox): whichever run finished first, a
+    # redelivery after a failed publish, all send this same event, once
+    return announcements(done, ctx.settings)
 
 
 async def _remove(storage: Storage, keys: list[str]) -> None:

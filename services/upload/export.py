@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from botocore.exceptions import ClientError
 
 from shared import messages as m
 from shared.exportplan import (
@@ -42,6 +43,8 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     if data.transform not in TRANSFORMS:
         raise Reject(f"transform {data.transform!r} is not available (supported: {', '.join(TRANSFORMS)})")
     bucket = data.bucket or ctx.settings.bucket
+    if not await bucket_exists(ctx, bucket):
+        raise Reject(f"source bucket {bucket!r} does not exist")
 
     wanted: list[tuple[str, str | None, int | None]] = [(key, None, None) for key in data.keys]
     wanted += [(item.key, item.name, None) for item in data.items]
@@ -80,6 +83,18 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
         ))
         for n, run in enumerate(runs)
     ]
+
+
+async def bucket_exists(ctx: Context, bucket: str) -> bool:
+    """Whether the bucket is there: a HEAD of an object in a missing bucket says only 404, which
+    must not read as "this source is missing" (an export of nothing would end ready and empty)."""
+    try:
+        await ctx.storage.client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
+        raise
+    return True
 
 
 async def _list(ctx: Context, bucket: str, prefix: str) -> list[tuple[str, int]]:
