@@ -12,7 +12,7 @@ incompressible (like JPEG/MP4), uploaded with a CRC-32, so the archive stores th
 
     .venv/bin/python bench/export.py [--sizes 0.5,2] [--object-mb 16] [--repeat 1]
 
-Defaults take ~4 minutes against the embedded S3 (moto, ~40-60 MiB/s). Any other S3 + NATS:
+Defaults take a few minutes against the embedded S3 (SeaweedFS). Any other S3 + NATS:
 set JETMEDIA_NATS_URL / JETMEDIA_S3_* and pass --external.
 """
 
@@ -173,7 +173,7 @@ def parent_main(args: argparse.Namespace) -> None:
                 stack.stop()
 
     table = Table(title=f"export vs copy ({args.object_mb:g} MiB objects, incompressible, S3 "
-                        f"{'external' if args.external else 'moto'})")
+                        f"{'external' if args.external else 'SeaweedFS'})")
     for column in ("size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "peak RSS MB"):
         table.add_column(column, justify="right")
     best_copy: dict[float, float] = {}

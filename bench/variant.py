@@ -231,13 +231,14 @@ def bare_s3(paths: list[Path], effort: int, workers: int) -> Iterator[tuple[Call
     import boto3
     from botocore.config import Config
 
-    from shared.devstack import MotoS3
+    from shared.seaweed import SeaweedS3
 
     with tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp:
-        s3 = MotoS3(Path(tmp)).start()
+        s3 = SeaweedS3(Path(tmp)).start()
         try:
             client = boto3.client(
-                "s3", endpoint_url=s3.url, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x",
+                "s3", endpoint_url=s3.url, region_name="us-east-1",
+                aws_access_key_id=s3.access_key, aws_secret_access_key=s3.secret_key,
                 config=Config(max_pool_connections=workers * 2, s3={"addressing_style": "path"},
                               request_checksum_calculation="when_required",
                               response_checksum_validation="when_required"),
@@ -373,7 +374,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
                     await counted.wait_for(lambda: arrived >= n)
 
             in_flight = settings.stage_concurrency.get("variant") or real.concurrency or settings.concurrency
-            rss = PeakRss().__enter__()  # this process only: nats-server and moto are children too
+            rss = PeakRss().__enter__()  # this process only: nats-server and weed are children too
             stopping = asyncio.Event()
             workers = asyncio.create_task(run_stages(services, [dataclasses.replace(real, handle=timed)], stopping))
             warm = os.cpu_count() or 2

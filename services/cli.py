@@ -51,8 +51,11 @@ def _stop_on_signals(stopping: asyncio.Event) -> None:
 @contextlib.asynccontextmanager
 async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[EmbeddedStack, Settings]]:
     """Start nats-server and the local S3 endpoint; settings pointing at them; stop on exit."""
-    stack = EmbeddedStack(data_dir, nats_binary=settings.nats_server)
-    await asyncio.to_thread(stack.start)
+    stack = EmbeddedStack(data_dir, nats_binary=settings.nats_server, weed_binary=settings.weed)
+    try:
+        await asyncio.to_thread(stack.start)
+    except (OSError, RuntimeError) as exc:  # a binary missing, a server that would not start: one line, exit 2
+        raise ConfigError(f"the embedded stack did not start: {exc}") from None
     try:
         assert stack.nats and stack.s3
         local = settings.replace(
@@ -65,10 +68,12 @@ async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[Em
 
 
 async def serve_stages(
-    settings: Settings, names: Sequence[str], stopping: asyncio.Event, *, ready: str = "", collect: bool = False
+    settings: Settings, names: Sequence[str], stopping: asyncio.Event, *, ready: str = "", collect: bool = False,
+    create_bucket: bool = False,
 ) -> None:
     """Run stages in this process until `stopping`; metrics endpoint alongside (and the queue
-    collector with `collect`, for the single-process stack)."""
+    collector with `collect`, for the single-process stack). S3 is checked first: a wrong
+    endpoint, secret or bucket stops here with one line (exit 2), not as a dead letter per message."""
     periodic = [n for n in names if n in stages.PERIODIC_MODULES] if names else list(stages.PERIODIC_MODULES)
     chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
     for stage in chosen:
@@ -76,7 +81,7 @@ async def serve_stages(
     server = metrics.serve(settings.metrics_host, settings.metrics_port)
     try:
         async with Services.open(settings, name=f"jetmedia-{'+'.join(s.name for s in chosen)}") as services:
-            await services.storage.ensure_bucket()
+            await services.storage.check(create=create_bucket)
             metrics.mark_ready(lambda: services.nc.is_connected)
             collector = (
                 asyncio.create_task(queue_metrics.run(services.js, stopping, settings.queue_poll_interval))
@@ -110,7 +115,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
             + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
             + "Ctrl-C stops everything."
         )
-        await serve_stages(local, args.stages, stopping, ready=banner, collect=True)
+        await serve_stages(local, args.stages, stopping, ready=banner, collect=True, create_bucket=True)
     return 0
 
 

@@ -1,7 +1,8 @@
-"""The embedded stack: a real nats-server with JetStream and a real (local) S3 endpoint.
+"""The embedded stack: a real nats-server with JetStream and a real S3 server (SeaweedFS).
 
-Used by `jetmedia up`, `jetmedia demo` and the test fixtures. Every server binds to 127.0.0.1 on
-a free port, and is stopped by the PID we started (terminate, then kill after a timeout).
+Used by `jetmedia up`, `jetmedia demo`, the test fixtures and the benches. Every server binds to
+127.0.0.1 on free ports, and is stopped by the PID we started (terminate, then kill after a timeout).
+The S3 side lives in `shared.seaweed`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .seaweed import SeaweedS3
 
 log = logging.getLogger("jetmedia.devstack")
 
 LOCAL = "127.0.0.1"
-MOTO_KEY = "jetmedia-dev"
-PR_SET_PDEATHSIG = 1  # moto accepts any credentials; these only keep botocore happy
+PR_SET_PDEATHSIG = 1
 
 
 def nats_server_binary(configured: str | None = None) -> str:
@@ -163,43 +167,23 @@ def start_http_process(
 
 
 @dataclass
-class MotoS3:
-    """moto's S3 as a separate process (the in-process mock breaks aioboto3), served by
-    `shared.s3server` (keep-alive, S3 only) rather than `moto.server`."""
-
-    data_dir: Path
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{LOCAL}:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> MotoS3:
-        self.proc, self.port = start_http_process(
-            lambda port: [sys.executable, "-m", "shared.s3server", "--host", LOCAL, "--port", str(port)],
-            lambda port: f"http://{LOCAL}:{port}/moto-api/", self.data_dir / "s3.log", timeout, self.port,
-        )
-        return self
-
-    def stop(self) -> None:
-        _stop(self.proc)
-
-
-@dataclass
 class EmbeddedStack:
-    """nats-server + local S3, both on loopback, both stopped by PID."""
+    """nats-server + SeaweedFS, both on loopback, both stopped by PID; state under `data_dir`
+    (`nats/`, `s3/`), so a stack started again on the same directory has its streams and objects."""
 
     data_dir: Path
     nats_binary: str | None = None
+    weed_binary: str | None = None
     nats: NatsServer | None = None
-    s3: MotoS3 | None = None
+    s3: SeaweedS3 | None = None
 
     def start(self) -> EmbeddedStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(self.data_dir / "nats", binary=self.nats_binary).start()
         try:
-            self.s3 = MotoS3(self.data_dir / "s3").start()
+            from .seaweed import SeaweedS3  # imported here: seaweed uses this module's helpers
+
+            self.s3 = SeaweedS3(self.data_dir / "s3", binary=self.weed_binary).start()
         except Exception:
             self.nats.stop()
             raise
@@ -217,8 +201,8 @@ class EmbeddedStack:
         return {
             "JETMEDIA_NATS_URL": self.nats.url,
             "JETMEDIA_S3_ENDPOINT": self.s3.url,
-            "JETMEDIA_S3_ACCESS_KEY": MOTO_KEY,
-            "JETMEDIA_S3_SECRET_KEY": MOTO_KEY,
+            "JETMEDIA_S3_ACCESS_KEY": self.s3.access_key,
+            "JETMEDIA_S3_SECRET_KEY": self.s3.secret_key,
         }
 
     def __enter__(self) -> EmbeddedStack:

@@ -1,14 +1,22 @@
-"""S3 access for every stage: any endpoint (AWS, MinIO, R2, B2, the embedded one).
+"""S3 access for every stage: any endpoint (AWS, R2, B2, SeaweedFS — the embedded one —, MinIO).
 
 One aioboto3 client per process, opened with `Storage.open()` and closed on shutdown.
 Media never travels on the bus; stages pass keys and stream bytes through here. Uploads carry
 a CRC-32 checksum so the export stage can store members without reading them twice.
+
+Everything is signed with SigV4 in the configured region, presigned URLs included: botocore would
+otherwise presign SigV2 URLs for us-east-1, which AWS, R2, B2 and SeaweedFS refuse. `check()`
+is the start-up probe: endpoint reachable, credentials accepted, bucket there — or one line saying
+which of these is wrong (a `ConfigError`, exit 2), rather than a dead letter per message later.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import unicodedata
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -16,9 +24,16 @@ from typing import Any
 
 import aioboto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .errors import is_transient as is_transient  # the error table lives in shared.errors
 
 MIN_PART = 8 * 1024 * 1024  # S3's floor is 5 MiB; 8 MiB keeps part counts low for big archives
@@ -46,6 +61,7 @@ class Storage:
             retries={"max_attempts": 5, "mode": "standard"},
             max_pool_connections=64,
             s3={"addressing_style": "path"},
+            signature_version="s3v4",  # also for presigned URLs (botocore's us-east-1 default is SigV2)
             # Only send/verify checksums where we ask for them (MinIO/R2 compatibility).
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -72,6 +88,68 @@ class Storage:
         if self._client is None:
             raise RuntimeError("Storage used outside `async with`")
         return self._client
+
+    @property
+    def where(self) -> str:
+        """The endpoint, as people configured it (for messages)."""
+        return self.settings.s3_endpoint or f"AWS S3 ({self.settings.s3_region})"
+
+    async def check(self, *, create: bool = False, timeout: float = 20.0) -> None:
+        """Start-up check: list one key of the bucket with the configured credentials. Raises
+        `StorageError` with one line naming the endpoint and what is wrong; `create` makes a
+        missing bucket instead (the embedded stack, whose S3 is ours)."""
+        try:
+            await asyncio.wait_for(self._list_one(create), timeout)
+        except TimeoutError:
+            raise StorageError(f"S3 endpoint {self.where} did not answer within {timeout:g} s") from None
+
+    async def _list_one(self, create: bool) -> None:
+        config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=10,
+                        s3={"addressing_style": "path"}, signature_version="s3v4")
+        session = aioboto3.Session()
+        async with session.client(
+            "s3", endpoint_url=self.settings.s3_endpoint, region_name=self.settings.s3_region,
+            aws_access_key_id=self.settings.s3_access_key, aws_secret_access_key=self.settings.s3_secret_key,
+            config=config,
+        ) as client:
+            try:
+                try:
+                    await client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+                except ClientError as exc:
+                    if not (create and _code(exc) == "NoSuchBucket"):
+                        raise
+                    await client.create_bucket(Bucket=self.bucket)
+                    await client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+            except ClientError as exc:
+                raise StorageError(self._explain(exc)) from None
+            except (EndpointConnectionError, ConnectTimeoutError) as exc:
+                raise StorageError(f"cannot connect to S3 endpoint {self.where}: {_first_line(exc)}"
+                                   " (is the server running? is JETMEDIA_S3_ENDPOINT right?)") from None
+            except ReadTimeoutError:
+                raise StorageError(f"S3 endpoint {self.where} accepted the connection but did not answer") from None
+            except NoCredentialsError:
+                raise StorageError(f"no S3 credentials for {self.where}: set JETMEDIA_S3_ACCESS_KEY and "
+                                   "JETMEDIA_S3_SECRET_KEY (or the AWS default chain)") from None
+            except BotoCoreError as exc:
+                raise StorageError(f"S3 endpoint {self.where}: {_first_line(exc)}") from None
+
+    def _explain(self, exc: ClientError) -> str:
+        code, status = _code(exc), _status(exc)
+        key = self.settings.s3_access_key or "(default chain)"
+        if code == "NoSuchBucket":
+            return (f"bucket {self.bucket!r} does not exist at S3 endpoint {self.where}: create it "
+                    "(compose: the bucket-init service) or set JETMEDIA_BUCKET")
+        if code in ("InvalidAccessKeyId", "InvalidClientTokenId"):
+            return f"S3 endpoint {self.where} does not know access key {key!r} ({code}): check JETMEDIA_S3_ACCESS_KEY"
+        if code == "SignatureDoesNotMatch":
+            return (f"S3 endpoint {self.where} rejected the secret key of access key {key!r} ({code}): "
+                    "check JETMEDIA_S3_SECRET_KEY (and JETMEDIA_S3_REGION)")
+        if code == "AccessDenied" or status == 403:
+            return (f"S3 endpoint {self.where} denied access key {key!r} listing bucket {self.bucket!r} "
+                    f"({code or status}): check the credentials and their permissions")
+        message = str(exc.response.get("Error", {}).get("Message", "")).splitlines()[:1]
+        return f"S3 endpoint {self.where} answered {code or 'HTTP'} {status} for bucket {self.bucket!r}" + (
+            f": {message[0]}" if message else "")
 
     async def ensure_bucket(self) -> None:
         try:
@@ -144,7 +222,7 @@ class Storage:
     async def presign(self, key: str, ttl: float | None = None, filename: str | None = None) -> str:
         params: dict[str, str] = {"Bucket": self.bucket, "Key": key}
         if filename:
-            params["ResponseContentDisposition"] = f'attachment; filename="{filename}"'
+            params["ResponseContentDisposition"] = content_disposition(filename)
         url: str = await self.client.generate_presigned_url(
             "get_object", Params=params, ExpiresIn=int(ttl or self.settings.url_ttl)
         )
@@ -216,6 +294,26 @@ class MultipartUpload:
                     Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id
                 )
         self._buffer.clear()
+
+
+class StorageError(ConfigError):
+    """S3 cannot be used as configured (unreachable, credentials refused, bucket missing)."""
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` with the name twice, per RFC 6266: `filename="..."` in plain ASCII for old
+    clients (accents dropped, anything else `_`), and `filename*=UTF-8''...` with the exact name,
+    which browsers and `curl -OJ` prefer. No quote, backslash or control character gets through."""
+    fallback = "".join(
+        c if " " <= c <= "~" and c not in '"\\' else "_"
+        for c in unicodedata.normalize("NFKD", filename) if not unicodedata.combining(c)
+    ).strip() or "download"
+    exact = urllib.parse.quote(filename, safe="!#$&+^`|~")  # RFC 5987 attr-char (plus unreserved)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{exact}"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _status(exc: ClientError) -> int:
