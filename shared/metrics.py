@@ -25,7 +25,7 @@ from . import __version__
 
 log = logging.getLogger("jetmedia.metrics")
 
-OUTCOMES = ("ok", "retry", "failed", "dead", "skipped")
+OUTCOMES = ("ok", "retry", "failed", "dead", "skipped", "error")  # error: the failure itself could not be recorded
 JOB_KINDS = ("asset", "export")  # = shared.jobs.JobKind (metrics sits below jobs; a test keeps them equal)
 JOB_STATUSES = ("queued", "running", "ready", "failed", "cancelled", "expired")  # = shared.jobs.JobStatus
 
