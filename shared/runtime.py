@@ -53,7 +53,7 @@ T = TypeVar("T")
 CANCEL_SUBJECT = "jetmedia.control.cancel"
 PULL_WAIT = 1.0  # seconds one pull request waits for messages (also how long it may outlive fetch())
 MAX_ERROR_TEXT = 4000  # characters of an error kept in a dead letter (the job record keeps 1000)
-DLQ_ENVELOPE = 16 * 1024  # bytes a dead letter needs besides the original (attributes, error, headers)
+DLQ_ENVELOPE = 48 * 1024  # bytes a dead letter needs besides the original: attributes, error (6x if escaped)
 
 
 class Retry(Exception):
