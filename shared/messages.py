@@ -37,8 +37,9 @@ DLQ_PREFIX = "jetmedia.dlq"
 
 # What NATS KV accepts as a key, and a little less: dot-separated tokens of [-_=a-zA-Z0-9] (no
 # empty token, so no leading/trailing dot and no `..`), at most 200 characters. KV refuses `.a`,
-# `a.` and `.`; the server refuses `a..b`; `/` is left out as it means a path in S3 keys.
-JOB_ID_PATTERN = r"^[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$"
+# `a.` and `.`; the server refuses `a..b`; `/` is left out as it means a path in S3 keys. A `.chunk.`
+# inside is reserved: `{job}.chunk.{n}` keys hold an export's chunk records (shared/exportplan.py).
+JOB_ID_PATTERN = r"^(?!.*\.chunk\.)[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$"
 JOB_ID_MAX = 200
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN, min_length=1, max_length=JOB_ID_MAX,
                             description="KV-safe job id: dot-separated tokens of [-_=a-zA-Z0-9]")]

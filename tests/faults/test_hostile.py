@@ -31,7 +31,7 @@ SUBJECTS = (m.UPLOAD_ASSET, m.UPLOAD_EXPORT, m.UPLOAD_CANCEL, "jetmedia.upload.o
             m.TRANSCODE, m.FINALIZE_ASSET, m.FINALIZE_EXPORT, "jetmedia.finalize.other")
 WORK = {"JM_UPLOAD": "upload", "JM_CHUNK": "chunk", "JM_VARIANT": "variant", "JM_TRANSCODE": "transcode",
         "JM_FINALIZE": "finalize"}
-BAD_IDS = ("..", ".", "a.", ".a", "a..b", "a b", "a/b", "*", ">", "x" * 300, "ü", "")
+BAD_IDS = ("..", ".", "a.", ".a", "a..b", "a b", "a/b", "*", ">", "x" * 300, "ü", "", "hb-1.chunk.0")
 BAD_BUCKETS = ("Not_A_Bucket!", "no-such-bucket-hostile", "a", "..", "x" * 80)
 MAX_RSS_GROWTH = 20 * 1024 * 1024
 TOTAL = 1000
