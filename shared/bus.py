@@ -7,10 +7,17 @@ converges whichever process starts first.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -28,6 +35,8 @@ from . import messages as m
 from .config import Settings
 
 log = logging.getLogger("jetmedia.bus")
+T = TypeVar("T")
+STARTUP_WAIT = 60.0  # seconds a process keeps trying to connect and to create its layout at start-up
 
 
 @dataclass(frozen=True)
@@ -52,13 +61,17 @@ STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
 MSG_ID = "Nats-Msg-Id"
 
 
-async def connect(settings: Settings, name: str = "jetmedia") -> NATS:
-    """Connect with whatever credentials the settings carry; reconnect forever."""
+async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = STARTUP_WAIT) -> NATS:
+    """Connect with whatever credentials the settings carry; once connected, reconnect forever.
+
+    The first connection is tried for about `wait` seconds (a server or cluster still starting),
+    then fails with the last error: a process never hangs on a NATS that is not there."""
+    retry_every = 0.5
     options: dict[str, object] = {
         "servers": settings.nats_url.split(","),
         "name": name,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
+        "max_reconnect_attempts": max(1, math.ceil(wait / retry_every)),
+        "reconnect_time_wait": retry_every,
         "connect_timeout": 5,
         "drain_timeout": 5,
     }
@@ -86,7 +99,35 @@ async def connect(settings: Settings, name: str = "jetmedia") -> NATS:
     await client.connect(
         error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
     )
+    client.options["max_reconnect_attempts"] = -1  # nats-py reads it at each reconnect
     return client
+
+
+def _startup_transient(exc: BaseException) -> bool:
+    """What a JetStream API call answers while a fresh server or cluster is still electing
+    leaders: timeouts, no responders, 503s, "no suitable peers" (the peers are not known yet)."""
+    if isinstance(exc, (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                        nats.errors.ConnectionReconnectingError, nats.js.errors.ServiceUnavailableError)):
+        return True
+    if isinstance(exc, nats.js.errors.APIError):
+        return exc.code in (500, 503) or exc.err_code in (10005, 10008, 10074)
+    return False
+
+
+async def retrying(what: str, call: Callable[[], Awaitable[T]], wait: float = STARTUP_WAIT) -> T:
+    """Run a start-up step (stream, consumer, KV creation), retrying transient JetStream answers
+    with backoff for up to `wait` seconds; each retry is logged, the last error is raised."""
+    deadline = time.monotonic() + wait
+    delay = 0.25
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            if not _startup_transient(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: %s; retrying in %.1fs", what, str(exc) or type(exc).__name__, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
@@ -117,18 +158,26 @@ def consumer_config(durable: str, settings: Settings, concurrency: int) -> Consu
 
 
 async def ensure_layout(js: JetStreamContext, settings: Settings, concurrency: int | None = None) -> None:
-    """Create or update every stream and every stage consumer."""
+    """Create or update every stream and every stage consumer (retried while a fresh cluster
+    elects its leaders, see `retrying`)."""
     for spec in STREAMS:
         config = stream_config(spec, settings)
-        try:
-            await js.stream_info(spec.name)
-            await js.update_stream(config)
-        except NotFoundError:
-            await js.add_stream(config)
+
+        async def create_or_update(config: StreamConfig = config) -> None:
+            try:
+                await js.stream_info(config.name or "")
+                await js.update_stream(config)
+            except NotFoundError:
+                await js.add_stream(config)
+
+        await retrying(f"stream {spec.name}", create_or_update)
         if spec.durable:
-            await js.add_consumer(
-                spec.name, consumer_config(spec.durable, settings, concurrency or settings.concurrency)
-            )
+            consumer = consumer_config(spec.durable, settings, concurrency or settings.concurrency)
+
+            async def add_consumer(stream: str = spec.name, config: ConsumerConfig = consumer) -> None:
+                await js.add_consumer(stream, config)
+
+            await retrying(f"consumer {spec.durable}", add_consumer)
 
 
 async def publish(js: JetStreamContext, subject: str, event: m.Event, timeout: float = 5.0) -> bool:

@@ -72,6 +72,11 @@ for _kind in JOB_KINDS:  # every process starts every job series at zero (see `p
     for _status in JOB_STATUSES:
         jobs_total.labels(_kind, _status)
 
+dependency_up = Gauge(
+    "jetmedia_dependency_up",
+    "1 while this process reaches the dependency (s3, nats); 0 while its breaker is open and probes fail.",
+    ["dependency"],
+)
 ready = Gauge("jetmedia_ready", "1 once this process is connected and serving; health checks read it.")
 nats_connected = Gauge("jetmedia_nats_connected", "1 while this process's NATS connection is up.")
 

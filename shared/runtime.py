@@ -18,7 +18,11 @@ returns the messages to send next. Around it the runtime:
   delivery and a late duplicate sends nothing, whatever the stream's duplicate window;
 - skips (acks) messages of cancelled jobs, and cancels the running handler when its job is
   cancelled (its `finally` blocks clean up: kill ffmpeg, abort the multipart upload);
-- on shutdown: stops pulling, lets in-flight work finish within the grace period, naks the rest.
+- when S3 or NATS cannot be reached (shared/breaker.py): stops pulling, keeps the failed
+  handlers' messages in flight until a probe gets an answer, then runs them again (the outage
+  spends no delivery);
+- on shutdown: stops pulling, lets in-flight work finish within the grace period, naks the rest
+  (also messages that reach the subscription after it stopped pulling).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from nats.js import JetStreamContext
 
 from . import bus, errors, metrics, outbox
 from . import messages as m
+from .breaker import Breakers, nats_probe, s3_probe
 from .config import ConfigError, Settings
 from .jobs import Job, JobStore
 from .storage import Storage
@@ -116,6 +121,7 @@ class Services:
         self.cpu = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jetmedia-cpu")
         self.workers: list[Worker] = []
         self._cancel_sub: Any = None
+        self.breakers = Breakers({"s3": s3_probe(settings), "nats": nats_probe(nc, js)})
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -126,13 +132,14 @@ class Services:
             js = nc.jetstream()
             if layout:
                 await bus.ensure_layout(js, settings)
-            jobs = await JobStore.open(js, settings.replicas)
+            jobs = await bus.retrying("jobs KV", lambda: JobStore.open(js, settings.replicas))
             async with Storage(settings) as storage:
                 services = cls(settings, nc, js, jobs, storage)
                 await services._listen_for_cancels()
                 try:
                     yield services
                 finally:
+                    await services.breakers.close()
                     services.cpu.shutdown(wait=False, cancel_futures=True)
         finally:
             with contextlib.suppress(Exception):
@@ -226,25 +233,32 @@ class Worker:
         self.inflight: dict[asyncio.Task[None], InFlight] = {}
         self._advisory_tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
+        self.stopping = asyncio.Event()  # set by run()'s caller; waits on outages end with it
+        self.subscription: Any = None  # the pull subscription while run() runs
         metrics.prime(stage.name)
         services.workers.append(self)
 
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self, stopping: asyncio.Event) -> None:
+        self.stopping = stopping
         js = self.services.js
-        sub = await js.pull_subscribe_bind(durable=self.stage.name, stream=self.stage.stream)
+        sub = self.subscription = await js.pull_subscribe_bind(durable=self.stage.name, stream=self.stage.stream)
         advisories = await self._watch_max_deliveries()
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.stage.name}-heartbeat")
         log.info("stage %s: pulling from %s (concurrency %d)", self.stage.name, self.stage.stream, self.concurrency)
+        expired = time.monotonic()
         try:
             while not stopping.is_set():
+                if not await self.services.breakers.wait_closed(stopping):
+                    continue  # S3 or NATS is down: pull nothing new until it answers
                 free = self.concurrency - len(self.inflight)
                 if free <= 0:
                     await asyncio.wait(list(self.inflight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                     continue
+                expired = time.monotonic() + PULL_WAIT  # this pull request ends by then, whatever fetch() says
                 try:
-                    batch = await sub.fetch(free, timeout=1.0)
+                    batch = await sub.fetch(free, timeout=PULL_WAIT)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
@@ -253,9 +267,14 @@ class Worker:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in batch:
-                    self._start(msg)
+                    if stopping.is_set():  # fetched while stopping: another replica may start it
+                        await _hand_back(msg, expired)
+                    else:
+                        self._start(msg)
         finally:
-            await self._drain()
+            drain = asyncio.ensure_future(self._drain())
+            await self._hand_back_late(sub, drain, expired)
+            await drain
             heartbeat.cancel()
             for task in list(self._advisory_tasks):
                 task.cancel()
@@ -263,6 +282,23 @@ class Worker:
                 with contextlib.suppress(Exception):
                     await sub_.unsubscribe()
             log.info("stage %s: stopped", self.stage.name)
+
+    async def _hand_back_late(self, sub: Any, drain: asyncio.Future[None], expired: float) -> None:
+        """A pull request outlives the fetch() that made it (the client can time out just before
+        the server expires it), so messages can land in the subscription after the loop stopped:
+        nobody would start them, and they would wait out ack_wait. Nak them until the drain is over
+        and the last pull request has expired on the server."""
+        inner = sub._sub  # nats-py keeps delivered messages on the underlying subscription
+        while not (drain.done() and time.monotonic() > expired + 0.25):
+            try:
+                msg = await inner.next_msg(timeout=0.1)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception:  # connection closed: the server hands everything back anyway
+                return
+            if msg.reply:  # not a status message (408 request expired, 404 no messages)
+                log.info("stage %s: handing back a message delivered after stopping", self.stage.name)
+                await _hand_back(msg, expired)
 
     def _start(self, msg: Msg) -> None:
         flight = InFlight(msg=msg, job=None)
@@ -302,6 +338,26 @@ class Worker:
 
     # --- one message ------------------------------------------------------------------
 
+    async def _handle(self, event: Any, ctx: Context, msg: Msg) -> bool:
+        """Run the handler and send what it returns. When it fails because S3 or NATS is down
+        (shared/breaker.py), wait for the dependency with the message still in flight (the
+        heartbeat keeps it ours; no delivery is spent on the outage), then run it again. False:
+        the worker is stopping first, the message was handed back."""
+        while True:
+            try:
+                emits = await self.stage.handle(event, ctx)
+                await self.services.send(emits)
+                return True
+            except Exception as exc:
+                back = await self.services.breakers.recovered(exc, self.stopping)
+                if back is None:
+                    raise
+                if not back:
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=self.settings.backoff_for(1))
+                    return False
+                log.info("stage %s: job %s runs again now that its dependency answers", self.stage.name, ctx.job)
+
     async def _process(self, flight: InFlight) -> None:
         msg = flight.msg
         stage = self.stage.name
@@ -320,8 +376,9 @@ class Worker:
                 await msg.ack()
                 return
             ctx = Context(self.services, stage, flight.job, delivery)
-            emits = await self.stage.handle(event, ctx)
-            await self.services.send(emits)
+            if not await self._handle(event, ctx, msg):
+                outcome = "retry"  # a dependency outage outlasted this worker: handed back
+                return
             await msg.ack()
             metrics.last_success.labels(stage).set_to_current_time()
         except asyncio.CancelledError:
@@ -476,6 +533,14 @@ async def dead_letter(
         record = await services.jobs.fail(job, stage, error, create=False)
         if record is not None:
             await services.send(announcements(record, services.settings))
+
+
+async def _hand_back(msg: Msg, expired: float) -> None:
+    """Give a message back for another replica, redelivered once our last pull request has
+    expired: a plain nak would hand it straight back to that still-open request (and so to us,
+    after we stopped listening), spending a delivery each time."""
+    with contextlib.suppress(Exception):
+        await msg.nak(delay=max(0.0, expired - time.monotonic()) + 0.25)
 
 
 def _delivery(msg: Msg) -> int:

@@ -1,0 +1,146 @@
+"""Dependency outages: S3 refusing connections mid-batch costs time, never a job.
+
+The stages talk to S3 through a TCP proxy that the test switches off (nothing listens: connection
+refused, and open connections are cut) and on again. Without the breaker (shared/breaker.py) the
+retry budget is spent on the outage and a good part of the batch is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
+from urllib.parse import urlsplit
+
+from prometheus_client import REGISTRY
+
+from services import samples, stages
+from shared import breaker, bus
+from shared import messages as m
+from shared.runtime import Services
+from tests.helpers import asset_event, eventually, running, stream_events
+
+JOBS = 216
+OUTAGE = float(os.environ.get("JETMEDIA_TEST_S3_OUTAGE", "90"))  # seconds S3 refuses connections
+
+
+class Proxy:
+    """A loopback TCP proxy to `target` that can refuse connections for a while."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.streams: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def refuse(self) -> None:
+        """Stop listening (new connections are refused) and cut every open connection."""
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.streams):
+            writer.transport.abort()
+        await self.server.wait_closed()
+        self.server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.streams |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()  # one side ended: end the other
+
+        try:
+            await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        finally:
+            self.streams -= {writer, up_writer}
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.refuse()
+
+
+@contextlib.asynccontextmanager
+async def proxied(target: str) -> AsyncIterator[Proxy]:
+    proxy = Proxy(target)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.stop()
+
+
+def s3_up() -> float | None:
+    return REGISTRY.get_sample_value("jetmedia_dependency_up", {"dependency": breaker.S3})
+
+
+async def ready_count(services: Services, ids: list[str]) -> int:
+    count = 0
+    for job_id in ids:
+        job = await services.jobs.get(job_id)
+        count += job is not None and job.status == "ready"
+    return count
+
+
+async def test_s3_refusing_connections_mid_batch_loses_no_job(services: Services) -> None:
+    assert services.settings.s3_endpoint
+    photo = samples.photo(96, 64)
+    ids = [f"out-{i}" for i in range(JOBS)]
+    await asyncio.gather(*(services.storage.put_bytes(f"uploads/{i}.jpg", photo) for i in ids))
+    async with proxied(services.settings.s3_endpoint) as proxy:
+        staged = services.settings.replace(s3_endpoint=proxy.url, variant_presets="thumb:webp:48")
+        async with Services.open(staged, name="outage") as stage_services, \
+                running(stage_services, [stages.load(n) for n in ("upload", "variant", "finalize")]):
+            for job_id in ids:
+                await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(f"uploads/{job_id}.jpg", event_id=job_id))
+            await eventually(lambda: _at_least(ready_count(services, ids), 20), timeout=60)
+
+            await proxy.refuse()
+            lowest = 1.0
+            refused_until = time.monotonic() + OUTAGE
+            while time.monotonic() < refused_until:
+                lowest = min(lowest, s3_up() or 0.0)
+                await asyncio.sleep(0.2)
+            ready_in_outage = await ready_count(services, ids)
+            await proxy.start()
+
+            await eventually(lambda: _at_least(ready_count(services, ids), JOBS), timeout=180, every=0.5)
+            await eventually(lambda: _equals(s3_up(), 1.0), timeout=10)
+
+    assert lowest == 0.0, "the S3 breaker never reported the outage"
+    assert ready_in_outage < JOBS, "the batch finished before the outage: the test proves nothing"
+    assert await stream_events(services, "JM_DLQ") == []
+    ready = [e for e in await stream_events(services, "JM_EVENTS") if isinstance(e, m.AssetReady)]
+    assert sorted(e.data.job for e in ready) == sorted(ids)
+
+
+async def _at_least(count: Coroutine[Any, Any, int], n: int) -> bool:
+    return await count >= n
+
+
+async def _equals(value: float | None, expected: float) -> bool:
+    return value == expected
