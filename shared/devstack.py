@@ -212,10 +212,12 @@ class EmbeddedStack:
         self.stop()
 
 
-def start_cluster(data_dir: Path, size: int = 3, binary: str | None = None) -> list[NatsServer]:
-    """A JetStream cluster on loopback: each node routes to all, a leader is elected in < 1 s."""
+def start_cluster(data_dir: Path, size: int = 3, binary: str | None = None,
+                  client_ports: list[int] | None = None) -> list[NatsServer]:
+    """A JetStream cluster on loopback: each node routes to all, a leader is elected in < 1 s.
+    `client_ports`: where clients connect (default: free ports), e.g. for processes started first."""
     route_ports = [free_port() for _ in range(size)]
-    client_ports = [free_port() for _ in range(size)]
+    client_ports = client_ports or [free_port() for _ in range(size)]
     nodes = [
         NatsServer(
             data_dir / f"n{i}", binary=binary, name=f"n{i}", cluster="jetmedia", cluster_port=route_ports[i],
