@@ -28,6 +28,7 @@ from shared import bus, logs, metrics, queue_metrics
 from shared.config import ConfigError, Settings, settings_help
 from shared.devstack import EmbeddedStack
 from shared.runtime import Services, run_stages
+from shared.storage import Storage
 
 from . import stages
 
@@ -61,6 +62,7 @@ async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[Em
         local = settings.replace(
             nats_url=stack.nats.url, s3_endpoint=stack.s3.url,
             s3_access_key=stack.env()["JETMEDIA_S3_ACCESS_KEY"], s3_secret_key=stack.env()["JETMEDIA_S3_SECRET_KEY"],
+            nats_user=stack.env()["JETMEDIA_NATS_USER"], nats_password=stack.env()["JETMEDIA_NATS_PASSWORD"],
         )
         yield stack, local
     finally:
@@ -78,10 +80,11 @@ async def serve_stages(
     chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
     for stage in chosen:
         stage.check_settings(settings)
+    async with Storage(settings) as storage:  # before NATS: an S3 mistake is reported at once
+        await storage.check(create=create_bucket)
     server = metrics.serve(settings.metrics_host, settings.metrics_port)
     try:
         async with Services.open(settings, name=f"jetmedia-{'+'.join(s.name for s in chosen)}") as services:
-            await services.storage.check(create=create_bucket)
             metrics.mark_ready(lambda: services.nc.is_connected)
             collector = (
                 asyncio.create_task(queue_metrics.run(services.js, stopping, settings.queue_poll_interval))
@@ -111,12 +114,24 @@ async def cmd_up(args: argparse.Namespace) -> int:
         banner = (
             f"jetmedia is up\n  NATS     {stack.nats.url}\n  S3       {stack.s3.url}  (bucket {local.bucket})\n"
             "  metrics  {metrics}\n" + prometheus_line.replace("{", "{{").replace("}", "}}")
+            + _producer_line(stack).replace("{", "{{").replace("}", "}}")
             + "Point other processes here with:\n"
             + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
             + "Ctrl-C stops everything."
         )
         await serve_stages(local, args.stages, stopping, ready=banner, collect=True, create_bucket=True)
     return 0
+
+
+def _producer_line(stack: EmbeddedStack) -> str:
+    """The NATS credentials for systems that submit media (may publish jetmedia.upload.>, read
+    events and job records; shared/natsauth.py)."""
+    from shared.natsauth import PRODUCER_USER
+
+    password = (stack.nats.passwords or {}).get(PRODUCER_USER) if stack.nats else None
+    if not password:
+        return ""
+    return f"  producer NATS user {PRODUCER_USER}, password {password}  (submit + read events/jobs only)\n"
 
 
 @contextlib.asynccontextmanager

@@ -13,7 +13,8 @@ Everything is explicit because the defaults do not suit a dev stack next to othe
   path segment (SeaweedFS' default is 255) and keeps the filer store under the data dir;
 - volumes are small (256 MB) with vacuum every 2 minutes at 10 % garbage, so deleted exports give
   their disk back during a bench rather than never; slots are sized to the free disk;
-- the S3 identity (access key + random secret) is made once per data dir, kept there mode 0600;
+- the S3 identity (access key + random secret) is made once per data dir, kept there mode 0600,
+  and the ports are reused on the next start when they are free, so URLs survive a restart;
 - `weed` spends ~25 s in a graceful stop (a 15 s gRPC drain in the filer): we give it a short
   grace, then SIGKILL. Every object it acknowledged is already written to its volume and filer
   log files, so a kill loses nothing a restart needs (checked by the restart test).
@@ -40,6 +41,7 @@ log = logging.getLogger("jetmedia.seaweed")
 
 LOCAL = "127.0.0.1"
 IDENTITY_FILE = "s3-identity.json"
+PORTS_FILE = "ports.json"
 ACCESS_KEY = "jetmedia"
 VOLUME_SIZE_MB = 256
 PORT_NAMES = (
@@ -147,8 +149,10 @@ class SeaweedS3:
         self._write_config()
         version = subprocess.run([binary, "version"], capture_output=True, text=True, check=False).stdout.strip()
         log.info("starting %s (%s) in %s", binary, version or "unknown version", self.data_dir)
-        for _attempt in range(3):  # another process may take a probed port before weed binds it
-            self.ports = dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+        for attempt in range(3):  # another process may take a probed port before weed binds it
+            self.ports = (attempt == 0 and self._last_ports()) or dict(
+                zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+            (self.data_dir / PORTS_FILE).write_text(json.dumps(self.ports))
             with open(self.log_path, "ab") as log_file:
                 self.proc = subprocess.Popen(
                     self._args(binary), cwd=self.data_dir, stdout=log_file, stderr=subprocess.STDOUT,
@@ -158,6 +162,24 @@ class SeaweedS3:
                 return self
             self.stop()
         raise RuntimeError(f"SeaweedFS (weed) did not start; see {self.log_path}")
+
+    def _last_ports(self) -> dict[str, int] | None:
+        """The ports of the previous start on this data dir, if all are free again: the endpoint
+        then stays the same across restarts, and so do the presigned URLs handed out before."""
+        try:
+            last = {name: int(port) for name, port in json.loads((self.data_dir / PORTS_FILE).read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return None
+        if set(last) != set(PORT_NAMES):
+            return None
+        for port in last.values():
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's listeners do: TIME_WAIT is fine
+                try:
+                    sock.bind((LOCAL, port))
+                except OSError:
+                    return None
+        return last
 
     def _write_config(self) -> None:
         (self.data_dir / "master.toml").write_text(MASTER_TOML)
