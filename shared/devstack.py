@@ -94,6 +94,7 @@ class NatsServer:
     routes: list[int] = field(default_factory=list)
     port: int = -1
     proc: subprocess.Popen[bytes] | None = None
+    passwords: dict[str, str] | None = None  # user -> password (shared.natsauth); None: no auth
 
     @property
     def url(self) -> str:
@@ -113,6 +114,10 @@ class NatsServer:
         if self.cluster:
             args += ["--cluster_name", self.cluster, "--cluster", f"nats://{LOCAL}:{self.cluster_port}"]
             args += ["--routes", ",".join(f"nats://{LOCAL}:{p}" for p in self.routes)]
+        if self.passwords is not None:  # the users and what each may do, in a config file (0600)
+            from .natsauth import write_config
+
+            args += ["-c", str(write_config(self.data_dir / "auth.conf", self.passwords))]
         version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False).stdout.strip()
         log.info("starting %s (%s)", binary, version or "unknown version")
         log_file = open(self.data_dir / "nats-server.log", "ab")
@@ -179,7 +184,10 @@ class EmbeddedStack:
 
     def start(self) -> EmbeddedStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.data_dir / "nats", binary=self.nats_binary).start()
+        from .natsauth import load_or_create_passwords
+
+        passwords = load_or_create_passwords(self.data_dir / "nats")
+        self.nats = NatsServer(self.data_dir / "nats", binary=self.nats_binary, passwords=passwords).start()
         try:
             from .seaweed import SeaweedS3  # imported here: seaweed uses this module's helpers
 
@@ -198,8 +206,12 @@ class EmbeddedStack:
     def env(self) -> dict[str, str]:
         """`JETMEDIA_*` variables that point a process at this stack."""
         assert self.nats and self.s3
+        from .natsauth import SERVICE_USER
+
         return {
             "JETMEDIA_NATS_URL": self.nats.url,
+            "JETMEDIA_NATS_USER": SERVICE_USER,
+            "JETMEDIA_NATS_PASSWORD": (self.nats.passwords or {}).get(SERVICE_USER, ""),
             "JETMEDIA_S3_ENDPOINT": self.s3.url,
             "JETMEDIA_S3_ACCESS_KEY": self.s3.access_key,
             "JETMEDIA_S3_SECRET_KEY": self.s3.secret_key,
@@ -213,15 +225,16 @@ class EmbeddedStack:
 
 
 def start_cluster(data_dir: Path, size: int = 3, binary: str | None = None,
-                  client_ports: list[int] | None = None) -> list[NatsServer]:
+                  client_ports: list[int] | None = None, passwords: dict[str, str] | None = None) -> list[NatsServer]:
     """A JetStream cluster on loopback: each node routes to all, a leader is elected in < 1 s.
-    `client_ports`: where clients connect (default: free ports), e.g. for processes started first."""
+    `client_ports`: where clients connect (default: free ports), e.g. for processes started first;
+    `passwords`: the users every node accepts (shared.natsauth; default: no auth)."""
     route_ports = [free_port() for _ in range(size)]
     client_ports = client_ports or [free_port() for _ in range(size)]
     nodes = [
         NatsServer(
             data_dir / f"n{i}", binary=binary, name=f"n{i}", cluster="jetmedia", cluster_port=route_ports[i],
-            routes=route_ports, port=client_ports[i],
+            routes=route_ports, port=client_ports[i], passwords=passwords,
         )
         for i in range(size)
     ]

@@ -56,7 +56,10 @@ def derive_config(
 
 
 def load_source(path: Path = PROMETHEUS_YML) -> dict[str, Any]:
+    """The production file; its rule files (relative to it) made absolute, so a copy elsewhere loads them."""
     loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    if loaded.get("rule_files"):
+        loaded["rule_files"] = [str((path.parent / rule).resolve()) for rule in loaded["rule_files"]]
     return loaded
 
 

@@ -4,7 +4,9 @@ fetch (S3 object -> local temp file, byte limit) -> probe + limits -> encode eac
 ffmpeg (progress -> job percent) -> probe each output (facts) -> upload at deterministic keys.
 Everything local lives in one temp directory that is removed whatever happens; an output that is
 uploaded while another encode still runs is deleted again if that encode fails or the job is
-cancelled, so a job that does not finish leaves no outputs.
+cancelled, so a job that does not finish leaves no outputs. A SIGKILLed worker runs no `finally`:
+its directories carry its host and pid, and the next process to make one removes those whose
+owner is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +34,9 @@ from .probe import Probe, check_limits, probe
 
 log = logging.getLogger("jetmedia.transcode")
 PERCENT_EVERY = 1.0  # seconds between job-record progress writes
+WORKSPACE_PREFIX = "jetmedia-transcode-"
+UNOWNED_AGE = 24 * 3600.0  # seconds after which a workspace without an owner (older naming) is removed
+_reaped: set[str] = set()  # temp roots this process has already swept
 
 
 @dataclass(frozen=True)
@@ -49,11 +55,58 @@ async def workspace(ctx: Context) -> AsyncIterator[str]:
     root = ctx.settings.transcode_tmp_dir
     if root:
         os.makedirs(root, exist_ok=True)
-    path = tempfile.mkdtemp(prefix="jetmedia-transcode-", dir=root)
+    base = root or tempfile.gettempdir()
+    if base not in _reaped:
+        _reaped.add(base)
+        reap_stale(base)
+    path = tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}-{socket.gethostname()}-", dir=root)
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_stale(base: str) -> list[str]:
+    """Remove the workspaces under `base` whose owning process (on this host) is gone: what a
+    SIGKILLed or crashed worker left, sources included. Another host's (a shared volume) and
+    live processes' are left alone. Returns the paths removed."""
+    host = socket.gethostname()
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(WORKSPACE_PREFIX) or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _stale(entry, host):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    if removed:
+        log.info("removed %d temp dir(s) of transcode workers that are gone: %s", len(removed), ", ".join(removed))
+    return removed
+
+
+def _stale(entry: os.DirEntry[str], host: str) -> bool:
+    pid_text, _, rest = entry.name[len(WORKSPACE_PREFIX):].partition("-")
+    owner_host = rest.rsplit("-", 1)[0]
+    if not pid_text.isdigit() or not rest:  # named before owners were recorded: by age only
+        try:
+            return time.time() - entry.stat(follow_symlinks=False).st_mtime > UNOWNED_AGE
+        except OSError:
+            return False
+    if owner_host != host:
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
 
 
 async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, int]:
