@@ -122,6 +122,9 @@ class SeaweedS3:
     access_key: str = ""
     secret_key: str = ""
 
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()  # weed runs with the data dir as its cwd
+
     @property
     def port(self) -> int:
         return self.ports.get("s3.port", 0)
