@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 from shared.config import Settings
-from shared.devstack import free_port, start_cluster
+from shared.devstack import NatsServer, free_port
 from shared.runtime import Services
 from shared.storage import Storage
 from tests.helpers import worker_process
@@ -35,13 +35,19 @@ async def test_workers_started_before_a_fresh_cluster_come_up_once_it_forms(sett
     async with Storage(settings) as storage:
         await storage.ensure_bucket()
     ports = [free_port() for _ in range(3)]
+    routes = [free_port() for _ in range(3)]
+    nodes = [NatsServer(tmp_path / f"n{i}", name=f"n{i}", cluster="jetmedia", cluster_port=routes[i], routes=routes,
+                        port=ports[i]) for i in range(3)]
     clustered = settings.replace(nats_url=",".join(f"nats://127.0.0.1:{p}" for p in ports), replicas=3)
     workers = [worker_process(clustered, stage) for stage in STAGES]
-    nodes = []
     try:
-        await asyncio.sleep(3)  # the workers are trying to connect to nothing
+        await asyncio.sleep(2)  # the workers are trying to connect to nothing
         assert all(w.poll() is None for w in workers), "a worker gave up before the cluster started"
-        nodes = await asyncio.to_thread(start_cluster, tmp_path / "cluster", client_ports=ports)
+        await asyncio.to_thread(nodes[0].start)
+        await asyncio.sleep(6)  # connected to one node of three: no JetStream leader, every API call fails
+        assert all(w.poll() is None for w in workers), "a worker gave up while the cluster was forming"
+        for node in nodes[1:]:
+            await asyncio.to_thread(node.start)
         outputs = await asyncio.gather(*(asyncio.to_thread(wait_for_line, w, b"worker ready", 90) for w in workers))
         for stage, output in zip(STAGES, outputs, strict=True):
             assert b"worker ready" in output, f"{stage}:\n{output.decode(errors='replace')[-3000:]}"
