@@ -112,7 +112,8 @@ def compose_config() -> str:
     text = json.dumps(config, indent=2)
     for variable in PASSWORD_VARIABLES.values():  # a variable reference must not be quoted
         text = text.replace(f'"${variable}"', f"${variable}")
-    header = ("# Generated from shared/natsauth.py by `python -m shared.natsauth` (tests/faults/test_permissions.py fails on drift).\n"
+    header = ("# Generated from shared/natsauth.py by `python -m shared.natsauth`"
+              " (tests/faults/test_permissions.py fails on drift).\n"
               "# Passwords come from the environment of the nats service (compose.yaml).\n")
     return header + text + "\n"
 
