@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
 
+import botocore.exceptions
 from prometheus_client import REGISTRY
 
 from services import samples, stages
 from shared import breaker, bus
 from shared import messages as m
-from shared.runtime import Services
+from shared.jobs import new_job
+from shared.runtime import Context, Emit, Services, Stage
 from tests.helpers import asset_event, eventually, running, stream_events
 
 JOBS = 216
@@ -144,3 +146,24 @@ async def _at_least(count: Coroutine[Any, Any, int], n: int) -> bool:
 
 async def _equals(value: float | None, expected: float) -> bool:
     return value == expected
+
+
+async def test_a_connection_error_while_s3_answers_takes_the_normal_retries(services: Services) -> None:
+    """The breaker re-runs a handler only after a probe confirmed the outage: an input that makes
+    its handler raise a connection error while S3 is fine (a bad endpoint in the input, a
+    handler's own bug) is not retried forever, it spends its deliveries and is dead-lettered."""
+    deliveries: list[int] = []
+
+    async def handle(event: m.VariantRequested, ctx: Context) -> list[Emit]:
+        deliveries.append(ctx.delivery)
+        raise botocore.exceptions.EndpointConnectionError(endpoint_url="http://127.0.0.1:1/elsewhere")
+
+    stage = Stage(name="variant", stream="JM_VARIANT", handle=handle, accepts=(m.VariantRequested,))
+    await services.jobs.create(new_job("not-an-outage", "asset", status="running"))
+    request = m.VariantRequested(id="noo-1", subject="not-an-outage", time=m.now(),
+                                 data=m.VariantRequestedData(job="not-an-outage", asset="a", bucket="b", key="k"))
+    async with running(services, [stage]):
+        await bus.publish(services.js, m.VARIANT, request)
+        letters = await eventually(lambda: stream_events(services, "JM_DLQ"), timeout=40)
+    assert deliveries == [1, 2, 3, 4, 5]
+    assert len(letters) == 1 and s3_up() == 1.0
