@@ -1,14 +1,15 @@
 """What a file is, from its first bytes: never from the producer's content-type or extension.
 
 Only a decision of which stage gets the file; the stage itself then decodes (libvips, ffmpeg)
-and rejects what does not decode.
+and rejects what does not decode. What is not accepted is named (`found`) so a person reads
+"an SVG (XML) image", not hex; the first bytes follow at the end, for whoever debugs the letter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-SNIFF_BYTES = 64
+SNIFF_BYTES = 256  # `sniff` looks at the first 64; `found` further (an XML prolog before <svg>)
 
 
 @dataclass(frozen=True)
@@ -60,3 +61,72 @@ def sniff(head: bytes) -> Sniffed | None:
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return Sniffed("video", "webm" if b"webm" in head[:64] else "mkv")
     return None
+
+
+ACCEPTED = ("JPEG, PNG, WebP, GIF, TIFF, HEIF, AVIF images; MP3, AAC, M4A, FLAC, Ogg, WAV audio; "
+            "MP4, MOV, WebM, MKV, AVI video")
+
+# (prefix, what it is), checked in order on the raw bytes
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%PDF-", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive (or a ZIP-based document: DOCX, XLSX, EPUB, ...)"),
+    (b"PK\x05\x06", "an empty ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"BZh", "a bzip2 archive"),
+    (b"\xfd7zXZ\x00", "an xz archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x7fELF", "a Linux executable (ELF)"),
+    (b"MZ", "a Windows executable"),
+    (b"8BPS", "a Photoshop (PSD) image"),
+    (b"\x00\x00\x01\x00", "an ICO icon"),
+    (b"\xff\x0a", "a JPEG XL image"),
+    (b"\x00\x00\x00\x0cJXL ", "a JPEG XL image"),
+    (b"\x00\x00\x01\xba", "an MPEG program stream (VOB/MPG) video"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office document (DOC/XLS/PPT)"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+
+
+def found(head: bytes) -> str:
+    """What the first bytes look like, in words ("an SVG (XML) image", "an HTML page", "plain
+    text", ...), for rejections of files `sniff` does not accept."""
+    if not head:
+        return "empty"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head.startswith(b"BM") and head[6:10] == b"\0\0\0\0":
+        return "a BMP image"
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if text.startswith(b"#extm3u"):
+        return "an HLS playlist (M3U8)" if b"#ext-x-" in text else "an M3U playlist"
+    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!--", b"<!doctype svg")) and b"<svg" in text):
+        return "an SVG (XML) image"
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "an HTML page"
+    if text.startswith(b"<?xml"):
+        return "an XML document"
+    if text.startswith((b"{", b"[")) and _is_text(head):
+        return "JSON or other text"
+    if _is_text(head):
+        return "plain text"
+    return "binary data of an unknown type"
+
+
+def rejection(head: bytes, where: str) -> str:
+    """The reason a file is refused: what it is, what is accepted, then its first bytes."""
+    return (f"unsupported file type: {where} is {found(head)}, which is not accepted; accepted: {ACCEPTED} "
+            f"(first bytes: {head[:16].hex(' ')})")
+
+
+def _is_text(head: bytes) -> bool:
+    """UTF-8 without control characters besides whitespace (a multi-byte character cut off at
+    the end of the sample is fine)."""
+    try:
+        decoded = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        decoded = head[: exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n\f" for c in decoded)

@@ -12,7 +12,7 @@ import msgspec
 from shared import messages as m
 from shared.jobs import Job, new_job
 from shared.runtime import Context, Emit, Reject
-from shared.sniff import SNIFF_BYTES, sniff
+from shared.sniff import SNIFF_BYTES, rejection, sniff
 
 PARTS_BY_MEDIA = {"image": ["variant"], "audio": ["transcode"], "video": ["transcode", "poster"]}
 
@@ -39,7 +39,7 @@ async def start_asset(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
     head = await ctx.storage.get_bytes(data.key, bucket, first=SNIFF_BYTES)
     kind = sniff(head)
     if kind is None:
-        raise Reject(f"unsupported file type: s3://{bucket}/{data.key} starts with {head[:16].hex(' ')}")
+        raise Reject(rejection(head, f"s3://{bucket}/{data.key}"))
     parts = PARTS_BY_MEDIA[kind.media]
 
     def route(current: Job) -> Job:

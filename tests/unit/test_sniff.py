@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services import samples
-from shared.sniff import sniff
+from shared.sniff import found, rejection, sniff
 
 
 @pytest.mark.parametrize("head, media, fmt", [
@@ -44,3 +44,35 @@ def test_unknown_is_none(head: bytes) -> None:
 def test_never_raises_on_any_bytes(head: bytes) -> None:
     result = sniff(head)
     assert result is None or result.media in ("image", "audio", "video")
+
+
+@pytest.mark.parametrize("head, words", [
+    (b'<svg xmlns="http://www.w3.org/2000/svg" height="10"', "an SVG (XML) image"),
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<!-- made by hand -->\n<svg width="1">', "an SVG (XML) image"),
+    (b"\xef\xbb\xbf  <!DOCTYPE html>\n<html lang=en>", "an HTML page"),
+    (b"<?xml version='1.0'?><feed>", "an XML document"),
+    (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3", "a PDF document"),
+    (b"PK\x03\x04\x14\x00\x06\x00", "a ZIP archive"),
+    (b"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:6", "an HLS playlist"),
+    (b"this is a text file pretending to be a JPEG\n", "plain text"),
+    (b'{"key": "value"}', "JSON or other text"),
+    (b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00", "a BMP image"),
+    (b"BMW cars are not bitmaps", "plain text"),
+    (b"\x00\x01\x02\x03\xfe\xfd", "binary data of an unknown type"),
+    (b"", "empty"),
+])
+def test_found_names_what_it_is(head: bytes, words: str) -> None:
+    assert sniff(head) is None
+    assert found(head).startswith(words)
+
+
+def test_rejection_reads_as_words_first_and_keeps_hex_last() -> None:
+    reason = rejection(b'<svg height="10" width="10">', "s3://b/pic.jpg")
+    assert reason.startswith("unsupported file type: s3://b/pic.jpg is an SVG (XML) image, which is not accepted;")
+    assert "accepted: JPEG, PNG, WebP, GIF, TIFF, HEIF, AVIF images;" in reason and "video" in reason
+    assert reason.endswith("(first bytes: 3c 73 76 67 20 68 65 69 67 68 74 3d 22 31 30 22)")
+
+
+@given(st.binary(max_size=300))
+def test_found_never_raises(head: bytes) -> None:
+    assert found(head)
