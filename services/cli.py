@@ -5,11 +5,19 @@
     jetmedia worker [STAGE]  run stages against JETMEDIA_NATS_URL / JETMEDIA_S3_ENDPOINT (compose)
     jetmedia collector       export queue depth and JetStream usage (one per deployment)
     jetmedia health          exit 0 when this host's jetmedia process is ready (compose health checks)
-    jetmedia submit FILE     upload a file and start an asset job (--wait draws a progress bar)
+    jetmedia submit FILE...  upload files and start an asset job each (--wait draws progress bars)
+    jetmedia export KEY...   one ZIP of many objects (--prefix, --wait prints the URL)
     jetmedia status JOB      a job's record (--follow until it ends)
+    jetmedia jobs            job records, newest first (--status, --kind, --limit)
+    jetmedia events          the events stream (--follow, --job, --since)
     jetmedia cancel JOB      cancel a job; running work stops at the next boundary
-    jetmedia dlq             list dead letters
+    jetmedia dlq [show ID]   dead letters, newest first; one whole, with its original message
     jetmedia schemas         write schemas/*.json and schemas/asyncapi.yaml (--check: fail on drift)
+
+People's commands (submit ... dlq) print data on stdout (`--json`: JSON, field names as in the
+schemas) and messages on stderr. Exit codes: 0 ok, 1 a job failed (or is not there), 2 usage or
+configuration, 3 NATS or S3 cannot be reached (within JETMEDIA_CONNECT_TIMEOUT), 130 interrupted.
+No traceback reaches a person: `-v/--debug` shows it.
 """
 
 from __future__ import annotations
@@ -24,13 +32,19 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import botocore.exceptions
+import nats.errors
+import nats.js.errors
+
 from shared import bus, logs, metrics, queue_metrics
 from shared.config import ConfigError, Settings, settings_help
 from shared.devstack import EmbeddedStack
+from shared.exportplan import TRANSFORM_EXTENSIONS
 from shared.runtime import Services, run_stages
-from shared.storage import Storage
+from shared.storage import Storage, StorageUnreachable
 
 from . import stages
+from .client import JOB_STATUSES, JobNotFound, UsageError
 
 log = logging.getLogger("jetmedia")
 
@@ -76,13 +90,14 @@ async def serve_stages(
     """Run stages in this process until `stopping`; metrics endpoint alongside (and the queue
     collector with `collect`, for the single-process stack). S3 is checked first: a wrong
     endpoint, secret or bucket stops here with one line (exit 2), not as a dead letter per message."""
+    check_stage_names(names)
     periodic = [n for n in names if n in stages.PERIODIC_MODULES] if names else list(stages.PERIODIC_MODULES)
     chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
     for stage in chosen:
         stage.check_settings(settings)
     async with Storage(settings) as storage:  # before NATS: an S3 mistake is reported at once
         await storage.check(create=create_bucket)
-    server = metrics.serve(settings.metrics_host, settings.metrics_port)
+    server = serve_metrics(settings)
     try:
         async with Services.open(settings, name=f"jetmedia-{'+'.join(s.name for s in chosen)}") as services:
             metrics.mark_ready(lambda: services.nc.is_connected)
@@ -99,6 +114,24 @@ async def serve_stages(
                 await collector
     finally:
         server.shutdown()
+
+
+def check_stage_names(names: Sequence[str]) -> None:
+    """Unknown stage names stop here with the whole list (exit 2), not as a KeyError."""
+    known = [*stages.STAGE_MODULES, *stages.PERIODIC_MODULES]
+    for name in names:
+        if ":" not in name and name not in known:
+            raise ConfigError(f"unknown stage {name!r}; known: {', '.join(known)} (or module:ATTR for a custom Stage)")
+
+
+def serve_metrics(settings: Settings):  # type: ignore[no-untyped-def]
+    """The /metrics endpoint; a port in use is a configuration problem with a named fix."""
+    try:
+        return metrics.serve(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror or exc}; "
+            "set JETMEDIA_METRICS_PORT to a free port (0 = any free port)") from None
 
 
 # --- commands ---------------------------------------------------------------------------
@@ -161,6 +194,7 @@ async def _local_prometheus(
 
 
 async def cmd_worker(args: argparse.Namespace) -> int:
+    check_stage_names(args.stages)
     settings = _settings(args)
     logging.getLogger("jetmedia").info("settings %s", settings.redacted())
     stopping = asyncio.Event()
@@ -174,7 +208,7 @@ async def cmd_collector(args: argparse.Namespace) -> int:
     settings = _settings(args)
     stopping = asyncio.Event()
     _stop_on_signals(stopping)
-    server = metrics.serve(settings.metrics_host, settings.metrics_port)
+    server = serve_metrics(settings)
     try:
         nc = await bus.connect(settings, "jetmedia-collector")
         try:
@@ -206,25 +240,52 @@ async def cmd_demo(args: argparse.Namespace) -> int:
 async def cmd_submit(args: argparse.Namespace) -> int:
     from .client import submit_files
 
-    return await submit_files(_settings(args), [Path(p) for p in args.files], wait=args.wait)
+    return await submit_files(
+        _settings(args), [Path(p) for p in args.files], wait=args.wait, as_json=args.json,
+        presets=args.preset or None, job_id=args.job_id, key=args.key, bucket=args.bucket,
+    )
+
+
+async def cmd_export(args: argparse.Namespace) -> int:
+    from .client import start_export
+
+    return await start_export(
+        _settings(args), args.keys, prefix=args.prefix, name=args.name, transform=args.transform,
+        job_id=args.job_id, bucket=args.bucket, wait=args.wait, as_json=args.json,
+    )
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
     from .client import show_status
 
-    return await show_status(_settings(args), args.job, follow=args.follow)
+    return await show_status(_settings(args), args.job, follow=args.follow, as_json=args.json)
+
+
+async def cmd_jobs(args: argparse.Namespace) -> int:
+    from .client import list_jobs
+
+    return await list_jobs(_settings(args), status=args.status, kind=args.kind, limit=args.limit, as_json=args.json)
+
+
+async def cmd_events(args: argparse.Namespace) -> int:
+    from .client import show_events
+
+    return await show_events(_settings(args), follow=args.follow, job=args.job, since=args.since, limit=args.limit,
+                             as_json=args.json)
 
 
 async def cmd_cancel(args: argparse.Namespace) -> int:
     from .client import cancel
 
-    return await cancel(_settings(args), args.job)
+    return await cancel(_settings(args), args.job, as_json=args.json)
 
 
 async def cmd_dlq(args: argparse.Namespace) -> int:
-    from .client import list_dead_letters
+    from .client import list_dead_letters, show_dead_letter
 
-    return await list_dead_letters(_settings(args), args.stage, args.limit)
+    if args.action == "show":
+        return await show_dead_letter(_settings(args), args.id, as_json=args.json)
+    return await list_dead_letters(_settings(args), args.stage, args.limit, as_json=args.json)
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -251,7 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="configuration (environment variable, default):\n" + env_table,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"jetmedia {_version()}")
+    parser.add_argument("-v", "--debug", action="store_true", help="debug logs, and a traceback with any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="print JSON (field names as in schemas/) instead")
+    as_json_too = argparse.ArgumentParser(add_help=False)  # a sub-action's copy: `dlq --json show ID` keeps it
+    as_json_too.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON instead")
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("-v", "--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="debug logs, and a traceback with any error")
     data_dir = os.environ.get("JETMEDIA_DATA_DIR", ".jetmedia")
 
     up = sub.add_parser("up", help="start the embedded stack and every stage, until Ctrl-C")
@@ -279,24 +349,58 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", default=os.path.join(data_dir, "demo"), help="scratch directory (wiped)")
     demo.set_defaults(run=cmd_demo)
 
-    submit = sub.add_parser("submit", help="upload files to S3 and start an asset job for each")
-    submit.add_argument("files", nargs="+")
-    submit.add_argument("--wait", action="store_true", help="draw progress until every job ends")
+    people = [as_json, debug]
+    submit = sub.add_parser("submit", parents=people, help="upload files to S3 and start an asset job for each")
+    submit.add_argument("files", nargs="+", metavar="FILE")
+    submit.add_argument("--wait", action="store_true", help="draw progress until every job ends (exit 1 if one fails)")
+    submit.add_argument("--preset", action="append", metavar="NAME",
+                        help="variant preset to make (repeat; default: every configured one)")
+    submit.add_argument("--job-id", help="the job id (one file; default: derived from the event id)")
+    submit.add_argument("--key", help="the S3 key to upload to (one file; default: uploads/<random>/<file name>)")
+    submit.add_argument("--bucket", help="the bucket to upload to (default: JETMEDIA_BUCKET)")
     submit.set_defaults(run=cmd_submit)
 
-    status = sub.add_parser("status", help="show a job's record")
+    export = sub.add_parser("export", parents=people, help="start an export: one ZIP of many objects")
+    export.add_argument("keys", nargs="*", metavar="KEY", help="objects to export, in this order")
+    export.add_argument("--prefix", help="also every object under this prefix")
+    export.add_argument("--name", help="archive file name without .zip (default: export-<job>)")
+    export.add_argument("--transform", default="original", choices=list(TRANSFORM_EXTENSIONS),
+                        help="per-file transform (default: %(default)s)")
+    export.add_argument("--job-id", help="the job id (default: derived from the event id)")
+    export.add_argument("--bucket", help="where the objects are (default: JETMEDIA_BUCKET)")
+    export.add_argument("--wait", action="store_true", help="draw progress, then print the download URL")
+    export.set_defaults(run=cmd_export)
+
+    status = sub.add_parser("status", parents=people, help="show a job's record")
     status.add_argument("job")
-    status.add_argument("--follow", action="store_true", help="keep showing progress until the job ends")
+    status.add_argument("--follow", action="store_true",
+                        help="show progress until the job ends (--json: one line per change)")
     status.set_defaults(run=cmd_status)
 
-    cancel = sub.add_parser("cancel", help="cancel a job")
+    jobs = sub.add_parser("jobs", parents=people, help="list job records, newest first")
+    jobs.add_argument("--status", choices=JOB_STATUSES)
+    jobs.add_argument("--kind", choices=["asset", "export"])
+    jobs.add_argument("--limit", type=int, default=50, help="at most this many (default %(default)s)")
+    jobs.set_defaults(run=cmd_jobs)
+
+    events = sub.add_parser("events", parents=people, help="show the events stream (ready, failed, ...)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    events.add_argument("--job", help="only this job's events")
+    events.add_argument("--since", help="from this time (ISO, UTC) or age (90s, 15m, 2h, 1d)")
+    events.add_argument("--limit", type=int, default=20, help="past events to show (default %(default)s)")
+    events.set_defaults(run=cmd_events)
+
+    cancel = sub.add_parser("cancel", parents=people, help="cancel a job")
     cancel.add_argument("job")
     cancel.set_defaults(run=cmd_cancel)
 
-    dlq = sub.add_parser("dlq", help="list dead letters (newest last)")
+    dlq = sub.add_parser("dlq", parents=people, help="list dead letters (newest first); `dlq show ID` for one")
     dlq.add_argument("--stage", help="only this stage's")
-    dlq.add_argument("--limit", type=int, default=50)
-    dlq.set_defaults(run=cmd_dlq)
+    dlq.add_argument("--limit", type=int, default=50, help="the newest this many (default %(default)s)")
+    dlq.set_defaults(run=cmd_dlq, action="list")
+    dlq_actions = dlq.add_subparsers(dest="action", metavar="ACTION")
+    dlq_show = dlq_actions.add_parser("show", parents=[as_json_too, debug], help="one dead letter whole, with its original message")
+    dlq_show.add_argument("id", help="the letter id, as `jetmedia dlq` lists it (dlq:STREAM:SEQ)")
 
     schemas = sub.add_parser("schemas", help="write JSON Schemas and the AsyncAPI file")
     schemas.add_argument("--out", default="schemas")
@@ -305,24 +409,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PEOPLE_COMMANDS = frozenset({"submit", "export", "status", "jobs", "events", "cancel", "dlq", "retry"})
+NATS_DOWN = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+             nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+             nats.errors.NoServersError, nats.js.errors.ServiceUnavailableError)
+S3_DOWN = (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+           botocore.exceptions.ReadTimeoutError, botocore.exceptions.ConnectionClosedError)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jetmedia")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """Services log at JETMEDIA_LOG_LEVEL; people's commands only warnings (their output is the
+    answer), unless -v/--debug."""
+    if getattr(args, "debug", False):
+        return "DEBUG"
+    level = settings.log_level
+    if args.command in PEOPLE_COMMANDS and logs.level_of(level) < logging.WARNING:
+        return "WARNING"
+    return level
+
+
+def _fail(message: str, code: int, debug: bool) -> int:
+    """The one line a person sees (the traceback first with --debug)."""
+    if debug:
+        import traceback
+
+        traceback.print_exc()
+    print(f"jetmedia: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _nats_where() -> str:
+    from shared.config import _strip_userinfo
+
+    return _strip_userinfo(os.environ.get("JETMEDIA_NATS_URL") or Settings().nats_url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         settings = Settings.from_env()
-    except ValueError as exc:
-        print(f"jetmedia: {exc}", file=sys.stderr)
-        return 2
-    logs.setup(settings.log_level)
-    result = args.run(args)
-    if asyncio.iscoroutine(result):
-        try:
+        logs.setup(_log_level(args, settings))
+        result = args.run(args)
+        if asyncio.iscoroutine(result):
             result = asyncio.run(result)
-        except KeyboardInterrupt:
-            result = 130
-        except ConfigError as exc:
-            print(f"jetmedia: {exc}", file=sys.stderr)
-            return 2
-    return int(result or 0)
+        return int(result or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (bus.Unreachable, StorageUnreachable) as exc:
+        return _fail(str(exc), 3, debug)
+    except (ConfigError, UsageError) as exc:
+        return _fail(str(exc), 2, debug)
+    except ValueError as exc:
+        if "JETMEDIA_" in str(exc):  # Settings.from_env: a setting of the wrong type
+            return _fail(str(exc), 2, debug)
+        return _fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
+    except JobNotFound as exc:
+        return _fail(str(exc), 1, debug)
+    except NATS_DOWN as exc:
+        cause = str(exc).strip() or type(exc).__name__
+        return _fail(f"NATS at {_nats_where()} did not answer ({cause}); is it running, with JetStream?", 3, debug)
+    except S3_DOWN as exc:
+        return _fail(f"S3 did not answer: {str(exc).splitlines()[0]}", 3, debug)
+    except Exception as exc:
+        return _fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
 
 
 if __name__ == "__main__":

@@ -1,24 +1,59 @@
-"""What a person (or a script) does with a running pipeline: submit, watch, cancel, inspect."""
+"""What a person (or a script) does with a running pipeline: submit, export, watch, list, cancel, inspect.
+
+Conventions (clig.dev, and what `gh`/`kubectl` users expect): data on stdout — a table, or with
+`--json` one JSON document (JSON lines for streams) whose field names are the schemas' — and
+messages, progress bars and errors on stderr. NATS and S3 are given `JETMEDIA_CONNECT_TIMEOUT`
+seconds, then the command stops with one line (exit 3, see cli.py); workers keep retrying instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import re
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NoKeysError
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from shared import bus
 from shared import messages as m
 from shared.config import Settings
-from shared.jobs import Job, JobStore
+from shared.errors import UnknownJob
+from shared.jobs import FINAL_STATUSES, Job, JobStore
 from shared.runtime import Services
+from shared.storage import Storage
 
-console = Console(stderr=True)
+console = Console(stderr=True)  # messages and progress; rich honours NO_COLOR and drops ANSI when piped
+JOB_STATUSES = ("queued", "running", *sorted(FINAL_STATUSES))
+POLL_EVERY = 0.2  # seconds between job-record reads while waiting
+
+
+class UsageError(ValueError):
+    """The command line asks for something that cannot work (a missing file, a bad job id): exit 2."""
+
+
+class JobNotFound(LookupError):
+    """The job has no record (never submitted, a typo, or removed): exit 1."""
 
 
 def output_console() -> Console:
@@ -29,11 +64,164 @@ def output_console() -> Console:
     return out
 
 
-async def publish_asset(services: Services, key: str, *, event_id: str | None = None) -> str:
+def emit_json(value: Any) -> None:
+    """One JSON document (or one JSON line of a stream) on stdout, fields as in the schemas."""
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+    sys.stdout.flush()
+
+
+def job_id_arg(value: str) -> str:
+    """A job id from the command line, checked before anything connects."""
+    if not m.is_job_id(value):
+        raise UsageError(f"{value!r} is not a job id (letters, digits, - _ = and single dots; "
+                         f"at most {m.JOB_ID_MAX} characters)")
+    return value
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, *, s3: bool = False, layout: bool = False) -> AsyncIterator[Services]:
+    """NATS (and with `s3`, a checked S3) within `connect_timeout`, as the Services handlers use;
+    `layout` creates the streams first (so a submit before any worker started is kept)."""
+    nc = await bus.connect(settings, "jetmedia-cli", wait=settings.connect_timeout, quiet=True)
+    try:
+        js = nc.jetstream(timeout=max(settings.connect_timeout, 1.0))
+        if layout:
+            await bus.ensure_layout(js, settings)
+        jobs = await JobStore.open(js, settings.replicas)
+        async with Storage(settings) as storage:
+            if s3:
+                await storage.check(timeout=settings.connect_timeout)
+            services = Services(settings, nc, js, jobs, storage)
+            try:
+                yield services
+            finally:
+                await services.breakers.close()
+                services.cpu.shutdown(wait=False, cancel_futures=True)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 5)
+
+
+# --- progress ---------------------------------------------------------------------------
+
+
+def fraction(job: Job) -> float:
+    """How far a job is, 0-1: finished parts plus the running transcode's `percent` (assets);
+    checked then archived files (exports)."""
+    if job.final:
+        return 1.0
+    if job.kind == "export":
+        wanted = max(job.total - job.missing_count, 1)
+        checked = job.done / job.total if job.total else 0.0
+        return min(0.3 * checked + 0.7 * min(job.archived / wanted, 1.0), 0.99)
+    running = (job.percent or 0.0) / 100.0
+    return min((job.done + running) / max(job.total, 1), 0.99)
+
+
+def describe(job: Job) -> str:
+    """The status words next to a bar (and the line piped output gets)."""
+    text = f"{job.status} ({job.stage})" if not job.final else job.status
+    if job.kind == "export" and job.total:
+        text += f" {job.archived if job.archived else job.done}/{job.total} files"
+        if job.archived_bytes:
+            text += f", {_size(job.archived_bytes)}"
+    elif job.percent is not None and not job.final:
+        text += f" {job.percent:.0f}%"
+    return text
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"
+
+
+async def wait_for_jobs(
+    jobs: JobStore, ids: Sequence[str], *, timeout: float = 600.0, label: str = "job", show: bool = True,
+    lines: bool | None = None,
+) -> list[Job]:
+    """Poll the KV records until every job is final: one bar per job on a terminal, a plain line
+    per change when piped (`lines`), nothing with `show=False`. Ctrl-C says which jobs still run.
+
+    Polling (not a KV watch) on purpose: a few gets per second cost nothing here, and it
+    sidesteps nats-py's known watcher bugs (#584, #842, #898)."""
+    deadline = time.monotonic() + timeout
+    records: dict[str, Job | None] = dict.fromkeys(ids)
+    bars_on = show and console.is_terminal
+    lines = show and not bars_on if lines is None else lines
+    said: dict[str, str] = {}
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        console=console, disable=not bars_on, transient=False,
+    ) as progress:
+        bars: dict[str, TaskID] = {
+            job: progress.add_task(f"{label} {job[:24]}", total=100, status="queued") for job in ids
+        }
+        try:
+            while time.monotonic() < deadline:
+                for job_id in ids:
+                    record = await jobs.get(job_id)
+                    records[job_id] = record
+                    if record is None:
+                        continue
+                    progress.update(bars[job_id], completed=100 * fraction(record), status=describe(record))
+                    if lines:
+                        line = f"{label} {job_id}: {_coarse(record)}"
+                        if said.get(job_id) != line:
+                            said[job_id] = line
+                            print(line, file=sys.stderr, flush=True)
+                if all(r is not None and r.final for r in records.values()):
+                    break
+                await asyncio.sleep(POLL_EVERY)
+        except asyncio.CancelledError:  # Ctrl-C: asyncio.run cancels us, cli.py exits 130
+            progress.stop()
+            _say_still_running([job for job in ids if not ((r := records[job]) and r.final)])
+            raise
+    return [r for r in records.values() if r is not None]
+
+
+def _coarse(job: Job) -> str:
+    """The piped progress line: changes at most every 10 % so logs stay short."""
+    text = describe(job)
+    if job.percent is not None and not job.final:
+        text = text.rsplit(" ", 1)[0] + f" {int(job.percent // 10 * 10)}%"
+    return text
+
+
+def _say_still_running(ids: Sequence[str]) -> None:
+    if not ids:
+        return
+    print(f"interrupted; still running: {' '.join(ids)}", file=sys.stderr)
+    print(f"  follow: jetmedia status --follow {ids[0]}", file=sys.stderr)
+    print(f"  cancel: jetmedia cancel {ids[0]}", file=sys.stderr, flush=True)
+
+
+# --- submit / export ----------------------------------------------------------------------
+
+
+def check_files(files: Sequence[Path]) -> None:
+    """Every file before any upload: a missing one must not leave the others half-submitted."""
+    for path in files:
+        if not path.exists():
+            raise UsageError(f"{path}: no such file")
+        if path.is_dir():
+            raise UsageError(f"{path}: is a directory (submit files, e.g. {path}/*)")
+        if not path.is_file():
+            raise UsageError(f"{path}: not a regular file")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"{path}: not readable")
+
+
+async def publish_asset(services: Services, key: str, *, event_id: str | None = None, bucket: str | None = None,
+                        job_id: str | None = None, presets: list[str] | None = None) -> str:
     """Start an asset job for an object already in S3; returns the job id."""
     event = m.AssetUploaded(
         id=event_id or m.new_id(), source="jetmedia-cli", time=m.now(),
-        data=m.AssetUploadedData(key=key),
+        data=m.AssetUploadedData(key=key, bucket=bucket, job_id=job_id, presets=presets),
     )
     await bus.publish(services.js, m.UPLOAD_ASSET, event)
     job = m.job_of(event)
@@ -41,50 +229,82 @@ async def publish_asset(services: Services, key: str, *, event_id: str | None = 
     return job
 
 
-async def wait_for_jobs(
-    jobs: JobStore, ids: Sequence[str], *, timeout: float = 600.0, label: str = "jobs", show: bool = True
-) -> list[Job]:
-    """Poll the KV records until every job is final, drawing one progress bar per job.
-
-    Polling (not a KV watch) on purpose: a few gets per second cost nothing here, and it
-    sidesteps nats-py's known watcher bugs (#584, #842, #898)."""
-    deadline = time.monotonic() + timeout
-    records: dict[str, Job | None] = dict.fromkeys(ids)
-    with Progress(
-        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-        console=console, disable=not show, transient=False,
-    ) as progress:
-        bars: dict[str, TaskID] = {
-            job: progress.add_task(f"{label} {job[:24]}", total=1, status="queued") for job in ids
-        }
-        while time.monotonic() < deadline:
-            for job_id in ids:
-                record = await jobs.get(job_id)
-                records[job_id] = record
-                if record is not None:
-                    total = max(record.total, 1)
-                    progress.update(bars[job_id], total=total, completed=min(record.done, total),
-                                    status=f"{record.status} ({record.stage})")
-            if all(r is not None and r.final for r in records.values()):
-                break
-            await asyncio.sleep(0.2)
-    return [r for r in records.values() if r is not None]
-
-
-async def submit_files(settings: Settings, files: Sequence[Path], *, wait: bool) -> int:
-    async with Services.open(settings, name="jetmedia-cli") as services:
-        await services.storage.ensure_bucket()
-        ids = []
+async def submit_files(
+    settings: Settings, files: Sequence[Path], *, wait: bool, as_json: bool = False, presets: list[str] | None = None,
+    job_id: str | None = None, key: str | None = None, bucket: str | None = None,
+) -> int:
+    check_files(files)
+    if len(files) > 1 and (job_id or key):
+        raise UsageError("--job-id and --key name one job: submit one file with them")
+    if job_id:
+        job_id_arg(job_id)
+    if bucket:
+        settings = settings.replace(bucket=bucket)
+    submitted: list[dict[str, Any]] = []
+    async with connected(settings, s3=True, layout=True) as services:
         for path in files:
-            key = f"uploads/{m.new_id()[:12]}/{path.name}"
-            await services.storage.upload_file(key, str(path))
-            ids.append(await publish_asset(services, key))
-            print(f"{path}\tjob {ids[-1]}\ts3://{settings.bucket}/{key}")
+            object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
+            await services.storage.upload_file(object_key, str(path))
+            job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets)
+            submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
+            if not as_json:
+                print(f"{path}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
         if not wait:
+            if as_json:
+                emit_json([{**one, "record": None} for one in submitted])
             return 0
-        done = await wait_for_jobs(services.jobs, ids)
-        print_jobs(done)
-        return 0 if all(job.status == "ready" for job in done) else 1
+        done = {job.id: job for job in await wait_for_jobs(services.jobs, [s["job"] for s in submitted])}
+    if as_json:
+        emit_json([{**one, "record": done.get(one["job"])} for one in submitted])
+    else:
+        print_jobs(list(done.values()))
+    return 0 if all(job.status == "ready" for job in done.values()) else 1
+
+
+async def start_export(
+    settings: Settings, keys: Sequence[str], *, prefix: str | None, name: str | None, transform: str,
+    job_id: str | None, bucket: str | None, wait: bool, as_json: bool,
+) -> int:
+    if not keys and not prefix:
+        raise UsageError("name the objects to export: KEY... and/or --prefix PREFIX")
+    if job_id:
+        job_id_arg(job_id)
+    event = m.ExportRequested(
+        id=m.new_id(), source="jetmedia-cli", time=m.now(),
+        data=m.ExportRequestedData(keys=list(keys), prefix=prefix, name=name, transform=transform, job_id=job_id,
+                                   bucket=bucket),
+    )
+    job = m.job_of(event)
+    assert job is not None
+    async with connected(settings, s3=True, layout=True) as services:
+        await bus.publish(services.js, m.UPLOAD_EXPORT, event)
+        if not as_json:
+            print(f"export job {job}", file=sys.stderr, flush=True)
+        if not wait:
+            if as_json:
+                emit_json({"job": job, "record": None})
+            else:
+                print(job)
+            return 0
+        [record] = await wait_for_jobs(services.jobs, [job], timeout=24 * 3600, label="export")
+    if as_json:
+        emit_json({"job": job, "record": record})
+    elif record.status == "ready":
+        files = sum(part.files for part in record.exports)
+        size = sum(part.bytes for part in record.exports)
+        print(f"{files} files, {_size(size)}, {record.missing_count} missing; link valid until "
+              f"{record.expires:%Y-%m-%d %H:%M} UTC:", file=sys.stderr)
+        print(record.url)
+    else:
+        print(f"export {job} {record.status}: {_last_error(record)}", file=sys.stderr)
+    return 0 if record.status == "ready" else 1
+
+
+def _last_error(job: Job) -> str:
+    return f"{job.errors[-1].stage}: {job.errors[-1].reason}" if job.errors else "no reason recorded"
+
+
+# --- jobs ----------------------------------------------------------------------------------
 
 
 def print_jobs(jobs: Sequence[Job]) -> None:
@@ -99,45 +319,267 @@ def print_jobs(jobs: Sequence[Job]) -> None:
     output_console().print(table)
 
 
-async def show_status(settings: Settings, job_id: str, *, follow: bool) -> int:
-    async with Services.open(settings, name="jetmedia-cli", layout=False) as services:
-        if follow:
-            await wait_for_jobs(services.jobs, [job_id], timeout=24 * 3600)
+def print_job(job: Job) -> None:
+    """One record for a person: what it is, where it stands, what it made, what went wrong."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows: list[tuple[str, str]] = [
+        ("job", job.id), ("kind", job.kind + (f" ({job.media})" if job.media else "")),
+        ("status", describe(job)), ("progress", f"{100 * fraction(job):.0f}%"),
+        ("created", f"{job.created:%Y-%m-%d %H:%M:%S} UTC"), ("updated", f"{job.updated:%Y-%m-%d %H:%M:%S} UTC"),
+    ]
+    if job.source_key:
+        rows.append(("source", job.source_key))
+    rows += [("output", f"{o.preset}: {o.key} ({o.bytes} B)") for o in job.outputs]
+    rows += [("archive", f"{part.name} ({part.files} files, {_size(part.bytes)})") for part in job.exports]
+    if job.url:
+        rows.append(("url", job.url))
+    if job.expires:
+        rows.append(("expires", f"{job.expires:%Y-%m-%d %H:%M} UTC"))
+    rows += [("error", f"{e.stage}: {e.reason}") for e in job.errors[-5:]]
+    for row in rows:
+        table.add_row(*row)
+    output_console().print(table, soft_wrap=True)
+
+
+async def show_status(settings: Settings, job_id: str, *, follow: bool, as_json: bool = False) -> int:
+    job_id_arg(job_id)
+    async with connected(settings) as services:
         job = await services.jobs.get(job_id)
         if job is None:
-            print(f"no job {job_id!r}")
-            return 1
-        print(msgspec.json.format(msgspec.json.encode(job)).decode())
-        return 0 if job.status != "failed" else 1
+            raise JobNotFound(f"no job {job_id!r}")
+        if follow and not job.final:
+            if as_json:
+                job = await _follow_json(services.jobs, job)
+            else:
+                await wait_for_jobs(services.jobs, [job_id], timeout=24 * 3600)
+                job = await services.jobs.get(job_id) or job
+    if as_json:
+        if not follow:
+            emit_json(job)
+    else:
+        print_job(job)
+    return 1 if job.status == "failed" else 0
 
 
-async def cancel(settings: Settings, job_id: str) -> int:
-    async with Services.open(settings, name="jetmedia-cli", layout=False) as services:
+async def _follow_json(jobs: JobStore, job: Job) -> Job:
+    """`status --follow --json`: one JSON line per change of the record, the last one final."""
+    emit_json(job)
+    while not job.final:
+        await asyncio.sleep(POLL_EVERY)
+        current = await jobs.get(job.id)
+        if current is None:
+            raise JobNotFound(f"job {job.id!r} was removed")
+        if current.updated != job.updated:
+            job = current
+            emit_json(job)
+    return job
+
+
+async def cancel(settings: Settings, job_id: str, *, as_json: bool = False) -> int:
+    job_id_arg(job_id)
+    async with connected(settings) as services:
         try:
             cancelled = await services.cancel(job_id)
-        except KeyError:
-            print(f"no job {job_id!r}")
-            return 1
+        except (UnknownJob, KeyError):
+            raise JobNotFound(f"no job {job_id!r}") from None
         job = await services.jobs.get(job_id)
-        print(f"job {job_id}: {job.status if job else 'gone'}")
-        return 0 if cancelled else 1
+    if as_json:
+        emit_json(job)
+    elif cancelled:
+        print(f"job {job_id}: cancelled")
+    else:
+        print(f"job {job_id}: already {job.status if job else 'gone'}; nothing to cancel", file=sys.stderr)
+    return 0 if cancelled else 1
 
 
-async def read_dead_letters(services: Services, stage: str | None = None, limit: int = 1000) -> list[m.DeadLetter]:
+async def all_jobs(jobs: JobStore) -> list[Job]:
+    """Every job record (not the export chunk side records), newest first."""
+    try:
+        keys = [key for key in await jobs.kv.keys() if ".chunk." not in key]
+    except NoKeysError:
+        return []
+    found: list[Job] = []
+    for start in range(0, len(keys), 64):
+        batch = await asyncio.gather(*(jobs.get(key) for key in keys[start:start + 64]))
+        found += [job for job in batch if job is not None]
+    return sorted(found, key=lambda job: job.created, reverse=True)
+
+
+async def list_jobs(settings: Settings, *, status: str | None, kind: str | None, limit: int, as_json: bool) -> int:
+    async with connected(settings) as services:
+        jobs = await all_jobs(services.jobs)
+    jobs = [j for j in jobs if (status is None or j.status == status) and (kind is None or j.kind == kind)][:limit]
+    if as_json:
+        emit_json(jobs)
+        return 0
+    table = Table(title=f"jobs ({len(jobs)}, newest first)")
+    for column in ("job", "kind", "status", "progress", "created", "error"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        table.add_row(job.id, job.kind + (f"/{job.media}" if job.media else ""), describe(job),
+                      f"{100 * fraction(job):.0f}%", f"{job.created:%Y-%m-%d %H:%M:%S}",
+                      _shorten(_last_error(job), 60) if job.errors else "")
+    output_console().print(table)
+    return 0
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# --- events ------------------------------------------------------------------------------
+
+
+def parse_since(value: str) -> datetime:
+    """`--since`: an ISO time (UTC unless it says otherwise) or an age such as 90s, 15m, 2h, 1d."""
+    age = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", value.strip())
+    if age:
+        seconds = float(age.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[age.group(2)]
+        return datetime.now(UTC) - timedelta(seconds=seconds)
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageError(f"--since {value!r}: use an ISO time (2026-01-31T12:00) or an age (90s, 15m, 2h, 1d)"
+                         ) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def event_line(event: m.AnyEvent) -> str:
+    """One event for a person: time, type, job, what it says."""
+    data: Any = getattr(event, "data", None)
+    kind = event.__struct_config__.tag
+    when = f"{event.time:%Y-%m-%d %H:%M:%S}" if event.time else "-"
+    summary = ""
+    if isinstance(event, m.AssetReady):
+        summary = f"{event.data.media} ready, {len(event.data.outputs)} outputs"
+    elif isinstance(event, m.ExportReady):
+        summary = f"{event.data.url}"
+    elif isinstance(event, m.JobFailed):
+        summary = f"{event.data.stage}: {_shorten(event.data.error, 100)}"
+    elif data is not None and hasattr(data, "key"):
+        summary = str(data.key)
+    return f"{when}  {kind:<28} {event.subject or '-':<34} {summary}"
+
+
+async def show_events(
+    settings: Settings, *, follow: bool, job: str | None, since: str | None, limit: int, as_json: bool,
+) -> int:
+    """JM_EVENTS: the last `limit` events (or those after `--since`), then with `--follow` new ones
+    as they come (JSON lines with `--json`), until Ctrl-C."""
+    if job:
+        job_id_arg(job)
+    start = parse_since(since) if since else None
+    async with connected(settings) as services:
+        js = services.js
+        info = await js.stream_info("JM_EVENTS")
+        if start is not None:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME,
+                                    opt_start_time=start)
+        elif job or not info.state.messages:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL if job else DeliverPolicy.NEW)
+        else:
+            first = max(info.state.first_seq, info.state.last_seq - limit + 1)
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first)
+        config.inactive_threshold = 30.0
+        sub = await js.pull_subscribe("jetmedia.events.>", stream="JM_EVENTS", config=config)
+        backlog: list[m.AnyEvent] = []
+        try:
+            caught_up = False
+            while True:
+                try:
+                    batch = await sub.fetch(256, timeout=1.0 if follow and caught_up else 0.5)
+                except TimeoutError:
+                    batch = []
+                for msg in batch:
+                    await msg.ack()
+                    try:
+                        event = m.decode(msg.data)
+                    except (msgspec.DecodeError, msgspec.ValidationError):
+                        continue
+                    if job and event.subject != job:
+                        continue
+                    if caught_up:
+                        _print_event(event, as_json)
+                    else:
+                        backlog.append(event)
+                if not batch and not caught_up:
+                    caught_up = True
+                    shown = backlog if start is not None and not job else backlog[-limit:]
+                    if as_json and not follow:
+                        emit_json(shown)
+                    else:
+                        for event in shown:
+                            _print_event(event, as_json)
+                    if not follow:
+                        return 0
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _print_event(event: m.AnyEvent, as_json: bool) -> None:
+    if as_json:
+        emit_json(event)
+    else:
+        print(event_line(event), flush=True)
+
+
+# --- dead letters -------------------------------------------------------------------------
+
+
+async def read_dead_letters(services: Services, stage: str | None = None, limit: int = 100_000) -> list[m.DeadLetter]:
     """Every dead letter in JM_DLQ (optionally one stage's), oldest first."""
     subject = f"{m.DLQ_PREFIX}.{stage}" if stage else f"{m.DLQ_PREFIX}.>"
     events = await bus.read_stream(services.js, "JM_DLQ", subject, limit)
     return [event for event in events if isinstance(event, m.DeadLetter)]
 
 
-async def list_dead_letters(settings: Settings, stage: str | None, limit: int) -> int:
-    async with Services.open(settings, name="jetmedia-cli", layout=False) as services:
-        letters = await read_dead_letters(services, stage, limit)
-        table = Table(title=f"dead letters ({len(letters)})")
-        for column in ("time", "stage", "job", "error", "deliveries"):
-            table.add_column(column)
-        for letter in letters:
-            d = letter.data
-            table.add_row(str(letter.time), d.stage, d.job or "", f"{d.error_class}: {d.error}", str(d.delivery_count))
-        output_console().print(table)
+async def list_dead_letters(settings: Settings, stage: str | None, limit: int, *, as_json: bool = False) -> int:
+    """The newest `limit` dead letters, newest first."""
+    async with connected(settings) as services:
+        letters = (await read_dead_letters(services, stage))[-limit:][::-1] if limit > 0 else []
+    if as_json:
+        emit_json(letters)
         return 0
+    table = Table(title=f"dead letters ({len(letters)}, newest first; `jetmedia dlq show ID` for one)")
+    for column in ("id", "time", "stage", "job", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        d = letter.data
+        when = f"{letter.time:%m-%d %H:%M:%S}" if letter.time else ""
+        table.add_row(letter.id, when, d.stage, d.job or "", _shorten(f"{d.error_class}: {d.error}", 80))
+    output_console().print(table)
+    return 0
+
+
+async def show_dead_letter(settings: Settings, letter_id: str, *, as_json: bool = False) -> int:
+    """One dead letter whole: the error, where it came from, and the original message."""
+    async with connected(settings) as services:
+        letters = [letter for letter in await read_dead_letters(services) if letter.id == letter_id]
+    if not letters:
+        raise JobNotFound(f"no dead letter {letter_id!r} (ids as `jetmedia dlq` lists them)")
+    letter = letters[-1]
+    if as_json:
+        emit_json(letter)
+        return 0
+    d = letter.data
+    out = output_console()
+    for name, value in (
+        ("id", letter.id), ("time", f"{letter.time:%Y-%m-%d %H:%M:%S} UTC" if letter.time else "-"),
+        ("stage", d.stage), ("job", d.job or "-"), ("error", f"{d.error_class}: {d.error}"),
+        ("permanent", "yes" if d.permanent else f"no (gave up after {d.delivery_count} deliveries)"),
+        ("from", f"{d.original_subject} ({d.stream} #{d.stream_seq})"),
+        ("original", f"{d.original_size if d.original_size is not None else len(d.original)} bytes"
+                     + (f", sha256 {d.original_sha256}" if d.original_sha256 else "")
+                     + (", truncated" if d.original_truncated else "")),
+    ):
+        out.print(f"[bold]{name:<10}[/] {escape(value)}", soft_wrap=True, markup=True, highlight=False)
+    payload = d.original_payload()
+    try:
+        text = msgspec.json.format(payload).decode()
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        text = payload.decode("utf-8", errors="replace") if d.original_encoding == "utf-8" else d.original
+    print(text)
+    return 0

@@ -8,6 +8,7 @@ converges whichever process starts first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import ssl
@@ -32,7 +33,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from . import messages as m
-from .config import Settings
+from .config import ConfigError, Settings, _strip_userinfo
 
 log = logging.getLogger("jetmedia.bus")
 T = TypeVar("T")
@@ -61,18 +62,70 @@ STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
 MSG_ID = "Nats-Msg-Id"
 
 
-async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = STARTUP_WAIT) -> NATS:
-    """Connect with whatever credentials the settings carry; once connected, reconnect forever.
+OUTAGE_LOG_EVERY = 60.0  # seconds between repeated "still disconnected" lines of one outage
 
-    The first connection is tried for about `wait` seconds (a server or cluster still starting),
-    then fails with the last error: a process never hangs on a NATS that is not there."""
+
+class Unreachable(ConnectionError):
+    """NATS could not be reached within the connect wait; the message names the URL and the cause."""
+
+
+class _Outage:
+    """An outage is logged once, then at most once a minute: nats-py reports every reconnect
+    attempt (twice a second), which buried everything else in the log."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self.last = 0.0
+        self.repeats = 0
+
+    def report(self, text: str) -> None:
+        now = time.monotonic()
+        if self.since is not None and now - self.last < OUTAGE_LOG_EVERY:
+            self.repeats += 1
+            return
+        if self.since is None:
+            self.since = now
+            log.warning("%s", text)
+        else:
+            log.warning("%s (still; %d more reports in %.0f s)", text, self.repeats, now - self.since)
+        self.last, self.repeats = now, 0
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.info("nats: reconnected after %.0f s", time.monotonic() - self.since)
+        else:
+            log.info("nats: reconnected")
+        self.since = None
+
+
+def describe_cause(exc: BaseException) -> str:
+    """A socket or nats-py error as a few words for a person."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (TimeoutError, nats.errors.TimeoutError)):
+        return "no answer"
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return "authorization violation"
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = STARTUP_WAIT,
+                  quiet: bool = False) -> NATS:
+    """Connect with whatever credentials the settings carry; once connected, reconnect forever
+    (an outage is logged once, then every minute).
+
+    The first connection is tried for at most `wait` seconds (a server or cluster still starting),
+    then `Unreachable` names the URL and the last cause: a process never hangs on a NATS that is
+    not there. `quiet`: say nothing while trying (people's commands report the one line themselves);
+    refused credentials raise ConfigError (exit 2: retrying will not fix them)."""
     retry_every = 0.5
     options: dict[str, object] = {
         "servers": settings.nats_url.split(","),
         "name": name,
         "max_reconnect_attempts": max(1, math.ceil(wait / retry_every)),
         "reconnect_time_wait": retry_every,
-        "connect_timeout": 5,
+        "connect_timeout": max(1, min(5, math.ceil(wait))),
         "drain_timeout": 5,
     }
     if settings.nats_user:
@@ -85,20 +138,41 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
     if settings.nats_tls_ca:
         options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
 
+    outage = _Outage()
+    causes: list[BaseException] = []
+    connected = False
+
     async def on_error(exc: Exception) -> None:
-        log.warning("nats: %s", exc)
+        if not connected:
+            causes[:] = [exc]
+            if quiet:
+                log.debug("nats: %s", exc)
+                return
+        outage.report(f"nats: {describe_cause(exc)}")
 
     async def on_disconnect() -> None:
         if not (client.is_closed or client.is_draining):
-            log.warning("nats: disconnected")
+            outage.report(f"nats: disconnected from {where}; reconnecting")
 
     async def on_reconnect() -> None:
-        log.info("nats: reconnected")
+        outage.over()
 
+    where = _strip_userinfo(settings.nats_url)
     client = NATS()
-    await client.connect(
-        error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
-    )
+    try:
+        await asyncio.wait_for(client.connect(
+            error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
+        ), wait)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        with contextlib.suppress(Exception):
+            await client.close()
+        cause = causes[-1] if causes else exc
+        if isinstance(cause, nats.errors.AuthorizationError) or "authorization" in str(cause).lower():
+            raise ConfigError(f"NATS at {where} refused our credentials (authorization violation): check "
+                              "JETMEDIA_NATS_USER / JETMEDIA_NATS_PASSWORD / JETMEDIA_NATS_TOKEN / JETMEDIA_NATS_CREDS"
+                              ) from None
+        raise Unreachable(f"cannot reach NATS at {where} within {wait:g} s: {describe_cause(cause)}") from None
+    connected = True
     client.options["max_reconnect_attempts"] = -1  # nats-py reads it at each reconnect
     return client
 

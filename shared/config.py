@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedup_window: float = 120.0  # seconds the server remembers a Nats-Msg-Id
     events_max_age: float = 7 * 86400.0
     dlq_max_age: float = 14 * 86400.0
+    connect_timeout: float = 5.0  # seconds people's commands (submit, status, ...) wait for NATS/S3 before exit 3
 
     # --- worker runtime ---
     concurrency: int = 4  # handlers in flight per stage per process

@@ -101,7 +101,7 @@ class Storage:
         try:
             await asyncio.wait_for(self._list_one(create), timeout)
         except TimeoutError:
-            raise StorageError(f"S3 endpoint {self.where} did not answer within {timeout:g} s") from None
+            raise StorageUnreachable(f"S3 endpoint {self.where} did not answer within {timeout:g} s") from None
 
     async def _list_one(self, create: bool) -> None:
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=10,
@@ -123,10 +123,11 @@ class Storage:
             except ClientError as exc:
                 raise StorageError(self._explain(exc)) from None
             except (EndpointConnectionError, ConnectTimeoutError) as exc:
-                raise StorageError(f"cannot connect to S3 endpoint {self.where}: {_first_line(exc)}"
+                raise StorageUnreachable(f"cannot connect to S3 endpoint {self.where}: {_first_line(exc)}"
                                    " (is the server running? is JETMEDIA_S3_ENDPOINT right?)") from None
             except ReadTimeoutError:
-                raise StorageError(f"S3 endpoint {self.where} accepted the connection but did not answer") from None
+                raise StorageUnreachable(f"S3 endpoint {self.where} accepted the connection but did not answer"
+                                         ) from None
             except NoCredentialsError:
                 raise StorageError(f"no S3 credentials for {self.where}: set JETMEDIA_S3_ACCESS_KEY and "
                                    "JETMEDIA_S3_SECRET_KEY (or the AWS default chain)") from None
@@ -298,6 +299,10 @@ class MultipartUpload:
 
 class StorageError(ConfigError):
     """S3 cannot be used as configured (unreachable, credentials refused, bucket missing)."""
+
+
+class StorageUnreachable(StorageError):
+    """S3 did not answer (down, wrong endpoint): the CLI exits 3 for this, 2 for the other errors."""
 
 
 def content_disposition(filename: str) -> str:
