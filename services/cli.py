@@ -399,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq.add_argument("--limit", type=int, default=50, help="the newest this many (default %(default)s)")
     dlq.set_defaults(run=cmd_dlq, action="list")
     dlq_actions = dlq.add_subparsers(dest="action", metavar="ACTION")
-    dlq_show = dlq_actions.add_parser("show", parents=[as_json_too, debug], help="one dead letter whole, with its original message")
+    dlq_show = dlq_actions.add_parser("show", parents=[as_json_too, debug],
+                                      help="one dead letter whole, with its original message")
     dlq_show.add_argument("id", help="the letter id, as `jetmedia dlq` lists it (dlq:STREAM:SEQ)")
 
     schemas = sub.add_parser("schemas", help="write JSON Schemas and the AsyncAPI file")
