@@ -2,9 +2,9 @@
 
 Periodic rather than a consumer: nothing sends it messages, time does. Every sweep reads what is
 actually stored under `exports/` (S3 is the truth about what costs money), looks up each job and
-deletes the archives of jobs that expired, failed or were cancelled, plus multipart uploads a
-crashed or cancelled writer left open. Sweeps are idempotent, so any number of replicas may
-run one (`jetmedia worker cleanup`, or `jetmedia up` which runs everything).
+deletes the archives of jobs that expired (announced with `jetmedia.job.expired.v1`), failed or
+were cancelled, plus multipart uploads a crashed or cancelled writer left open. Sweeps are
+idempotent, so any number of replicas may run one (`jetmedia worker cleanup`, or `jetmedia up` which runs everything).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import msgspec
 
 from shared.exportplan import chunk_key
 from shared.jobs import Job
-from shared.runtime import Services
+from shared.runtime import Services, announcements
 
 log = logging.getLogger("jetmedia.cleanup")
 
@@ -94,7 +94,8 @@ async def _expire(services: Services, job: Job) -> None:
             msgspec.structs.replace(part, url=None) for part in current.exports
         ])
 
-    await services.jobs.update(job.id, expire)
+    expired = await services.jobs.update(job.id, expire)
+    await services.send(announcements(expired, services.settings))  # `job.expired`, once (shared/outbox.py)
     for n in range(job.chunks):  # the per-chunk detail is not needed any more
         with contextlib.suppress(Exception):
             await services.jobs.kv.purge(chunk_key(job.id, n))

@@ -12,10 +12,10 @@ import asyncio
 import random
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Struct
+from msgspec import Meta, Struct
 from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -31,12 +31,16 @@ MAX_ERROR_TEXT = 1000
 JobKind = Literal["asset", "export"]
 JobStatus = Literal["queued", "running", "ready", "failed", "cancelled", "expired"]
 FINAL_STATUSES: frozenset[str] = frozenset({"ready", "failed", "cancelled", "expired"})
+RERUNNABLE: frozenset[str] = frozenset({"failed", "cancelled"})  # a producer's request starts a new attempt
 
 
 class JobError(Struct, kw_only=True, frozen=True):
+    """One failure (or a cancel) in the job's history; every attempt's are kept."""
+
     stage: str
     reason: str
     at: datetime
+    attempt: int = 1
 
 
 class Part(Struct, kw_only=True, frozen=True):
@@ -49,10 +53,16 @@ class Part(Struct, kw_only=True, frozen=True):
 
 
 class Job(Struct, kw_only=True, frozen=True):
-    id: str
+    """A job's record in the `jetmedia-jobs` KV bucket, under the job id (README: the job record).
+
+    Statuses: queued -> running -> ready | failed | cancelled; an export's ready -> expired. A
+    producer's request for a failed or cancelled job starts attempt n+1 (running again, `errors`
+    kept)."""
+
+    id: Annotated[str, Meta(description="the job id, also its key: what the producer sent")]
     kind: JobKind
-    status: JobStatus = "queued"
-    stage: str = "upload"
+    status: Annotated[JobStatus, Meta(description="final: ready, failed, cancelled, expired")] = "queued"
+    stage: Annotated[str, Meta(description="the stage working on it, or where it ended")] = "upload"
     done: int = 0
     total: int = 0
     bytes: int = 0
@@ -80,8 +90,10 @@ class Job(Struct, kw_only=True, frozen=True):
     exports: list[ExportFile] = []  # the archive, or its numbered parts
     transform: str = "original"  # the export's per-item transform (mp3, opus, display)
     untransformed_count: int = 0  # sources the transform could not apply to (listed in the manifest)
-    # the outbox: final events (`ready`, `failed`) already published; see shared/outbox.py
+    # the outbox: final events (`ready`, `failed`, `cancelled`, `expired`) already published; see shared/outbox.py
     announced: list[str] = []
+    attempt: int = 1  # 1, then +1 each time a failed or cancelled job is run again
+    started_by: int | None = None  # JM_UPLOAD stream sequence of the request that started this attempt
 
     @property
     def final(self) -> bool:
@@ -92,7 +104,7 @@ class Job(Struct, kw_only=True, frozen=True):
         return [out for name in sorted(self.parts) for out in self.parts[name].outputs]
 
     def with_error(self, stage: str, reason: str) -> Job:
-        error = JobError(stage=stage, reason=reason[:MAX_ERROR_TEXT], at=now())
+        error = JobError(stage=stage, reason=reason[:MAX_ERROR_TEXT], at=now(), attempt=self.attempt)
         return msgspec.structs.replace(self, errors=[*self.errors, error][-MAX_ERRORS:])
 
 
@@ -148,6 +160,36 @@ class JobStore:
                 await self.kv.put(job.id, _encoder.encode(job))
                 return job, True
             return existing, False
+
+    async def start(self, job: Job, seq: int | None) -> tuple[Job, bool]:
+        """Create the job, or start its next attempt: a failed or cancelled job asked for again by
+        a different request message (`seq`, its JM_UPLOAD sequence; a redelivery of the message
+        that started the current attempt is no new request) becomes `job` with `attempt` + 1 and
+        the earlier attempts' errors. True when there is something to do."""
+        job = msgspec.structs.replace(job, started_by=seq)
+        stored, created = await self.create(job)
+        if created:
+            return stored, True
+
+        def rerun(current: Job) -> Job:
+            if current.status not in RERUNNABLE or seq is None or current.started_by == seq:
+                return current
+            return msgspec.structs.replace(job, created=current.created, attempt=current.attempt + 1,
+                                           errors=current.errors)
+
+        again = await self.update(job.id, rerun)
+        return again, again.attempt != stored.attempt
+
+    async def reopen(self, job_id: str) -> Job:
+        """A failed or cancelled job runs again from where it stopped (its finished parts kept):
+        for replaying an internal stage's dead letter (shared/dlq.py)."""
+        def change(current: Job) -> Job:
+            if current.status not in RERUNNABLE:
+                return current
+            return msgspec.structs.replace(current, status="running", attempt=current.attempt + 1, announced=[
+                marker for marker in current.announced if marker not in ("failed", "cancelled")])
+
+        return await self.update(job_id, change)
 
     async def update(self, job_id: str, change: Callable[[Job], Job], *, attempts: int = 1000) -> Job:
         """Apply `change` with compare-and-set, retrying on conflict with a fresh read."""

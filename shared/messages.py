@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -33,6 +34,9 @@ FINALIZE_EXPORT = "jetmedia.finalize.export"
 EVENTS_ASSET_READY = "jetmedia.events.asset.ready"
 EVENTS_EXPORT_READY = "jetmedia.events.export.ready"
 EVENTS_JOB_FAILED = "jetmedia.events.job.failed"
+EVENTS_JOB_CANCELLED = "jetmedia.events.job.cancelled"
+EVENTS_JOB_EXPIRED = "jetmedia.events.job.expired"
+EVENTS_REJECTED = "jetmedia.events.rejected"
 DLQ_PREFIX = "jetmedia.dlq"
 
 # What NATS KV accepts as a key, and a little less: dot-separated tokens of [-_=a-zA-Z0-9] (no
@@ -41,6 +45,7 @@ DLQ_PREFIX = "jetmedia.dlq"
 # inside is reserved: `{job}.chunk.{n}` keys hold an export's chunk records (shared/exportplan.py).
 JOB_ID_PATTERN = r"^(?!.*\.chunk\.)[-_=a-zA-Z0-9]+(\.[-_=a-zA-Z0-9]+)*$"
 JOB_ID_MAX = 200
+JOB_ID_RULE = "dot-separated tokens of [-_=a-zA-Z0-9], at most 200 characters, no '.chunk.'"
 JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN, min_length=1, max_length=JOB_ID_MAX,
                             description="KV-safe job id: dot-separated tokens of [-_=a-zA-Z0-9]")]
 S3Key = Annotated[str, Meta(min_length=1, max_length=1024, description="S3 object key")]
@@ -68,10 +73,16 @@ class Event(Struct, kw_only=True, frozen=True, tag_field="type", omit_defaults=F
 # --- asset flow ------------------------------------------------------------------------
 
 
+ProducerEventId = Annotated[str, Meta(
+    pattern=JOB_ID_PATTERN, min_length=1, max_length=JOB_ID_MAX,
+    description="Names the job unless data.job_id does, so it is a job id: dot-separated tokens of "
+                "[-_=a-zA-Z0-9], at most 200 characters (a UUID is one)")]
+
+
 class AssetUploadedData(Struct, kw_only=True, frozen=True):
     key: S3Key
     bucket: str | None = None  # default: JETMEDIA_BUCKET
-    job_id: JobId | None = None  # default: derived from the event id
+    job_id: JobId | None = None  # default: the event id
     asset_id: JobId | None = None  # default: the job id
     presets: list[str] | None = None  # variant presets to make; default: all configured
 
@@ -79,6 +90,7 @@ class AssetUploadedData(Struct, kw_only=True, frozen=True):
 class AssetUploaded(Event, tag="jetmedia.asset.uploaded.v1", frozen=True):
     """A producer says: this object landed in S3, make it web-ready."""
 
+    id: ProducerEventId
     data: AssetUploadedData
 
 
@@ -186,7 +198,7 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
     items: list[ExportItem] = []  # the same with chosen names (after `keys`)
     prefix: str | None = None  # every object under this prefix (after `items`)
     bucket: str | None = None  # where the sources are; default: JETMEDIA_BUCKET
-    job_id: JobId | None = None  # default: derived from the event id
+    job_id: JobId | None = None  # default: the event id
     name: str | None = None  # archive file name (without .zip); default: export-{job}
     # per-item transform: "original" (as stored), "mp3" / "opus" (audio and video -> that audio
     # preset), "display" (images -> 1600 px WebP); names get the output's extension, and a source
@@ -198,6 +210,7 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
 class ExportRequested(Event, tag="jetmedia.export.requested.v1", frozen=True):
     """A producer asks for one ZIP of many objects; progress and the URL are in the job record."""
 
+    id: ProducerEventId
     data: ExportRequestedData
 
 
@@ -320,7 +333,46 @@ class JobFailedData(Struct, kw_only=True, frozen=True):
 
 
 class JobFailed(Event, tag="jetmedia.job.failed.v1", frozen=True):
+    """A job ended failed; `data.error` is the reason (the job record keeps every attempt's)."""
+
     data: JobFailedData
+
+
+class JobEndedData(Struct, kw_only=True, frozen=True):
+    job: JobId
+    stage: str  # where the job was when it ended
+    reason: str | None = None
+
+
+class JobCancelled(Event, tag="jetmedia.job.cancelled.v1", frozen=True):
+    """A job was cancelled (jetmedia.job.cancel.v1): nothing more will happen to it unless it is re-run."""
+
+    data: JobEndedData
+
+
+class JobExpired(Event, tag="jetmedia.job.expired.v1", frozen=True):
+    """An export's download window passed: its archive is deleted and its URL no longer works."""
+
+    data: JobEndedData
+
+
+class EventRejectedData(Struct, kw_only=True, frozen=True):
+    """What jetmedia could tell of a message it refused, when no job record can carry the answer."""
+
+    reason: str  # with the field path for a schema mismatch (`data.key: required`)
+    stage: str
+    original_subject: str
+    original_id: str | None = None  # the refused message's `id`, when it had a string one
+    original_type: str | None = None  # its `type`, when it had a string one
+    job: str | None = None  # the job it named, when that is no valid job id (so no record has it)
+    dead_letter: str  # id of the dead letter that holds the original (`jetmedia dlq`)
+
+
+class EventRejected(Event, tag="jetmedia.event.rejected.v1", frozen=True):
+    """A message was refused and names no job that could record it: the answer a producer gets
+    for bytes that are not JSON, a wrong type, or a job id that is not one."""
+
+    data: EventRejectedData
 
 
 # --- the union --------------------------------------------------------------------------
@@ -328,6 +380,7 @@ class JobFailed(Event, tag="jetmedia.job.failed.v1", frozen=True):
 AnyEvent = (
     AssetUploaded | VariantRequested | TranscodeRequested | PartDone | AssetReady | DeadLetter | JobFailed
     | ExportRequested | ChunkRequested | ExportFinalize | ExportReady | CancelRequested
+    | JobCancelled | JobExpired | EventRejected
 )
 """Everything `decode` accepts. Add a new event type here, then run `jetmedia schemas`."""
 
@@ -358,13 +411,6 @@ def derived_id(job: str, stage: str, item: str = "") -> str:
     return f"{job}:{stage}:{item}" if item else f"{job}:{stage}"
 
 
-def safe_job_id(candidate: str) -> str:
-    """A producer's event id as a KV key: kept when already safe, else hashed (stable)."""
-    if is_job_id(candidate):
-        return candidate
-    return "j" + hashlib.sha256(candidate.encode()).hexdigest()[:32]
-
-
 def is_job_id(candidate: str) -> bool:
     """Whether `candidate` may name a job (a JobId, and a key NATS KV accepts)."""
     return len(candidate) <= JOB_ID_MAX and _KEY_SAFE.match(candidate) is not None
@@ -374,10 +420,88 @@ def job_of(event: AnyEvent) -> str | None:
     """Which job an event belongs to, if any; producers' events may not say."""
     match event:
         case AssetUploaded(data=data):
-            return data.job_id or safe_job_id(event.id)
+            return data.job_id or event.id
         case ExportRequested(data=data):
-            return data.job_id or safe_job_id(event.id)
+            return data.job_id or event.id
         case CancelRequested():
             return None  # about a job, not part of its work: never skipped or stopped as that job's work
         case _:
             return event.subject
+
+
+# --- refused messages -------------------------------------------------------------------
+
+PRODUCER_REQUESTS: dict[str, str] = {  # type -> job kind, for the events that start a job
+    "jetmedia.asset.uploaded.v1": "asset",
+    "jetmedia.export.requested.v1": "export",
+}
+REQUEST_SUBJECTS: dict[str, str] = {UPLOAD_ASSET: "asset", UPLOAD_EXPORT: "export"}
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_EXPECTED = re.compile(r"^Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`$")
+_INVALID = re.compile(r"^Invalid value (?P<value>.*)$", re.DOTALL)
+
+
+def explain(exc: msgspec.MsgspecError | RecursionError) -> str:
+    """Why a payload is not a jetmedia event, in a producer's terms: `not JSON (...)` for bytes
+    that do not parse, else `field.path: what is wrong` built from the path msgspec reports
+    (`data.key: required`, `data.key: expected str, got int`, `type: unknown event type ...`)."""
+    if isinstance(exc, RecursionError):
+        return "not JSON this decoder can read: nested too deeply"
+    if not isinstance(exc, msgspec.ValidationError):  # ValidationError is a DecodeError: test it first
+        return f"not JSON ({exc})"
+    found = _AT.match(str(exc))
+    what, path = (found["what"], (found["path"] or "").lstrip(".")) if found else (str(exc), "")
+    field = path or "(the event)"
+    if missing := _MISSING.match(what):
+        return f"{path + '.' if path else ''}{missing['field']}: required"
+    if expected := _EXPECTED.match(what):
+        return f"{field}: expected {expected['want']}, got {expected['got']}"
+    if path == "type" and (invalid := _INVALID.match(what)):
+        return f"type: unknown event type {invalid['value']} (schemas/ lists them)"
+    if "matching regex" in what and "a-zA-Z0-9" in what:
+        return f"{field}: not a job id ({JOB_ID_RULE})"
+    what = what.replace("`", "")
+    return f"{field}: {what[:1].lower()}{what[1:]}"
+
+
+class Claim(Struct, frozen=True):
+    """What a refused payload says about itself, read leniently (any JSON object)."""
+
+    id: str | None = None
+    type: str | None = None
+    job: str | None = None  # the job a producer's request names (`data.job_id`, else `id`), if any
+    kind: str = "asset"
+
+
+_lenient = msgspec.json.Decoder()
+
+
+def claim_of(payload: bytes, subject: str) -> Claim:
+    """The id, type and job a payload claims, for answering it when it does not decode.
+
+    Only a producer's request (by its `type`, or by its subject when the type is unusable) names
+    a job: `data.job_id` when present, else `id`. A job id that is no valid job id is still
+    reported (`Claim.job`), and the caller decides not to file a record under it."""
+    try:
+        doc = _lenient.decode(payload)
+    except Exception:  # not JSON, nested too deeply: it claims nothing
+        return Claim()
+    if not isinstance(doc, dict):
+        return Claim()
+    event_id = doc.get("id") if isinstance(doc.get("id"), str) else None
+    kind = doc.get("type") if isinstance(doc.get("type"), str) else None
+    request = PRODUCER_REQUESTS.get(kind or "") or (REQUEST_SUBJECTS.get(subject) if kind not in _TAGS else None)
+    if request is None:
+        return Claim(id=_short(event_id), type=_short(kind))
+    data = doc.get("data")
+    named = data.get("job_id") if isinstance(data, dict) and "job_id" in data else event_id
+    job = named if isinstance(named, str) else None
+    return Claim(id=_short(event_id), type=_short(kind), job=_short(job), kind=request)
+
+
+def _short(text: str | None, limit: int = 256) -> str | None:
+    return None if text is None else text[:limit]
+
+
+_TAGS = frozenset(str(cls.__struct_config__.tag) for cls in typing.get_args(AnyEvent))

@@ -48,7 +48,7 @@ from . import bus, errors, metrics, outbox
 from . import messages as m
 from .breaker import Breakers, nats_probe, s3_probe
 from .config import ConfigError, Settings
-from .jobs import Job, JobStore
+from .jobs import RERUNNABLE, Job, JobKind, JobStore
 from .storage import Storage
 
 log = logging.getLogger("jetmedia.runtime")
@@ -71,6 +71,15 @@ class Retry(Exception):
 
 class Reject(Exception):
     """Permanent: this input can never succeed (bad, unsupported, over a limit)."""
+
+
+class Refused(Reject):
+    """The message is no event this stage takes (not JSON, not the schema, another stage's type).
+    `claim` is what it says about itself: the job a producer's request names gets a failed record."""
+
+    def __init__(self, reason: str, claim: m.Claim) -> None:
+        super().__init__(reason)
+        self.claim = claim
 
 
 @dataclass(frozen=True)
@@ -97,6 +106,7 @@ class Stage:
     accepts: tuple[type[m.Event], ...]
     concurrency: int | None = None  # the stage's own default; JETMEDIA_STAGE_CONCURRENCY overrides it
     cancellable: bool = True  # skip/cancel work of cancelled jobs
+    reruns: tuple[type[m.Event], ...] = ()  # requests that start a new attempt of a failed/cancelled job
     check: Callable[[Settings], None] | None = None  # raises ValueError when the settings cannot work
 
     def check_settings(self, settings: Settings) -> None:
@@ -149,24 +159,33 @@ class Services:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.cpu, lambda: fn(*args, **kwargs))
 
-    async def publish(self, emit: Emit) -> bool:
-        return await bus.publish(self.js, emit.subject, emit.event)
+    async def publish(self, emit: Emit, attempt: int = 1) -> bool:
+        if attempt <= 1 or emit.announces is not None:
+            return await bus.publish(self.js, emit.subject, emit.event)
+        # a re-run's work repeats the first attempt's derived ids: the duplicate window must not drop it
+        ack = await self.js.publish(emit.subject, m.encode(emit.event), timeout=5.0,
+                                    headers={bus.MSG_ID: f"{emit.event.id}#{attempt}"})
+        return not ack.duplicate
 
-    async def send(self, emits: Sequence[Emit]) -> None:
+    async def send(self, emits: Sequence[Emit], attempt: int = 1) -> None:
         """Publish in order; an announcement is marked on its job's record only once it is out."""
         for emit in emits:
-            await self.publish(emit)
+            await self.publish(emit, attempt)
             if emit.announces is not None and emit.event.subject:
                 await self.jobs.mark_announced(emit.event.subject, emit.announces)
 
-    async def cancel(self, job_id: str) -> bool:
-        """Mark a job cancelled and tell every worker to stop its in-flight work for it."""
+    async def cancel(self, job_id: str, reason: str | None = None) -> bool:
+        """Mark a job cancelled, announce it (`job.cancelled`, once: shared/outbox.py) and tell
+        every worker to stop its in-flight work for it."""
         def change(job: Job) -> Job:
-            return job if job.final else msgspec.structs.replace(job, status="cancelled")
+            if job.final:
+                return job
+            return msgspec.structs.replace(job.with_error("cancel", reason or "cancelled"), status="cancelled")
 
         job = await self.jobs.update(job_id, change)
         await self.nc.publish(CANCEL_SUBJECT, job_id.encode())
         await self.nc.flush()
+        await self.send(announcements(job, self.settings))
         return job.status == "cancelled"
 
     async def _listen_for_cancels(self) -> None:
@@ -181,11 +200,14 @@ class Services:
 class Context:
     """What a handler sees of the world for one message."""
 
-    def __init__(self, services: Services, stage: str, job: str | None, delivery: int) -> None:
+    def __init__(self, services: Services, stage: str, job: str | None, delivery: int, *,
+                 stream_seq: int | None = None, attempt: int = 1) -> None:
         self.services = services
         self.stage = stage
         self.job = job
         self.delivery = delivery
+        self.stream_seq = stream_seq  # the message's sequence in its stream (tells a re-run from a redelivery)
+        self.attempt = attempt  # of the job (a handler that starts a re-run sets the new one)
         self.last_progress = time.monotonic()
 
     @property
@@ -346,7 +368,7 @@ class Worker:
         while True:
             try:
                 emits = await self.stage.handle(event, ctx)
-                await self.services.send(emits)
+                await self.services.send(emits, ctx.attempt)
                 return True
             except Exception as exc:
                 back = await self.services.breakers.recovered(exc, self.stopping)
@@ -369,13 +391,16 @@ class Worker:
             event = self._decode(msg)
             flight.job = _job_named(event)
             record = await self.services.jobs.get(flight.job) if flight.job else None
-            if record is not None and record.final and (record.status != "cancelled" or self.stage.cancellable):
+            seq = _stream_seq(msg)
+            if record is not None and record.final and (record.status != "cancelled" or self.stage.cancellable) \
+                    and not self._reruns(event, record, seq):
                 log.info("stage %s: job %s is %s; skipping", stage, flight.job, record.status)
                 outcome = "skipped"
                 await self.services.send(announcements(record, self.settings))  # a lost final event
                 await msg.ack()
                 return
-            ctx = Context(self.services, stage, flight.job, delivery)
+            ctx = Context(self.services, stage, flight.job, delivery, stream_seq=seq,
+                          attempt=record.attempt if record is not None else 1)
             if not await self._handle(event, ctx, msg):
                 outcome = "retry"  # a dependency outage outlasted this worker: handed back
                 return
@@ -401,20 +426,25 @@ class Worker:
                      stage, flight.job, outcome, delivery, elapsed)
 
     def _decode(self, msg: Msg) -> m.AnyEvent:
+        """The event, or `Refused` with the reason in a producer's terms (m.explain: `not JSON`,
+        or the field path and what is wrong with it)."""
         try:
             event = m.decode(msg.data)
-        except msgspec.DecodeError as exc:
-            raise Reject(f"malformed message: not valid JSON ({exc})") from None
-        except msgspec.ValidationError as exc:
-            raise Reject(f"malformed message: {exc}") from None
-        except RecursionError:
-            raise Reject("malformed message: JSON nested too deeply to decode") from None
+        except (msgspec.MsgspecError, RecursionError) as exc:
+            raise Refused(f"invalid event: {m.explain(exc)}", m.claim_of(msg.data, msg.subject)) from None
         if not isinstance(event, self.stage.accepts):
-            raise Reject(
-                f"stage {self.stage.name} does not handle {type(event).__name__} "
-                f"(type {type(event).__struct_config__.tag!r})"
+            raise Refused(
+                f"invalid event: stage {self.stage.name} does not handle {type(event).__name__} "
+                f"(type {type(event).__struct_config__.tag!r}) on {msg.subject}",
+                m.Claim(id=event.id, type=str(type(event).__struct_config__.tag)),
             )
         return event
+
+    def _reruns(self, event: m.AnyEvent, record: Job, seq: int | None) -> bool:
+        """A producer's request for a failed or cancelled job starts its next attempt, unless it is
+        the very message that started the current one (a redelivery): README, re-running a job."""
+        return (isinstance(event, self.stage.reruns) and record.status in RERUNNABLE
+                and seq is not None and record.started_by != seq)
 
     async def _failed(self, msg: Msg, job: str | None, exc: Exception, delivery: int) -> str:
         """Retry, or dead-letter and terminate; never raises. When recording the failure fails
@@ -438,10 +468,11 @@ class Worker:
             log.error("stage %s: job %s failed: %s", stage, job, reason,
                       exc_info=not isinstance(exc, (Reject, Retry)) and not permanent)
             meta = msg.metadata
+            claim = exc.claim if isinstance(exc, Refused) else None
             await dead_letter(
                 self.services, stage=stage, job=job, error_class=type(exc).__name__, error=reason,
                 permanent=permanent, delivery=delivery, stream=meta.stream, seq=meta.sequence.stream,
-                subject=msg.subject, payload=msg.data,
+                subject=msg.subject, payload=msg.data, claim=claim,
             )
             await msg.term()
             return "failed" if permanent else "dead"
@@ -509,7 +540,7 @@ class _MaxDeliveries(msgspec.Struct):
 
 async def dead_letter(
     services: Services, *, stage: str, job: str | None, error_class: str, error: str, permanent: bool,
-    delivery: int, stream: str, seq: int, subject: str, payload: bytes,
+    delivery: int, stream: str, seq: int, subject: str, payload: bytes, claim: m.Claim | None = None,
 ) -> None:
     """Record a failure where people look: JM_DLQ, the job's KV record, the failed-jobs event.
 
@@ -517,7 +548,13 @@ async def dead_letter(
     copy. The original always fits: any message that fit its stream fits the DLQ (m.stored_original).
     Only a job that has a record is marked failed (no records for ids only a stray message named);
     its event goes through the outbox, so a job that was already final gets no `job.failed` (only
-    its own final event, if that was never announced)."""
+    its own final event, if that was never announced). A producer's request that did not decode
+    (`claim`) but names a valid job id is that job's answer: a failed record, created if need be.
+    When no record takes the failure, a `jetmedia.events.rejected` event is the answer."""
+    if job is None and claim is not None and claim.job is not None and m.is_job_id(claim.job):
+        job, create = claim.job, True
+    else:
+        create = False
     error = error[:MAX_ERROR_TEXT]
     budget = max(services.nc.max_payload - DLQ_ENVELOPE, 1024)
     letter = m.DeadLetter(
@@ -529,10 +566,27 @@ async def dead_letter(
         ),
     )
     await bus.publish(services.js, f"{m.DLQ_PREFIX}.{stage}", letter)
+    record = None
     if job:
-        record = await services.jobs.fail(job, stage, error, create=False)
+        kind: JobKind = "export" if claim is not None and claim.kind == "export" else "asset"
+        record = await services.jobs.fail(job, stage, error, kind, create=create)
         if record is not None:
             await services.send(announcements(record, services.settings))
+    if record is None:
+        answer = rejected(services, letter, claim or m.claim_of(payload, subject))
+        await bus.publish(services.js, m.EVENTS_REJECTED, answer)
+
+
+def rejected(services: Services, letter: m.DeadLetter, claim: m.Claim) -> m.EventRejected:
+    """The answer for a refused message no job record can carry (its id derives from the letter's)."""
+    data = letter.data
+    return m.EventRejected(
+        id=f"rejected:{data.stream}:{data.stream_seq}", source=services.settings.source, time=m.now(),
+        data=m.EventRejectedData(
+            reason=data.error, stage=data.stage, original_subject=data.original_subject, original_id=claim.id,
+            original_type=claim.type, job=claim.job or data.job, dead_letter=letter.id,
+        ),
+    )
 
 
 async def _hand_back(msg: Msg, expired: float) -> None:
@@ -541,6 +595,13 @@ async def _hand_back(msg: Msg, expired: float) -> None:
     after we stopped listening), spending a delivery each time."""
     with contextlib.suppress(Exception):
         await msg.nak(delay=max(0.0, expired - time.monotonic()) + 0.25)
+
+
+def _stream_seq(msg: Msg) -> int | None:
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:
+        return None
 
 
 def _delivery(msg: Msg) -> int:

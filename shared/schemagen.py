@@ -1,4 +1,5 @@
-"""JSON Schemas (2020-12) and an AsyncAPI 3 document, generated from the message Structs.
+"""JSON Schemas (2020-12) and an AsyncAPI 3 document, generated from the message Structs (and the
+job record's schema, from `shared.jobs.Job`).
 
 `jetmedia schemas` writes them into schemas/; a test regenerates them and fails on drift, so
 what a producer in another language reads is always what the code decodes.
@@ -15,8 +16,10 @@ import yaml
 
 from . import __version__
 from . import messages as m
+from .jobs import Job
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
+JOB_SCHEMA = "jetmedia.job.schema.json"  # the KV record's schema (not a message)
 
 # Which subject carries which event type (what a producer needs besides the schema).
 CHANNELS: dict[str, tuple[str, type[m.Event], str]] = {
@@ -26,6 +29,10 @@ CHANNELS: dict[str, tuple[str, type[m.Event], str]] = {
     "finalizeAsset": (m.FINALIZE_ASSET, m.PartDone, "Internal: a finished part of an asset job."),
     "assetReady": (m.EVENTS_ASSET_READY, m.AssetReady, "Consumers: every output of an asset is in S3."),
     "jobFailed": (m.EVENTS_JOB_FAILED, m.JobFailed, "Consumers: a job failed, with the reason."),
+    "jobCancelled": (m.EVENTS_JOB_CANCELLED, m.JobCancelled, "Consumers: a job was cancelled."),
+    "jobExpired": (m.EVENTS_JOB_EXPIRED, m.JobExpired, "Consumers: an export's download window passed."),
+    "rejected": (m.EVENTS_REJECTED, m.EventRejected,
+                 "Producers: a message was refused and no job record can carry the answer."),
     "uploadExport": (m.UPLOAD_EXPORT, m.ExportRequested, "Producers: make one ZIP of many objects."),
     "cancel": (m.UPLOAD_CANCEL, m.CancelRequested, "Producers: cancel a job."),
     "chunk": (m.CHUNK, m.ChunkRequested, "Internal: check one chunk of an export's sources."),
@@ -59,8 +66,22 @@ def render() -> dict[str, str]:
             "$defs": _reachable(name, components),
         }
         files[f"{tag_of(cls)}.schema.json"] = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    files[JOB_SCHEMA] = json.dumps(_job_schema(), indent=2, sort_keys=True) + "\n"
     files["asyncapi.yaml"] = yaml.safe_dump(_asyncapi(types), sort_keys=False, width=100)
     return files
+
+
+def _job_schema() -> dict[str, typing.Any]:
+    """The value under each key of the `jetmedia-jobs` KV bucket: part of the producer contract."""
+    [schema], components = msgspec.json.schema_components([Job], ref_template="#/$defs/{name}")
+    return {
+        "$schema": DIALECT,
+        "$id": f"https://jetmedia.dev/schemas/{JOB_SCHEMA}",
+        "title": "jetmedia job record",
+        "description": (Job.__doc__ or "").strip(),
+        "$ref": schema["$ref"],
+        "$defs": dict(sorted(components.items())),
+    }
 
 
 def _reachable(root: str, components: dict[str, typing.Any]) -> dict[str, typing.Any]:

@@ -26,4 +26,5 @@ async def handle(event: m.AssetUploaded | m.ExportRequested | m.CancelRequested,
 STAGE = Stage(
     name="upload", stream="JM_UPLOAD", handle=handle,
     accepts=(m.AssetUploaded, m.ExportRequested, m.CancelRequested),
+    reruns=(m.AssetUploaded, m.ExportRequested),  # the same request again re-runs a failed/cancelled job
 )

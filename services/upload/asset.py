@@ -1,6 +1,8 @@
 """upload (assets): an asset landed in S3 — check it, decide what it is from its bytes, start the job.
 
 Creates the job record first, so even a rejected upload leaves a `failed` job with the reason.
+The same request again (a new message, e.g. after the source was uploaded) for a failed or
+cancelled job starts its next attempt (`JobStore.start`).
 Routes images to `variant`; audio and video to `transcode` (video also gets a poster `variant`
 from the transcode stage).
 """
@@ -23,11 +25,13 @@ async def start_asset(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
     assert job_id is not None
     asset = data.asset_id or job_id
     bucket = data.bucket or ctx.settings.bucket
-    job, _created = await ctx.jobs.create(
-        new_job(job_id, "asset", status="running", stage="upload", source_key=data.key, asset=asset)
+    job, _started = await ctx.jobs.start(
+        new_job(job_id, "asset", status="running", stage="upload", source_key=data.key, asset=asset),
+        ctx.stream_seq,
     )
     if job.final:
         return []  # a replay of a job that already ended: nothing to do
+    ctx.attempt = job.attempt  # a re-run's messages must not be taken for the first attempt's
 
     info = await ctx.storage.head(data.key, bucket)
     if info is None:

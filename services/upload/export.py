@@ -34,12 +34,14 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     job_id = m.job_of(event)
     assert job_id is not None
     archive = archive_name(data.name, job_id)
-    job, _created = await ctx.jobs.create(
+    job, _started = await ctx.jobs.start(
         new_job(job_id, "export", status="running", stage="upload", archive=archive, compression=data.compression,
-                transform=data.transform)
+                transform=data.transform),
+        ctx.stream_seq,
     )
     if job.final:
         return []  # a replay of a job that already ended
+    ctx.attempt = job.attempt
     if data.transform not in TRANSFORMS:
         raise Reject(f"transform {data.transform!r} is not available (supported: {', '.join(TRANSFORMS)})")
     bucket = data.bucket or ctx.settings.bucket
@@ -111,7 +113,7 @@ async def _list(ctx: Context, bucket: str, prefix: str) -> list[tuple[str, int]]
 async def cancel_job(event: m.CancelRequested, ctx: Context) -> list[Emit]:
     """Mark the job cancelled; every worker running a piece of it stops at its next boundary."""
     try:
-        await ctx.services.cancel(event.data.job)
+        await ctx.services.cancel(event.data.job, event.data.reason)
     except KeyError:
         raise Reject(f"cannot cancel job {event.data.job!r}: no such job") from None
     return []

@@ -229,9 +229,8 @@ async def test_export_from_a_missing_bucket_fails_with_the_reason_not_an_empty_a
 def test_job_ids_match_what_kv_accepts() -> None:
     for bad in ("..", ".", "a.", ".a", "a..b", "a/b", "a b", "", "x" * 201, "victim.chunk.0"):
         assert not m.is_job_id(bad), bad
-        assert m.is_job_id(m.safe_job_id(bad))
     for good in ("a", "a.b", "job-1_x=2", "x" * 200, "chunk", "chunk.a", "a.chunk", "a.chunky.b"):
-        assert m.is_job_id(good) and m.safe_job_id(good) == good
+        assert m.is_job_id(good)
 
 
 def test_dead_letter_schema_only_gained_defaulted_fields() -> None:

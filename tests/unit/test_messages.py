@@ -47,16 +47,16 @@ def test_every_event_round_trips() -> None:
 
 
 @given(st.text(min_size=1, max_size=300))
-def test_any_event_id_becomes_a_stable_kv_safe_job_id(candidate: str) -> None:
-    job = m.safe_job_id(candidate)
-    assert re.fullmatch(r"[-_=.a-zA-Z0-9]{1,200}", job)
-    assert not job.startswith(".") and not job.endswith(".")
-    assert m.safe_job_id(candidate) == job
-
-
-@given(st.from_regex(r"[-_=a-zA-Z0-9]{1,100}", fullmatch=True))
-def test_safe_ids_are_kept_as_they_are(candidate: str) -> None:
-    assert m.safe_job_id(candidate) == candidate
+def test_a_producer_event_id_is_the_job_id_or_the_event_is_refused(candidate: str) -> None:
+    """No silent rewriting (issue 12 item 2): the id is kept as sent, or decoding refuses it."""
+    payload = msgspec.json.encode({"type": "jetmedia.asset.uploaded.v1", "id": candidate, "data": {"key": "k"}})
+    try:
+        event = m.decode(payload)
+    except msgspec.ValidationError as exc:
+        assert not m.is_job_id(candidate)
+        assert m.explain(exc).startswith("id: ")
+    else:
+        assert m.is_job_id(candidate) and m.job_of(event) == candidate
 
 
 def test_committed_schemas_match_the_code() -> None:
