@@ -1,0 +1,97 @@
+"""Dead letters replayed, purged, a job retried (shared/dlq.py; issue 12 item 3).
+
+A replay re-publishes the original as a new message and removes the letter: a failed job runs
+once more (attempt 2) and a second replay runs nothing, whether it races the first (same derived
+`Nats-Msg-Id`) or comes after it (no letter left).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+
+from services import samples, stages
+from shared import bus, dlq
+from shared import messages as m
+from shared.jobs import Job
+from shared.runtime import Services
+from tests.helpers import eventually, final_job, running, stream_events
+
+
+def request(job: str, key: str) -> bytes:
+    return json.dumps({"specversion": "1.0", "type": "jetmedia.asset.uploaded.v1", "id": job, "source": "app",
+                       "data": {"key": key}}).encode()
+
+
+async def failed_with_a_letter(services: Services, job: str, key: str) -> None:
+    await services.js.publish(m.UPLOAD_ASSET, request(job, key), headers={bus.MSG_ID: f"{job}-first"})
+    failed = await eventually(lambda: final_job(services, job))
+    assert failed.status == "failed"
+    await eventually(lambda: dlq.letters(services, dlq.Which(job=job)))
+
+
+async def ready_events(services: Services, job: str) -> list[m.AnyEvent]:
+    return [e for e in await stream_events(services, "JM_EVENTS") if isinstance(e, m.AssetReady) and e.subject == job]
+
+
+async def test_a_replayed_letter_runs_its_job_once(services: Services) -> None:
+    async with running(services, [stages.load(n) for n in ("upload", "variant", "finalize")]):
+        await failed_with_a_letter(services, "r-once", "uploads/r-once.jpg")
+        await services.storage.put_bytes("uploads/r-once.jpg", samples.photo(320, 240))
+        [letter] = await dlq.letters(services, dlq.Which(job="r-once"))
+
+        first = await dlq.replay(services, dlq.Which(stage="upload", job="r-once"))
+        again = await dlq.replay_letters(services, [letter])  # the same letter, as a racing replay would
+        job: Job = await eventually(lambda: _status(services, "r-once", "ready"), timeout=30)
+        later = await dlq.replay(services, dlq.Which(job="r-once"))  # nothing left to replay
+        await eventually(lambda: ready_events(services, "r-once"))
+
+    assert first.replayed == [letter.letter.id] and not first.skipped
+    assert again.replayed == [letter.letter.id]  # published again, dropped by the server as a duplicate
+    assert later.replayed == [] and later.skipped == []
+    assert job.attempt == 2 and "does not exist" in job.errors[0].reason
+    assert len(await ready_events(services, "r-once")) == 1
+    assert await dlq.letters(services, dlq.Which(job="r-once")) == []
+    final = await services.jobs.get("r-once")
+    assert final is not None and final.attempt == 2 and final.status == "ready"
+
+
+async def test_retry_replays_a_jobs_letters_and_says_when_there_are_none(services: Services) -> None:
+    async with running(services, [stages.load(n) for n in ("upload", "variant", "finalize")]):
+        await failed_with_a_letter(services, "r-retry", "uploads/r-retry.jpg")
+        await services.storage.put_bytes("uploads/r-retry.jpg", samples.photo(320, 240))
+        done = await dlq.retry(services, "r-retry")
+        job = await eventually(lambda: _status(services, "r-retry", "ready"), timeout=30)
+    assert len(done.replayed) == 1 and job.attempt == 2
+    with pytest.raises(LookupError, match="no dead letter"):
+        await dlq.retry(services, "r-retry")
+
+
+async def test_refused_letters_are_not_replayed_and_purge_removes_by_stage_and_time(services: Services) -> None:
+    async with running(services, [stages.load("upload")]):
+        await services.js.publish(m.UPLOAD_ASSET, b"not json", headers={bus.MSG_ID: "junk"})
+        await failed_with_a_letter(services, "r-purge", "uploads/none.jpg")
+        await eventually(lambda: _letters(services, 2))
+        skipped = await dlq.replay(services, dlq.Which(stage="upload"))
+        assert [why for _, why in skipped.skipped] == [
+            "a refused message (not JSON or not the schema): the same bytes would be refused again"]
+        assert len(skipped.replayed) == 1  # the other one went back (and failed again: no source)
+        await eventually(lambda: _letters(services, 2))  # the refused one, and the replay's own new letter
+
+    newest = max(s.letter.time for s in await dlq.letters(services) if s.letter.time is not None)
+    assert await dlq.purge(services, dlq.Which(stage="variant")) == 0
+    assert await dlq.purge(services, dlq.Which(since=newest + timedelta(seconds=1))) == 0
+    assert await dlq.purge(services, dlq.Which(stage="upload")) == 2
+    assert await dlq.letters(services) == []
+
+
+async def _letters(services: Services, n: int) -> list[dlq.Stored] | None:
+    found = await dlq.letters(services)
+    return found if len(found) >= n else None
+
+
+async def _status(services: Services, job_id: str, status: str) -> Job | None:
+    job = await services.jobs.get(job_id)
+    return job if job is not None and job.status == status else None
