@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import typing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -16,6 +17,7 @@ import yaml
 
 from . import __version__
 from . import messages as m
+from .bus import STREAMS
 from .jobs import Job
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -105,32 +107,110 @@ def _refs(node: typing.Any) -> list[str]:
     return []
 
 
+RECEIVES = frozenset({"uploadAsset", "uploadExport", "cancel", "variant", "transcode", "finalizeAsset", "chunk",
+                      "finalizeExport"})  # channels jetmedia consumes
+SENDS = frozenset({"variant", "transcode", "finalizeAsset", "chunk", "finalizeExport", "assetReady", "exportReady",
+                   "jobFailed", "jobCancelled", "jobExpired", "rejected", "deadLetters"})  # channels it publishes to
+
+
+def examples() -> dict[str, list[m.Event]]:
+    """One example per channel's message, as the tests send and receive them (tests/faults/test_contract.py
+    publishes the producers' ones as raw JSON; tests/unit/test_asyncapi.py decodes every one)."""
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    out = m.OutputFile(preset="thumb", key="variants/c-good/thumb.webp", format="webp", bytes=5120, width=400,
+                       height=300)
+    return {
+        "uploadAsset": [m.AssetUploaded(id="c-good", source="node-app", time=at,
+                                        data=m.AssetUploadedData(key="uploads/ok.jpg"))],
+        "uploadExport": [m.ExportRequested(id="exp-1", source="node-app", time=at, data=m.ExportRequestedData(
+            keys=["uploads/a.jpg", "uploads/b.mp3"], name="holiday", transform="original"))],
+        "cancel": [m.CancelRequested(id="cancel-1", source="node-app", time=at,
+                                     data=m.CancelRequestedData(job="c-cancel", reason="customer left"))],
+        "variant": [m.VariantRequested(id="c-good:variant:c-good", time=at, subject="c-good",
+                                       data=m.VariantRequestedData(job="c-good", asset="c-good", bucket="jetmedia",
+                                                                   key="uploads/ok.jpg"))],
+        "transcode": [m.TranscodeRequested(id="v-1:transcode:v-1", time=at, subject="v-1",
+                                           data=m.TranscodeRequestedData(job="v-1", asset="v-1", bucket="jetmedia",
+                                                                         key="uploads/clip.mp4"))],
+        "finalizeAsset": [m.PartDone(id="c-good:variant:c-good", time=at, subject="c-good", data=m.PartData(
+            job="c-good", asset="c-good", part="variant", outputs=[out], colours=["#c81e1e"]))],
+        "chunk": [m.ChunkRequested(id="exp-1:chunk:0", time=at, subject="exp-1", data=m.ChunkRequestedData(
+            job="exp-1", chunk=0, bucket="jetmedia", items=[m.ExportItem(key="uploads/a.jpg", name="a.jpg")]))],
+        "finalizeExport": [m.ExportFinalize(id="exp-1:finalize-export", time=at, subject="exp-1",
+                                            data=m.ExportFinalizeData(job="exp-1", chunks=1))],
+        "assetReady": [m.AssetReady(id="c-good:ready", time=at, subject="c-good", data=m.AssetReadyData(
+            job="c-good", asset="c-good", key="uploads/ok.jpg", media="image", outputs=[out]))],
+        "exportReady": [m.ExportReady(id="exp-1:ready", time=at, subject="exp-1", data=m.ExportReadyData(
+            job="exp-1", url="https://s3.example/jetmedia/exports/exp-1/holiday.zip?X-Amz-Signature=...",
+            expires=at, files=2, bytes=1048576, parts=[m.ExportFile(
+                name="holiday.zip", key="exports/exp-1/holiday.zip", bytes=1048576, files=2)]))],
+        "jobFailed": [m.JobFailed(id="c-missing:failed", time=at, subject="c-missing", data=m.JobFailedData(
+            job="c-missing", stage="upload", error="invalid event: data.key: required"))],
+        "jobCancelled": [m.JobCancelled(id="c-cancel:cancelled", time=at, subject="c-cancel", data=m.JobEndedData(
+            job="c-cancel", stage="upload", reason="customer left"))],
+        "jobExpired": [m.JobExpired(id="exp-1:expired", time=at, subject="exp-1", data=m.JobEndedData(
+            job="exp-1", stage="finalize", reason="download window passed"))],
+        "rejected": [m.EventRejected(id="rejected:JM_UPLOAD:7", time=at, data=m.EventRejectedData(
+            reason="invalid event: id: not a job id (" + m.JOB_ID_RULE + ")", stage="upload",
+            original_subject=m.UPLOAD_ASSET, original_id="urn:uuid:1234", original_type="jetmedia.asset.uploaded.v1",
+            job="urn:uuid:1234", dead_letter="dlq:JM_UPLOAD:7"))],
+        "deadLetters": [m.DeadLetter(id="dlq:JM_UPLOAD:7", time=at, subject=None, data=m.DeadLetterData(
+            stage="upload", error_class="Refused", error="invalid event: not JSON (JSON is malformed)",
+            permanent=True, delivery_count=1, stream="JM_UPLOAD", stream_seq=7, original_subject=m.UPLOAD_ASSET,
+            original="not json {", original_size=10,
+            original_sha256="c3f07c17117dc1953b6b514cc4e816c00a33fb6cbbe66cbb31e5e22cd1a05fd0"))],
+    }
+
+
 def _asyncapi(types: list[type[m.Event]]) -> dict[str, typing.Any]:
+    """AsyncAPI 3.1 from jetmedia's side: `receive` for what it consumes, `send` for what it
+    publishes (internal subjects have both), NATS as the server, every parameter declared."""
     _schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    channels, operations, messages = {}, {}, {}
+    samples = examples()
+    stages = [spec.durable for spec in STREAMS if spec.durable]
+    channels: dict[str, typing.Any] = {}
+    operations: dict[str, typing.Any] = {}
+    messages: dict[str, typing.Any] = {}
     for channel, (address, cls, description) in CHANNELS.items():
         message = cls.__name__
         messages[message] = {
             "name": tag_of(cls),
+            "title": tag_of(cls),
+            "summary": (cls.__doc__ or description).strip().splitlines()[0],
             "contentType": "application/json",
             "headers": {"type": "object", "properties": {"Nats-Msg-Id": {
                 "type": "string", "description": "Equal to the CloudEvents id; duplicates are dropped."}}},
             "payload": {"$ref": f"#/components/schemas/{message}"},
+            "examples": [{"name": sample.id.replace(":", "-"), "headers": {"Nats-Msg-Id": sample.id},
+                          "payload": msgspec.to_builtins(sample)} for sample in samples[channel]],
         }
         channels[channel] = {
             "address": address,
             "description": description,
             "messages": {message: {"$ref": f"#/components/messages/{message}"}},
         }
-        operations[f"publish_{channel}"] = {
-            "action": "send",
-            "channel": {"$ref": f"#/channels/{channel}"},
-            "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
-        }
+        if "{stage}" in address:
+            channels[channel]["parameters"] = {"stage": {
+                "description": "The stage that gave up on the message.", "enum": stages}}
+        for action, ids in (("receive", RECEIVES), ("send", SENDS)):
+            if channel not in ids:
+                continue
+            operations[f"{action}{channel[0].upper()}{channel[1:]}"] = {
+                "action": action,
+                "summary": f"jetmedia {'consumes' if action == 'receive' else 'publishes'} {tag_of(cls)}.",
+                "channel": {"$ref": f"#/channels/{channel}"},
+                "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
+            }
     return {
-        "asyncapi": "3.0.0",
+        "asyncapi": "3.1.0",
         "info": {"title": "jetmedia", "version": __version__,
-                 "description": "jetmedia's messages: CloudEvents 1.0 structured JSON on NATS JetStream."},
+                 "description": "jetmedia's messages: CloudEvents 1.0 structured JSON on NATS JetStream. "
+                                "Operations are jetmedia's: it receives producers' requests on "
+                                "jetmedia.upload.> and sends its answers on jetmedia.events.>.",
+                 "license": {"name": "MIT"},
+                 "contact": {"name": "jetmedia", "url": "https://jetmedia.dev"}},
+        "servers": {"local": {"host": "127.0.0.1:4222", "protocol": "nats",
+                              "description": "NATS with JetStream (`jetmedia up` prints the address)."}},
         "defaultContentType": "application/json",
         "channels": channels,
         "operations": operations,

@@ -72,4 +72,4 @@ def test_schemas_command_check_mode(tmp_path: Path) -> None:
     schema = json.loads((tmp_path / "jetmedia.asset.uploaded.v1.schema.json").read_text())
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert "AssetUploadedData" in schema["$defs"]
-    assert (tmp_path / "asyncapi.yaml").read_text().startswith("asyncapi: 3.0.0")
+    assert (tmp_path / "asyncapi.yaml").read_text().startswith("asyncapi: 3.1.0")
