@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from shared import bus
 from shared import messages as m
@@ -41,11 +43,13 @@ from shared.config import Settings
 from shared.errors import UnknownJob
 from shared.jobs import FINAL_STATUSES, Job, JobStore
 from shared.runtime import Services
-from shared.storage import Storage
+from shared.storage import Storage, StorageUnreachable
 
 console = Console(stderr=True)  # messages and progress; rich honours NO_COLOR and drops ANSI when piped
 JOB_STATUSES = ("queued", "running", *sorted(FINAL_STATUSES))
 POLL_EVERY = 0.2  # seconds between job-record reads while waiting
+STATUS_STYLE = {"queued": "cyan", "running": "cyan", "ready": "green", "failed": "red", "cancelled": "yellow",
+                "expired": "yellow"}
 
 
 class UsageError(ValueError):
@@ -90,7 +94,8 @@ async def connected(settings: Settings, *, s3: bool = False, layout: bool = Fals
         jobs = await JobStore.open(js, settings.replicas)
         async with Storage(settings) as storage:
             if s3:
-                await storage.check(timeout=settings.connect_timeout)
+                await reach_s3(settings)
+                await storage.check(timeout=max(settings.connect_timeout, 3.0))  # it answers: credentials, bucket
             services = Services(settings, nc, js, jobs, storage)
             try:
                 yield services
@@ -100,6 +105,27 @@ async def connected(settings: Settings, *, s3: bool = False, layout: bool = Fals
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)
+
+
+async def reach_s3(settings: Settings) -> None:
+    """A TCP connection to the S3 endpoint within `connect_timeout`: a down or mistyped endpoint is
+    named at once (making a boto client alone takes ~0.4 s, and its retries longer)."""
+    if not settings.s3_endpoint:
+        return  # AWS: the boto check says the rest
+    url = urllib.parse.urlsplit(settings.s3_endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    hint = "(is the server running? is JETMEDIA_S3_ENDPOINT right?)"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, port), settings.connect_timeout)
+    except TimeoutError:
+        raise StorageUnreachable(f"cannot connect to S3 endpoint {settings.s3_endpoint}: no answer within "
+                                 f"{settings.connect_timeout:g} s {hint}") from None
+    except OSError as exc:
+        raise StorageUnreachable(f"cannot connect to S3 endpoint {settings.s3_endpoint}: "
+                                 f"{bus.describe_cause(exc)} {hint}") from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 # --- progress ---------------------------------------------------------------------------
@@ -128,6 +154,11 @@ def describe(job: Job) -> str:
     elif job.percent is not None and not job.final:
         text += f" {job.percent:.0f}%"
     return text
+
+
+def status_text(job: Job) -> Text:
+    """`describe` in the status's colour (none when piped or with NO_COLOR: rich decides)."""
+    return Text(describe(job), style=STATUS_STYLE.get(job.status, ""))
 
 
 def _size(n: int) -> str:
@@ -315,7 +346,8 @@ def print_jobs(jobs: Sequence[Job]) -> None:
         outputs = "\n".join(f"{o.key} ({o.width}x{o.height}, {o.bytes} B)" if o.width else f"{o.key} ({o.bytes} B)"
                             for o in job.outputs) or (job.url or "")
         errors = "\n".join(f"{e.stage}: {e.reason}" for e in job.errors[-3:])
-        table.add_row(job.id, job.kind, job.media or "", job.status, outputs, errors)
+        table.add_row(job.id, job.kind, job.media or "", Text(job.status, style=STATUS_STYLE.get(job.status, "")),
+                      outputs, errors)
     output_console().print(table)
 
 
@@ -324,9 +356,9 @@ def print_job(job: Job) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column(overflow="fold")
-    rows: list[tuple[str, str]] = [
+    rows: list[tuple[str, str | Text]] = [
         ("job", job.id), ("kind", job.kind + (f" ({job.media})" if job.media else "")),
-        ("status", describe(job)), ("progress", f"{100 * fraction(job):.0f}%"),
+        ("status", status_text(job)), ("progress", f"{100 * fraction(job):.0f}%"),
         ("created", f"{job.created:%Y-%m-%d %H:%M:%S} UTC"), ("updated", f"{job.updated:%Y-%m-%d %H:%M:%S} UTC"),
     ]
     if job.source_key:
@@ -349,14 +381,14 @@ async def show_status(settings: Settings, job_id: str, *, follow: bool, as_json:
         job = await services.jobs.get(job_id)
         if job is None:
             raise JobNotFound(f"no job {job_id!r}")
-        if follow and not job.final:
-            if as_json:
-                job = await _follow_json(services.jobs, job)
-            else:
-                await wait_for_jobs(services.jobs, [job_id], timeout=24 * 3600)
-                job = await services.jobs.get(job_id) or job
+        streamed = follow and as_json and not job.final
+        if streamed:
+            job = await _follow_json(services.jobs, job)
+        elif follow and not job.final:
+            await wait_for_jobs(services.jobs, [job_id], timeout=24 * 3600)
+            job = await services.jobs.get(job_id) or job
     if as_json:
-        if not follow:
+        if not streamed:
             emit_json(job)
     else:
         print_job(job)
@@ -418,7 +450,7 @@ async def list_jobs(settings: Settings, *, status: str | None, kind: str | None,
     for column in ("job", "kind", "status", "progress", "created", "error"):
         table.add_column(column, overflow="fold")
     for job in jobs:
-        table.add_row(job.id, job.kind + (f"/{job.media}" if job.media else ""), describe(job),
+        table.add_row(job.id, job.kind + (f"/{job.media}" if job.media else ""), status_text(job),
                       f"{100 * fraction(job):.0f}%", f"{job.created:%Y-%m-%d %H:%M:%S}",
                       _shorten(_last_error(job), 60) if job.errors else "")
     output_console().print(table)
@@ -457,7 +489,7 @@ def event_line(event: m.AnyEvent) -> str:
     elif isinstance(event, m.ExportReady):
         summary = f"{event.data.url}"
     elif isinstance(event, m.JobFailed):
-        summary = f"{event.data.stage}: {_shorten(event.data.error, 100)}"
+        summary = f"{event.data.stage}: {_shorten(event.data.error, 160)}"
     elif data is not None and hasattr(data, "key"):
         summary = str(data.key)
     return f"{when}  {kind:<28} {event.subject or '-':<34} {summary}"
@@ -506,7 +538,7 @@ async def show_events(
                         backlog.append(event)
                 if not batch and not caught_up:
                     caught_up = True
-                    shown = backlog if start is not None and not job else backlog[-limit:]
+                    shown = backlog if start is not None and not job else backlog[-limit:] if limit > 0 else []
                     if as_json and not follow:
                         emit_json(shown)
                     else:
