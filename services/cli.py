@@ -12,6 +12,8 @@
     jetmedia events          the events stream (--follow, --job, --since)
     jetmedia cancel JOB      cancel a job; running work stops at the next boundary
     jetmedia dlq [show ID]   dead letters, newest first; one whole, with its original message
+    jetmedia dlq replay|purge  re-publish dead letters' originals / remove letters (--stage, --job, --since)
+    jetmedia retry JOB       run a failed or cancelled job again from its dead letters
     jetmedia schemas         write schemas/*.json and schemas/asyncapi.yaml (--check: fail on drift)
 
 People's commands (submit ... dlq) print data on stdout (`--json`: JSON, field names as in the
@@ -285,7 +287,41 @@ async def cmd_dlq(args: argparse.Namespace) -> int:
 
     if args.action == "show":
         return await show_dead_letter(_settings(args), args.id, as_json=args.json)
+    if args.action in ("replay", "purge", "retry"):
+        return await _dlq_act(args)
     return await list_dead_letters(_settings(args), args.stage, args.limit, as_json=args.json)
+
+
+async def _dlq_act(args: argparse.Namespace) -> int:
+    """`dlq replay|purge` and `retry JOB` (issue 12): shared/dlq.py does the work."""
+    from shared import dlq
+
+    from .client import connected, emit_json, job_id_arg, parse_since
+
+    job = job_id_arg(args.job) if getattr(args, "job", None) else None
+    which = dlq.Which(stage=getattr(args, "stage", None), job=job,
+                      since=parse_since(args.since) if getattr(args, "since", None) else None)
+    async with connected(_settings(args)) as services:
+        if args.action == "purge":
+            removed = await dlq.purge(services, which)
+            emit_json({"purged": removed}) if args.json else print(f"{removed} dead letter(s) removed")
+            return 0
+        if args.action == "retry":
+            try:
+                done = await dlq.retry(services, args.job)
+            except LookupError as exc:
+                raise JobNotFound(str(exc)) from None
+        else:
+            done = await dlq.replay(services, which)
+    if args.json:
+        emit_json({"replayed": done.replayed, "skipped": [{"id": i, "why": why} for i, why in done.skipped]})
+    else:
+        for letter_id in done.replayed:
+            print(f"replayed {letter_id}")
+        for letter_id, why in done.skipped:
+            print(f"skipped {letter_id}: {why}", file=sys.stderr)
+        print(f"{len(done.replayed)} replayed, {len(done.skipped)} skipped")
+    return 0 if done.replayed or not done.skipped else 1
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
@@ -402,6 +438,16 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq_actions.add_parser("show", parents=[as_json_too, debug],
                                       help="one dead letter whole, with its original message")
     dlq_show.add_argument("id", help="the letter id, as `jetmedia dlq` lists it (dlq:STREAM:SEQ)")
+    for action, text in (("replay", "re-publish the originals (new msg id) and remove the letters"),
+                         ("purge", "remove dead letters")):
+        act = dlq_actions.add_parser(action, parents=[as_json_too, debug], help=text)
+        act.add_argument("--stage", help="only this stage's")
+        act.add_argument("--job", help="only this job's")
+        act.add_argument("--since", help="only newer: an ISO time (UTC) or an age (90s, 15m, 2h, 1d)")
+
+    retry = sub.add_parser("retry", parents=people, help="run a failed or cancelled job again from its dead letters")
+    retry.add_argument("job")
+    retry.set_defaults(run=cmd_dlq, action="retry")
 
     schemas = sub.add_parser("schemas", help="write JSON Schemas and the AsyncAPI file")
     schemas.add_argument("--out", default="schemas")

@@ -95,3 +95,29 @@ async def _letters(services: Services, n: int) -> list[dlq.Stored] | None:
 async def _status(services: Services, job_id: str, status: str) -> Job | None:
     job = await services.jobs.get(job_id)
     return job if job is not None and job.status == status else None
+
+
+async def test_the_cli_retries_a_job_and_purges_letters(services: Services) -> None:
+    import subprocess
+    import sys
+
+    from tests.helpers import settings_env
+
+    def cli(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "services.cli", *words], capture_output=True, text=True,
+                              env={**__import__("os").environ, **settings_env(services.settings)}, timeout=60)
+
+    async with running(services, [stages.load(n) for n in ("upload", "variant", "finalize")]):
+        await failed_with_a_letter(services, "r-cli", "uploads/r-cli.jpg")
+        await services.storage.put_bytes("uploads/r-cli.jpg", samples.photo(320, 240))
+        done = cli("retry", "r-cli")
+        assert done.returncode == 0, done.stderr
+        assert "replayed dlq:JM_UPLOAD:" in done.stdout
+        job = await eventually(lambda: _status(services, "r-cli", "ready"), timeout=30)
+        assert job.attempt == 2
+        nothing = cli("retry", "r-cli")
+        assert nothing.returncode == 1 and "no dead letter" in nothing.stderr
+        await services.js.publish(m.UPLOAD_ASSET, b"junk", headers={bus.MSG_ID: "junk-cli"})
+        await eventually(lambda: _letters(services, 1))
+    purged = cli("dlq", "purge", "--stage", "upload", "--since", "1h", "--json")
+    assert purged.returncode == 0 and json.loads(purged.stdout) == {"purged": 1}, purged.stderr
