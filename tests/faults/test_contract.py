@@ -168,3 +168,21 @@ async def _count(services: Services, stream: str, n: int) -> list[m.AnyEvent] | 
 async def _status(services: Services, job_id: str, status: str) -> Job | None:
     job = await services.jobs.get(job_id)
     return job if job is not None and job.status == status else None
+
+
+async def test_an_expired_export_is_announced_once(services: Services) -> None:
+    from datetime import timedelta
+
+    from services import cleanup
+
+    expires = m.now() + timedelta(hours=1)
+    await services.storage.put_bytes("exports/c-exp/c-exp.zip", b"PK\x05\x06" + b"\x00" * 18)
+    await services.jobs.create(Job(id="c-exp", kind="export", status="ready", stage="finalize", created=m.now(),
+                                   updated=m.now(), url="https://example/c-exp.zip", expires=expires,
+                                   announced=["ready"]))
+    assert (await cleanup.sweep(services, now=expires + timedelta(seconds=1))).expired == 1
+    await cleanup.sweep(services, now=expires + timedelta(seconds=2))
+    await cleanup._expire(services, await services.jobs.get("c-exp"))  # type: ignore[arg-type]  # a racing replica
+    announced = [e for e in await events(services) if e.subject == "c-exp"]
+    assert [type(e).__name__ for e in announced] == ["JobExpired"]
+    assert isinstance(announced[0], m.JobExpired) and announced[0].id == "c-exp:expired"

@@ -121,3 +121,28 @@ async def test_the_cli_retries_a_job_and_purges_letters(services: Services) -> N
         await eventually(lambda: _letters(services, 1))
     purged = cli("dlq", "purge", "--stage", "upload", "--since", "1h", "--json")
     assert purged.returncode == 0 and json.loads(purged.stdout) == {"purged": 1}, purged.stderr
+
+
+async def test_a_stage_letter_replayed_reopens_its_job(services: Services) -> None:
+    """Variant gave up (its source vanished after upload checked it): the job failed at variant.
+    Put the source back and replay the variant letter: the job reopens (attempt 2) and ends ready."""
+    photo = samples.photo(320, 240)
+    await services.storage.put_bytes("uploads/r-stage.jpg", photo)
+    async with running(services, [stages.load("upload")]):
+        await services.js.publish(m.UPLOAD_ASSET, request("r-stage", "uploads/r-stage.jpg"),
+                                  headers={bus.MSG_ID: "r-stage"})
+        await eventually(lambda: _variant_queued(services))
+    await services.storage.delete("uploads/r-stage.jpg")
+    async with running(services, [stages.load(n) for n in ("variant", "finalize")]):
+        failed = await eventually(lambda: final_job(services, "r-stage"), timeout=30)
+        assert failed.status == "failed" and failed.errors[-1].stage == "variant"
+        await services.storage.put_bytes("uploads/r-stage.jpg", photo)
+        done = await dlq.replay(services, dlq.Which(stage="variant", job="r-stage"))
+        job = await eventually(lambda: _status(services, "r-stage", "ready"), timeout=30)
+    assert len(done.replayed) == 1 and job.attempt == 2 and job.outputs
+    assert [type(e).__name__ for e in await stream_events(services, "JM_EVENTS") if e.subject == "r-stage"] == [
+        "JobFailed", "AssetReady"]
+
+
+async def _variant_queued(services: Services) -> bool:
+    return bool((await services.js.stream_info("JM_VARIANT")).state.messages)
