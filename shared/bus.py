@@ -107,7 +107,7 @@ def describe_cause(exc: BaseException) -> str:
     if isinstance(exc, nats.errors.AuthorizationError):
         return "authorization violation"
     text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return text.splitlines()[0].removeprefix("nats: ")
 
 
 async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = STARTUP_WAIT,
@@ -148,7 +148,7 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
             if quiet:
                 log.debug("nats: %s", exc)
                 return
-        outage.report(f"nats: {describe_cause(exc)}")
+        outage.report(f"nats: {where}: {describe_cause(exc)}; reconnecting")
 
     async def on_disconnect() -> None:
         if not (client.is_closed or client.is_draining):
