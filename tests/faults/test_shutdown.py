@@ -48,7 +48,7 @@ async def test_stopping_under_load_leaves_nothing_delivered_and_unanswered(servi
 
     rng = random.Random(7)
     stranded: list[tuple[int, int]] = []
-    for cycle in range(6):
+    for cycle in range(4):
         async with Services.open(settings, name=f"stop-{cycle}", layout=False) as own:
             stop_publishing = asyncio.Event()
             feeding = asyncio.create_task(publisher(stop_publishing))
@@ -69,7 +69,7 @@ async def test_stopping_under_load_leaves_nothing_delivered_and_unanswered(servi
     assert stranded == [], f"(cycle, messages delivered but neither finished nor handed back): {stranded}"
 
 
-async def take_what_is_deliverable(services: Services, within: float = 3.0) -> list[str]:
+async def take_what_is_deliverable(services: Services, within: float = 2.0) -> list[str]:
     """What the next replica gets within a few seconds (acked): a message stranded at the stopped
     worker is not among it, it waits for ack_wait."""
     sub = await services.js.pull_subscribe_bind(durable="variant", stream="JM_VARIANT")
