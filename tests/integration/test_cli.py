@@ -30,6 +30,7 @@ JETMEDIA = shutil.which("jetmedia", path=str(Path(sys.executable).parent))
 COMMAND = [JETMEDIA] if JETMEDIA else [sys.executable, "-m", "services.cli"]
 BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("JETMEDIA_", "NO_COLOR", "FORCE_COLOR"))}
 ANSI = re.compile(r"\x1b\[")
+JOB_SCHEMA = json.loads((SCHEMAS / "jetmedia.job.schema.json").read_text())
 
 
 def jetmedia(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -52,7 +53,8 @@ def check_event(document: dict[str, Any]) -> None:
 
 
 def as_job(document: Any) -> Job:
-    """A job record printed by --json decodes strictly as the record type (same field names)."""
+    """A job record printed by --json validates against schemas/jetmedia.job.schema.json."""
+    jsonschema.validate(document, JOB_SCHEMA)
     return msgspec.convert(document, Job, strict=False)
 
 
