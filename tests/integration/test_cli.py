@@ -253,6 +253,14 @@ def test_bad_input_ends_with_one_line_and_its_exit_code(up: Up, tmp_path: Path) 
         assert "set JETMEDIA_METRICS_PORT" in one_line(jetmedia("worker", "upload", env=env), 2)
     export = one_line(jetmedia("export", env=up.env), 2)
     assert "KEY... and/or --prefix" in export
+    two = one_line(jetmedia("submit", str(photo), str(photo), "--job-id", "j", env=up.env), 2)
+    assert "--job-id and --key name one job" in two
+
+    debug = jetmedia("status", "a b", "--debug", env=up.env)
+    assert debug.returncode == 2 and "Traceback" in debug.stderr  # -v/--debug: the traceback, then the line
+    assert debug.stderr.strip().splitlines()[-1].startswith("jetmedia: 'a b' is not a job id")
+    version = jetmedia("--version", env=up.env)
+    assert version.returncode == 0 and re.fullmatch(r"jetmedia \d+\.\d+\.\d+\n", version.stdout)
 
 
 def _closed_port() -> int:
