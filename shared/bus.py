@@ -110,6 +110,14 @@ def describe_cause(exc: BaseException) -> str:
     return text.splitlines()[0].removeprefix("nats: ")
 
 
+class _Refused(Exception):
+    """Raised from the error callback to end a person's connect at the first refused credentials."""
+
+
+def _refused(exc: BaseException) -> bool:
+    return isinstance(exc, nats.errors.AuthorizationError) or "authorization" in str(exc).lower()
+
+
 async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = STARTUP_WAIT,
                   quiet: bool = False) -> NATS:
     """Connect with whatever credentials the settings carry; once connected, reconnect forever
@@ -147,6 +155,8 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
             causes[:] = [exc]
             if quiet:
                 log.debug("nats: %s", exc)
+                if _refused(exc):
+                    raise _Refused  # out of nats-py's connect loop: retrying will not change the answer
                 return
         outage.report(f"nats: {where}: {describe_cause(exc)}; reconnecting")
 
@@ -163,11 +173,11 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
         await asyncio.wait_for(client.connect(
             error_cb=on_error, disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **options  # type: ignore[arg-type]
         ), wait)
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
+    except (TimeoutError, OSError, nats.errors.Error, _Refused) as exc:
         with contextlib.suppress(Exception):
             await client.close()
         cause = causes[-1] if causes else exc
-        if isinstance(cause, nats.errors.AuthorizationError) or "authorization" in str(cause).lower():
+        if _refused(cause):
             raise ConfigError(f"NATS at {where} refused our credentials (authorization violation): check "
                               "JETMEDIA_NATS_USER / JETMEDIA_NATS_PASSWORD / JETMEDIA_NATS_TOKEN / JETMEDIA_NATS_CREDS"
                               ) from None

@@ -253,6 +253,10 @@ def test_bad_input_ends_with_one_line_and_its_exit_code(up: Up, tmp_path: Path) 
         assert "set JETMEDIA_METRICS_PORT" in one_line(jetmedia("worker", "upload", env=env), 2)
     export = one_line(jetmedia("export", env=up.env), 2)
     assert "KEY... and/or --prefix" in export
+    refused = one_line(jetmedia("jobs", env={**up.env, "JETMEDIA_NATS_PASSWORD": "wrong"}), 2)
+    assert "refused our credentials" in refused and "JETMEDIA_NATS_PASSWORD" in refused
+    bad_secret = one_line(jetmedia("submit", str(photo), env={**up.env, "JETMEDIA_S3_SECRET_KEY": "wrong"}), 2)
+    assert "rejected the secret key" in bad_secret
     two = one_line(jetmedia("submit", str(photo), str(photo), "--job-id", "j", env=up.env), 2)
     assert "--job-id and --key name one job" in two
 
