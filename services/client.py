@@ -307,7 +307,8 @@ async def start_export(
     )
     job = m.job_of(event)
     assert job is not None
-    async with connected(settings, s3=True, layout=True) as services:
+    checked = settings.replace(bucket=bucket) if bucket else settings  # the bucket the sources are in
+    async with connected(checked, s3=True, layout=True) as services:
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
         if not as_json:
             print(f"export job {job}", file=sys.stderr, flush=True)
