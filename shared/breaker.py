@@ -153,6 +153,11 @@ class Breakers:
     def __init__(self, probes: dict[str, Probe], **options: float) -> None:
         self.by_name = {name: Breaker(name, probe, **options) for name, probe in probes.items()}
 
+    def trip(self, name: str, reason: BaseException | str) -> None:
+        """The caller saw `name` unreachable outside a handler (the pull loop, disconnected)."""
+        if name in self.by_name:
+            self.by_name[name].trip(reason)
+
     def open(self) -> list[Breaker]:
         return [b for b in self.by_name.values() if b.is_open]
 

@@ -46,6 +46,7 @@ from nats.js import JetStreamContext
 
 from . import bus, errors, metrics, outbox
 from . import messages as m
+from .breaker import NATS as NATS_DOWN
 from .breaker import Breakers, nats_probe, s3_probe
 from .config import ConfigError, Settings
 from .jobs import RERUNNABLE, Job, JobKind, JobStore
@@ -282,10 +283,14 @@ class Worker:
                 try:
                     batch = await sub.fetch(free, timeout=PULL_WAIT)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if not self.services.nc.is_connected:  # not an empty queue: NATS is gone
+                        self.services.breakers.trip(NATS_DOWN, "disconnected")
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
                         nats.errors.NoRespondersError, nats.errors.Error) as exc:
                     log.warning("stage %s: fetch failed (%s); retrying", self.stage.name, exc)
+                    if not self.services.nc.is_connected:
+                        self.services.breakers.trip(NATS_DOWN, exc)
                     await asyncio.sleep(0.5)
                     continue
                 for msg in batch:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,8 @@ from prometheus_client import REGISTRY
 from services import samples, stages
 from shared import breaker, bus
 from shared import messages as m
+from shared.config import Settings
+from shared.devstack import NatsServer, free_port
 from shared.jobs import new_job
 from shared.runtime import Context, Emit, Services, Stage
 from tests.helpers import asset_event, eventually, running, stream_events
@@ -167,3 +170,47 @@ async def test_a_connection_error_while_s3_answers_takes_the_normal_retries(serv
         letters = await eventually(lambda: stream_events(services, "JM_DLQ"), timeout=40)
     assert deliveries == [1, 2, 3, 4, 5]
     assert len(letters) == 1 and s3_up() == 1.0
+
+
+def nats_up() -> float | None:
+    return REGISTRY.get_sample_value("jetmedia_dependency_up", {"dependency": breaker.NATS})
+
+
+async def test_nats_restart_mid_batch_pauses_and_resumes(settings: Settings, tmp_path: Path) -> None:
+    """NATS itself goes away for a while (a restart, on its own data directory): handlers that fail
+    on it wait for the NATS breaker instead of spending deliveries; every job ends ready."""
+    server = await asyncio.to_thread(NatsServer(tmp_path / "nats", port=free_port()).start)
+    try:
+        own = settings.replace(nats_url=server.url, variant_presets="thumb:webp:48")
+        photo = samples.photo(96, 64)
+        ids = [f"nr-{i}" for i in range(100)]
+        async with Services.open(own, name="nats-restart") as services:
+            await services.storage.ensure_bucket()
+            await asyncio.gather(*(services.storage.put_bytes(f"uploads/{i}.jpg", photo) for i in ids))
+            async with running(services, [stages.load(n) for n in ("upload", "variant", "finalize")]):
+                for job_id in ids:
+                    await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(f"uploads/{job_id}.jpg",
+                                                                              event_id=job_id))
+                await eventually(lambda: _at_least(ready_count(services, ids[:3]), 1), timeout=60)
+                ready_before = await ready_count(services, ids)
+                await asyncio.to_thread(server.stop)
+                lowest = 1.0
+                until = time.monotonic() + 8
+                while time.monotonic() < until:
+                    lowest = min(lowest, nats_up() or 0.0)
+                    await asyncio.sleep(0.2)
+                await asyncio.to_thread(server.start)
+                await eventually(lambda: _ready_or_none(services, ids), timeout=120, every=0.5)
+                await eventually(lambda: _equals(nats_up(), 1.0), timeout=20)
+            assert await stream_events(services, "JM_DLQ") == []
+        assert lowest == 0.0, "the NATS breaker never reported the outage"
+        assert ready_before < len(ids), "the batch finished before the outage: the test proves nothing"
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _ready_or_none(services: Services, ids: list[str]) -> bool:
+    try:
+        return await ready_count(services, ids) == len(ids)
+    except Exception:  # still reconnecting
+        return False
