@@ -345,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jetmedia",
         description="Event-driven media pipeline on NATS JetStream.",
-        epilog="configuration (environment variable, default):\n" + env_table,
+        epilog="exit codes: 0 ok, 1 a job failed (or is not there), 2 usage or configuration, "
+               "3 NATS or S3 unreachable, 130 interrupted\n\nconfiguration (environment variable, default):\n"
+               + env_table,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"jetmedia {_version()}")
