@@ -117,6 +117,7 @@ class SeaweedS3:
     data_dir: Path
     binary: str | None = None
     grace: float = 2.0  # seconds between SIGTERM and SIGKILL on stop
+    vacuum_interval: int = 120  # seconds between sweeps that compact volumes with >= 10 % deleted bytes
     ports: dict[str, int] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     access_key: str = ""
@@ -206,7 +207,7 @@ class SeaweedS3:
             "-master.peers=none",  # one master: elect at once instead of after a ~2 s bootstrap wait
             "-master.telemetry=false",
             f"-master.volumeSizeLimitMB={VOLUME_SIZE_MB}", f"-volume.max={slots}",
-            "-master.garbageThreshold=0.1", "-master.vacuumIntervalSeconds=120",
+            "-master.garbageThreshold=0.1", f"-master.vacuumIntervalSeconds={self.vacuum_interval}",
             "-volume.preStopSeconds=0",
             "-filer", "-s3", f"-s3.config={self.data_dir / IDENTITY_FILE}",
             "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false",
