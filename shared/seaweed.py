@@ -240,3 +240,8 @@ class SeaweedS3:
 
     def stop(self) -> None:
         devstack._stop(self.proc, self.grace)
+        if self.proc is not None and self.proc.poll() is not None:
+            # weed puts its gRPC unix sockets in /tmp, named by port, and a killed weed leaves them
+            for port in self.ports.values():
+                for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                    path.unlink(missing_ok=True)

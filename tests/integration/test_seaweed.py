@@ -106,6 +106,7 @@ def test_a_second_server_runs_beside_the_session_one_and_keeps_its_state(stack: 
             assert resp.read() == b"still here"
     finally:
         again.stop()
+    assert not [p for port in again.ports.values() for p in Path("/tmp").glob(f"seaweedfs-*-{port}.sock")]
 
 
 def test_the_compose_bucket_init_script_creates_the_bucket_and_accepts_it_existing(stack: EmbeddedStack) -> None:
