@@ -147,6 +147,7 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
         options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
 
     outage = _Outage()
+    credentials = bool(settings.nats_user or settings.nats_token or settings.nats_creds)
     causes: list[BaseException] = []
     connected = False
 
@@ -155,7 +156,7 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
             causes[:] = [exc]
             if quiet:
                 log.debug("nats: %s", exc)
-                if _refused(exc):
+                if _refused(exc) or (credentials and isinstance(exc, ConnectionResetError)):
                     raise _Refused  # out of nats-py's connect loop: retrying will not change the answer
                 return
         outage.report(f"nats: {where}: {describe_cause(exc)}; reconnecting")
@@ -177,6 +178,11 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
         with contextlib.suppress(Exception):
             await client.close()
         cause = causes[-1] if causes else exc
+        if isinstance(cause, ConnectionResetError) and isinstance(exc, _Refused):
+            # the server's "-ERR Authorization Violation" can be lost to the reset of the close that follows it
+            raise ConfigError(f"NATS at {where} closed the connection during the handshake (connection reset; "
+                              "refused credentials, usually): check JETMEDIA_NATS_USER / JETMEDIA_NATS_PASSWORD / "
+                              "JETMEDIA_NATS_TOKEN / JETMEDIA_NATS_CREDS") from None
         if _refused(cause):
             raise ConfigError(f"NATS at {where} refused our credentials (authorization violation): check "
                               "JETMEDIA_NATS_USER / JETMEDIA_NATS_PASSWORD / JETMEDIA_NATS_TOKEN / JETMEDIA_NATS_CREDS"

