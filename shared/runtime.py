@@ -555,11 +555,13 @@ async def dead_letter(
     its event goes through the outbox, so a job that was already final gets no `job.failed` (only
     its own final event, if that was never announced). A producer's request that did not decode
     (`claim`) but names a valid job id is that job's answer: a failed record, created if need be.
-    When no record takes the failure, a `jetmedia.events.rejected` event is the answer."""
-    if job is None and claim is not None and claim.job is not None and m.is_job_id(claim.job):
+    When no record takes the failure, a `jetmedia.events.rejected` event is the answer. A refused
+    message never changes a job that already has a record (a malformed copy must not fail a job
+    that runs, nor rewrite the history of one that ended): it is answered with the rejected event."""
+    create = False
+    if job is None and claim is not None and claim.job is not None and m.is_job_id(claim.job) \
+            and await services.jobs.get(claim.job) is None:
         job, create = claim.job, True
-    else:
-        create = False
     error = error[:MAX_ERROR_TEXT]
     budget = max(services.nc.max_payload - DLQ_ENVELOPE, 1024)
     letter = m.DeadLetter(

@@ -186,3 +186,15 @@ async def test_an_expired_export_is_announced_once(services: Services) -> None:
     announced = [e for e in await events(services) if e.subject == "c-exp"]
     assert [type(e).__name__ for e in announced] == ["JobExpired"]
     assert isinstance(announced[0], m.JobExpired) and announced[0].id == "c-exp:expired"
+
+
+async def test_a_refused_copy_leaves_an_existing_job_alone(services: Services) -> None:
+    """A malformed event naming a running job must not fail it: the rejected event answers it."""
+    await services.jobs.create(Job(id="c-busy", kind="asset", status="running", created=m.now(), updated=m.now()))
+    async with running(services, [stages.load("upload")]):
+        await publish_raw(services, m.UPLOAD_ASSET, raw("c-busy", {"key": 1}), "busy-bad")
+        [answer] = await eventually(lambda: _count(services, "JM_EVENTS", 1))
+    assert isinstance(answer, m.EventRejected) and answer.data.job == "c-busy"
+    assert "data.key: expected str, got int" in answer.data.reason
+    job = await services.jobs.get("c-busy")
+    assert job is not None and job.status == "running" and job.errors == []
