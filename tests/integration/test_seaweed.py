@@ -120,7 +120,8 @@ def test_the_compose_bucket_init_script_creates_the_bucket_and_accepts_it_existi
 
     def run(address: str) -> subprocess.CompletedProcess[str]:
         command = script.replace("$$", "$").replace("seaweedfs:9333", address)
-        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+        return subprocess.run(["/bin/sh", "-c", command], env=env, capture_output=True, text=True,
+                              timeout=150)  # > the script's own `timeout 120`, which bounds weed shell
 
     first, second = run(master), run(master)
     assert first.returncode == 0 and "created bucket" in first.stdout, first.stdout + first.stderr
