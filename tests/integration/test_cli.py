@@ -283,18 +283,18 @@ def test_nats_down_every_command_exits_3_within_the_timeout(tmp_path: Path) -> N
     url = f"nats://127.0.0.1:{_closed_port()}"
     env = {**BASE_ENV, "JETMEDIA_NATS_URL": url, "JETMEDIA_CONNECT_TIMEOUT": "1"}
     for command in PEOPLE:
-        slack = _load_slack(env)
         started = time.monotonic()
         done = jetmedia(*(part.format(photo=photo) for part in command), env=env, timeout=30)
         took = time.monotonic() - started
         line = one_line(done, 3)
         assert f"cannot reach NATS at {url} within 1 s: connection refused" in line, (command, line)
-        assert took < 2.0 + slack, (command, took, slack)
+        assert took < 2.0 or took < 2.0 + _load_slack(env), (command, took)
 
 
 def _load_slack(env: dict[str, str]) -> float:
-    """How much longer than usual (0.6 s) the interpreter takes to start right now: the machine
-    is shared with other test runs, and the bound is about our connect, not about their load."""
+    """How much longer than usual (0.6 s) the interpreter takes to start right now (asked only when
+    a command took too long): the machine is shared with other test runs, and the bound is about
+    our connect, not about their load."""
     started = time.monotonic()
     jetmedia("--version", env=env)
     return max(0.0, time.monotonic() - started - 0.6)
@@ -306,11 +306,11 @@ def test_s3_down_submit_and_export_exit_3_within_the_timeout(up: Up, tmp_path: P
     endpoint = f"http://127.0.0.1:{_closed_port()}"
     env = {**up.env, "JETMEDIA_S3_ENDPOINT": endpoint, "JETMEDIA_CONNECT_TIMEOUT": "1"}
     for command in (("submit", str(photo)), ("export", "some/key")):
-        slack = _load_slack(env)
         started = time.monotonic()
         line = one_line(jetmedia(*command, env=env, timeout=30), 3)
         assert f"cannot connect to S3 endpoint {endpoint}: connection refused" in line, line
-        assert time.monotonic() - started < 2.0 + slack
+        took = time.monotonic() - started
+        assert took < 2.0 or took < 2.0 + _load_slack(env), (command, took)
 
 
 class Pty:
