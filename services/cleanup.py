@@ -5,6 +5,13 @@ actually stored under `exports/` (S3 is the truth about what costs money), looks
 deletes the archives of jobs that expired (announced with `jetmedia.job.expired.v1`), failed or
 were cancelled, plus multipart uploads a crashed or cancelled writer left open. Sweeps are
 idempotent, so any number of replicas may run one (`jetmedia worker cleanup`, or `jetmedia up` which runs everything).
+
+An expired export's archive is deleted only once `job.expired` is out: while it is stored, every
+sweep comes back to the job, so a publish the events stream refused is retried. The sweep is also
+the outbox's safety net (shared/outbox.py): a job that ended while the events stream was down
+through every delivery of its last message would otherwise wait for a message that may never
+come; a record final for longer than `ANNOUNCE_GRACE` without its final event in `announced` gets
+it published here, with the same derived id.
 """
 
 from __future__ import annotations
@@ -13,11 +20,13 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
+from nats.js.errors import NoKeysError
 
 from shared.exportplan import chunk_key
 from shared.jobs import Job
@@ -27,6 +36,10 @@ log = logging.getLogger("jetmedia.cleanup")
 
 PREFIX = "exports/"
 ORPHAN_AGE = timedelta(days=1)  # exports/ objects of unknown jobs are deleted after this
+# a final record older than this without its event was given up on by the runtime, which
+# publishes then marks within milliseconds: announcing sooner would only race it
+ANNOUNCE_GRACE = timedelta(seconds=30)
+BATCH = 64  # job records read at once by the outbox pass
 
 
 @dataclass
@@ -34,6 +47,7 @@ class Swept:
     expired: int = 0  # jobs moved to `expired`
     deleted: int = 0  # objects deleted
     aborted: int = 0  # multipart uploads aborted
+    announced: int = 0  # final events published (`job.expired`, and ones the runtime never got out)
 
 
 async def sweep(services: Services, now: datetime | None = None) -> Swept:
@@ -53,18 +67,20 @@ async def sweep(services: Services, now: datetime | None = None) -> Swept:
         job = await services.jobs.get(job_id)
         if job is None:
             doomed = [key for key, modified in stored if modified + ORPHAN_AGE <= now]
-        elif _expired(job, now):
-            doomed = [key for key, _ in stored]
-        elif job.status in ("failed", "cancelled", "expired"):
+        elif _expired(job, now) or job.status in ("failed", "cancelled", "expired"):
             doomed = [key for key, _ in stored]
         else:
             continue
+        if job is not None and (_expired(job, now) or job.status == "expired"):
+            swept.expired += job.status == "ready"
+            try:
+                swept.announced += await _expire(services, job)
+            except Exception as exc:  # the archive stays: the next sweep comes back to this job
+                log.warning("cleanup: job.expired of %s not published (%s); trying again next sweep", job_id, exc)
+                continue
         for key in doomed:
             await storage.delete(key)
         swept.deleted += len(doomed)
-        if job is not None and _expired(job, now):
-            await _expire(services, job)
-            swept.expired += 1
 
     resp = await storage.client.list_multipart_uploads(Bucket=storage.bucket, Prefix=PREFIX)
     for upload in resp.get("Uploads", []):
@@ -76,9 +92,10 @@ async def sweep(services: Services, now: datetime | None = None) -> Swept:
                 await storage.client.abort_multipart_upload(
                     Bucket=storage.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 swept.aborted += 1
-    if swept.expired or swept.deleted or swept.aborted:
-        log.info("cleanup: %d export(s) expired, %d object(s) deleted, %d upload(s) aborted",
-                 swept.expired, swept.deleted, swept.aborted)
+    swept.announced += await _announce_unannounced(services, now)
+    if swept.expired or swept.deleted or swept.aborted or swept.announced:
+        log.info("cleanup: %d export(s) expired, %d object(s) deleted, %d upload(s) aborted, %d event(s) announced",
+                 swept.expired, swept.deleted, swept.aborted, swept.announced)
     return swept
 
 
@@ -86,7 +103,9 @@ def _expired(job: Job, now: datetime) -> bool:
     return job.kind == "export" and job.status == "ready" and job.expires is not None and job.expires <= now
 
 
-async def _expire(services: Services, job: Job) -> None:
+async def _expire(services: Services, job: Job) -> int:
+    """ready -> expired (no change if a replica got there first), then `job.expired`, once
+    (shared/outbox.py). Raises when the publish fails, before the caller deletes the archive."""
     def expire(current: Job) -> Job:
         if current.status != "ready":
             return current
@@ -95,10 +114,55 @@ async def _expire(services: Services, job: Job) -> None:
         ])
 
     expired = await services.jobs.update(job.id, expire)
-    await services.send(announcements(expired, services.settings))  # `job.expired`, once (shared/outbox.py)
+    published = await _announce(services, expired)
     for n in range(job.chunks):  # the per-chunk detail is not needed any more
         with contextlib.suppress(Exception):
             await services.jobs.kv.purge(chunk_key(job.id, n))
+    return published
+
+
+async def _announce(services: Services, job: Job) -> int:
+    """Publish the final event `job`'s record calls for, then mark it (the outbox order). The mark
+    is dropped if the job moved on meanwhile (a re-run started): the marker belongs to the
+    attempt that was announced, not to the new one (whose id differs: `{job}:failed:2`)."""
+    emits = announcements(job, services.settings)
+    for emit in emits:
+        await services.publish(emit)
+        await services.jobs.update(job.id, _marking(job, emit.announces or ""))
+    return len(emits)
+
+
+def _marking(announced: Job, marker: str) -> Callable[[Job], Job]:
+    def mark(current: Job) -> Job:
+        if current.attempt != announced.attempt or current.status != announced.status or marker in current.announced:
+            return current
+        return msgspec.structs.replace(current, announced=[*current.announced, marker])
+
+    return mark
+
+
+async def _announce_unannounced(services: Services, now: datetime) -> int:
+    """The outbox's safety net: final records, last changed more than `ANNOUNCE_GRACE` ago, whose
+    final event is not in `announced`. Keys come headers-only; `{job}.chunk.{n}` side records are
+    not read. The first refused publish ends the pass (the stream is likely down): next sweep."""
+    try:
+        keys = [key for key in await services.jobs.kv.keys() if ".chunk." not in key]
+    except NoKeysError:  # nats-py raises on an empty bucket
+        return 0
+    published = 0
+    for start in range(0, len(keys), BATCH):
+        batch = await asyncio.gather(*(services.jobs.get(key) for key in keys[start:start + BATCH]))
+        for job in batch:
+            if job is None or not job.final or job.updated + ANNOUNCE_GRACE > now:
+                continue
+            try:
+                published += await _announce(services, job)
+            except Exception as exc:
+                log.warning("cleanup: final event of %s not published (%s); trying again next sweep", job.id, exc)
+                return published
+    if published:
+        log.warning("cleanup: published %d final event(s) the runtime never got out", published)
+    return published
 
 
 async def run(services: Services, stopping: asyncio.Event) -> None:

@@ -1,0 +1,83 @@
+"""The cleanup sweep as the outbox's safety net, on real servers: a final event the runtime never
+got out is published by a later sweep, once; an expired export whose `job.expired` the events
+stream refused keeps its archive until a later sweep has announced it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import msgspec
+
+from services import cleanup
+from shared import messages as m
+from shared.exportplan import chunk_key
+from shared.jobs import Job
+from shared.runtime import Services
+from tests.faults.test_answers import events_of, events_refused
+from tests.helpers import stream_events
+
+
+async def test_a_final_job_never_announced_is_announced_by_one_sweep_once(services: Services) -> None:
+    """The events stream was down through every delivery of the job's last message: the record is
+    final, its event is not in `announced`, and no message of the job will ever come again."""
+    long_ago = m.now() - cleanup.ANNOUNCE_GRACE - timedelta(seconds=5)
+    for job in (
+        Job(id="s-lost", kind="asset", status="failed", stage="variant", created=long_ago, updated=long_ago),
+        Job(id="s-fresh", kind="asset", status="cancelled", created=m.now(), updated=m.now()),  # the runtime's turn
+        Job(id="s-told", kind="asset", status="failed", created=long_ago, updated=long_ago, announced=["failed"]),
+        Job(id="s-busy", kind="asset", status="running", created=long_ago, updated=long_ago),
+        Job(id="s-exp", kind="export", status="running", stage="chunk", chunks=1, created=long_ago, updated=long_ago),
+    ):
+        await services.jobs.create(job)
+    await services.jobs.put_raw(chunk_key("s-exp", 0), b'{"not": "a job"}')  # skipped, never decoded as one
+
+    first = await cleanup.sweep(services)
+    [event] = await stream_events(services, "JM_EVENTS")
+    assert isinstance(event, m.JobFailed) and event.subject == "s-lost" and event.id == "s-lost:failed"
+    lost = await services.jobs.get("s-lost")
+    assert lost is not None and lost.announced == ["failed"]
+    assert first.announced == 1
+
+    second = await cleanup.sweep(services)
+    assert len(await stream_events(services, "JM_EVENTS")) == 1
+    assert second.announced == 0
+    fresh = await services.jobs.get("s-fresh")
+    assert fresh is not None and fresh.announced == []
+
+
+async def test_a_late_announcement_does_not_mark_a_rerun_that_started_meanwhile(services: Services) -> None:
+    """The sweep read attempt 1 `failed`; a producer's request started attempt 2 before the mark.
+    Attempt 1's event goes out; attempt 2's record must not claim `failed` is announced, or its own
+    failure would never be."""
+    long_ago = m.now() - cleanup.ANNOUNCE_GRACE - timedelta(seconds=5)
+    seen, _ = await services.jobs.create(Job(id="s-again", kind="asset", status="failed", created=long_ago,
+                                             updated=long_ago))
+    await services.jobs.update("s-again", lambda job: msgspec.structs.replace(job, status="running", attempt=2))
+    assert await cleanup._announce(services, seen) == 1
+    assert await events_of(services, "s-again") == ["JobFailed"]
+    rerun = await services.jobs.get("s-again")
+    assert rerun is not None and rerun.attempt == 2 and rerun.announced == []
+
+
+async def test_an_expired_export_refused_by_the_events_stream_is_announced_by_a_later_sweep(
+        services: Services) -> None:
+    expires = m.now() + timedelta(hours=1)
+    archive = "exports/s-gone/s-gone.zip"
+    await services.storage.put_bytes(archive, b"PK\x05\x06" + b"\x00" * 18)
+    await services.jobs.create(Job(id="s-gone", kind="export", status="ready", stage="finalize", created=m.now(),
+                                   updated=m.now(), url="https://example/s-gone.zip", expires=expires,
+                                   announced=["ready"]))
+    async with events_refused(services):
+        refused = await cleanup.sweep(services, now=expires + timedelta(seconds=1))
+    assert (refused.expired, refused.announced, refused.deleted) == (1, 0, 0)
+    job = await services.jobs.get("s-gone")
+    assert job is not None and job.status == "expired" and job.announced == ["ready"]
+    assert await services.storage.list_keys("exports/s-gone/") == [archive]  # kept: the sweep comes back
+
+    later = await cleanup.sweep(services)  # real time: no grace to wait out, the archive brings it back
+    assert (later.expired, later.announced, later.deleted) == (0, 1, 1)
+    assert await services.storage.list_keys("exports/s-gone/") == []
+    assert (await cleanup.sweep(services, now=expires + timedelta(days=2))).announced == 0
+    assert await events_of(services, "s-gone") == ["JobExpired"]
+    job = await services.jobs.get("s-gone")
+    assert job is not None and job.announced == ["ready", "expired"]
