@@ -40,7 +40,7 @@ asyncapi: $(ASYNCAPI_STAMP)
 test: $(STAMP) sysdeps asyncapi
 	$(BIN)/ruff check shared services tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench

@@ -41,9 +41,10 @@ async def fill(services: Services, subject: str, count: int, job_prefix: str) ->
 
 async def raw_fetch_ack(services: Services, count: int) -> float:
     js = services.js
-    await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["bench.raw"], retention=RetentionPolicy.WORK_QUEUE))
-    await fill(services, "bench.raw", count, "raw")
-    sub = await js.pull_subscribe("bench.raw", durable="raw", stream="BENCH_RAW")
+    await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["jetmedia.bench.raw"],
+                                     retention=RetentionPolicy.WORK_QUEUE))
+    await fill(services, "jetmedia.bench.raw", count, "raw")
+    sub = await js.pull_subscribe("jetmedia.bench.raw", durable="raw", stream="BENCH_RAW")
     started = time.perf_counter()
     seen = 0
     while seen < count:
@@ -90,8 +91,8 @@ async def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedStack(Path(tmp)) as stack:
         assert stack.nats and stack.s3
-        settings = Settings.from_env({}, nats_url=stack.nats.url, s3_endpoint=stack.s3.url, s3_access_key="x",
-                                     s3_secret_key="x", concurrency=args.concurrency, log_level="WARNING")
+        stack_env = {k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()}
+        settings = Settings.from_env({}, **stack_env, concurrency=args.concurrency, log_level="WARNING")
         async with Services.open(settings, name="bench") as services:
             rows = [
                 ("raw nats-py fetch(500)+ack", await raw_fetch_ack(services, args.messages)),

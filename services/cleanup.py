@@ -51,7 +51,7 @@ class Swept:
 
 
 async def sweep(services: Services, now: datetime | None = None) -> Swept:
-    """One pass; `now` is a parameter so tests can move the clock (moto ignores URL expiry)."""
+    """One pass; `now` is a parameter so tests can move the clock (expiry is days away)."""
     now = now or datetime.now(UTC)
     storage = services.storage
     swept = Swept()

@@ -1,6 +1,6 @@
 """The ZIP methods finalize picks, checked by three unzip implementations: Zip32 for small
-archives, Zip64 exactly where a member or an offset passes 4 GiB (a generator source, not S3:
-moto keeps objects in memory)."""
+archives, Zip64 exactly where a member or an offset passes 4 GiB (a generator source, not S3,
+so a 4 GiB member costs no disk or upload)."""
 
 from __future__ import annotations
 
