@@ -100,8 +100,7 @@ async def connected(settings: Settings, *, s3: bool = False, layout: bool = Fals
             try:
                 yield services
             finally:
-                await services.breakers.close()
-                services.cpu.shutdown(wait=False, cancel_futures=True)
+                await services.close()
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(nc.close(), 5)

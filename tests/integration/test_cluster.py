@@ -27,18 +27,25 @@ def cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
             node.stop()
 
 
-async def test_pipeline_on_r3_cluster_survives_losing_the_stream_leader(
-    cluster: list[NatsServer], stack: EmbeddedStack, settings: Settings
-) -> None:
-    clustered = settings.replace(nats_url=",".join(node.url for node in cluster), replicas=3)
-    for attempt in range(50):  # the meta leader is elected within a second or so
+
+async def layout_ready(settings: Settings) -> None:
+    """Open (and so create the layout) once the cluster answers: the meta leader is elected
+    within a second or so."""
+    for attempt in range(50):
         try:
-            async with Services.open(clustered, name="cluster-test") as services:
-                break
+            async with Services.open(settings, name="cluster-test"):
+                return
         except Exception:
             if attempt == 49:
                 raise
             await asyncio.sleep(0.2)
+
+
+async def test_pipeline_on_r3_cluster_survives_losing_the_stream_leader(
+    cluster: list[NatsServer], stack: EmbeddedStack, settings: Settings
+) -> None:
+    clustered = settings.replace(nats_url=",".join(node.url for node in cluster), replicas=3)
+    await layout_ready(clustered)
 
     async with Services.open(clustered, name="cluster-test") as services:
         info = await services.js.stream_info("JM_UPLOAD")
@@ -91,14 +98,7 @@ async def test_stream_leaders_killed_during_a_batch_every_job_gets_exactly_one_f
     exactly one final event (asset.ready, export.ready or job.failed), none lost, none twice."""
     clustered = settings.replace(nats_url=",".join(node.url for node in cluster), replicas=3,
                                  retry_backoff=(1.0, 2.0, 4.0, 8.0))  # production-like: outlasts an election
-    for attempt in range(50):
-        try:
-            async with Services.open(clustered, name="cluster-test"):
-                break
-        except Exception:
-            if attempt == 49:
-                raise
-            await asyncio.sleep(0.2)
+    await layout_ready(clustered)
 
     async with Services.open(clustered, name="cluster-test") as services:
         await services.storage.ensure_bucket()
