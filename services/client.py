@@ -89,7 +89,7 @@ async def connected(settings: Settings, *, s3: bool = False, layout: bool = Fals
     nc = await bus.connect(settings, "jetmedia-cli", wait=settings.connect_timeout, quiet=True)
     try:
         js = nc.jetstream(timeout=max(settings.connect_timeout, 1.0))
-        if layout:
+        if layout and not await bus.layout_exists(nc, timeout=max(settings.connect_timeout, 1.0)):
             await bus.ensure_layout(js, settings)
         jobs = await JobStore.open(js, settings.replicas)
         async with Storage(settings) as storage:

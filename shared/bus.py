@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
@@ -245,6 +246,15 @@ def consumer_config(durable: str, settings: Settings, concurrency: int) -> Consu
         max_ack_pending=max(concurrency * 16, 256),
         num_replicas=settings.replicas,
     )
+
+
+async def layout_exists(nc: NATS, timeout: float = 5.0) -> bool:
+    """Whether every stream is there already. Asked with `$JS.API.STREAM.NAMES`, which the
+    producer user may send (it may not create streams): people's commands skip `ensure_layout`
+    when the stages have made the layout, instead of waiting on a creation they are refused."""
+    reply = await nc.request("$JS.API.STREAM.NAMES", b"{}", timeout=timeout)
+    names = msgspec.json.decode(reply.data).get("streams") or []
+    return {spec.name for spec in STREAMS} <= set(names)
 
 
 async def ensure_layout(js: JetStreamContext, settings: Settings, concurrency: int | None = None) -> None:

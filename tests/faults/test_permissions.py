@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -147,3 +148,20 @@ async def _log_in_as_each(port: int, passwords: dict[str, str]) -> None:
         await nc.close()
         refused = any("permissions violation" in c for c in complaints)
         assert refused == (user == natsauth.PRODUCER_USER), (user, complaints)
+
+
+async def test_the_cli_submits_with_producer_credentials(services: Services, stack: EmbeddedStack,
+                                                         tmp_path: Path) -> None:
+    """A producer's `jetmedia submit` finds the layout made by the stages and does not try to
+    create it (which its user may not do: it used to wait out the start-up retries, ~60 s)."""
+    assert stack.nats and stack.nats.passwords
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(samples.photo(320, 240))
+    env = {**os.environ, **services.settings.as_env(), "JETMEDIA_NATS_USER": PRODUCER_USER,
+           "JETMEDIA_NATS_PASSWORD": stack.nats.passwords[PRODUCER_USER], "JETMEDIA_CONNECT_TIMEOUT": "3"}
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "services.cli", "submit", str(photo), "--job-id", "by-producer"],
+        env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    info = await services.js.stream_info("JM_UPLOAD")  # no stage runs here: the event waits in its stream
+    assert info.state.messages == 1
