@@ -400,8 +400,10 @@ def test_ctrl_c_in_submit_wait_says_what_still_runs(up: Up, tmp_path: Path) -> N
     assert "interrupted; still running: cli-interrupted" in said, said
     assert "jetmedia status --follow cli-interrupted" in said and "jetmedia cancel cli-interrupted" in said
     assert not ANSI.search(said)
-    cancelled = jetmedia("cancel", "cli-interrupted", env=up.env)
-    assert cancelled.returncode == 0 and cancelled.stdout.strip() == "job cli-interrupted: cancelled"
+    cancelled = jetmedia("cancel", "cli-interrupted", env=up.env)  # the advice works (on a loaded
+    # machine the short encode may have ended meanwhile: then cancel says so, with exit 1)
+    assert (cancelled.returncode, cancelled.stdout.strip() or cancelled.stderr.strip()) in {
+        (0, "job cli-interrupted: cancelled"), (1, "job cli-interrupted: already ready; nothing to cancel")}
 
 
 def test_no_color_is_honoured_on_a_terminal(up: Up, submitted: dict[str, Any]) -> None:
