@@ -244,10 +244,6 @@ class JobStore:
 
         return await self.update(job_id, change)
 
-    async def is_cancelled(self, job_id: str) -> bool:
-        job = await self.get(job_id)
-        return job is not None and job.status == "cancelled"
-
     async def put_raw(self, key: str, value: bytes) -> None:
         """Side records (`{job}.chunk.{n}`) that are written whole by one owner."""
         await self.kv.put(key, value)

@@ -34,7 +34,6 @@ from botocore.exceptions import (
 )
 
 from .config import ConfigError, Settings
-from .errors import is_transient as is_transient  # the error table lives in shared.errors
 
 MIN_PART = 8 * 1024 * 1024  # S3's floor is 5 MiB; 8 MiB keeps part counts low for big archives
 

@@ -16,8 +16,8 @@ from botocore.exceptions import ClientError
 
 from shared import messages as m
 from shared.config import Settings
+from shared.errors import is_transient
 from shared.runtime import Context, Emit, Reject, Stage
-from shared.storage import is_transient
 
 from . import presets
 from .images import Encoded, Limits, render
