@@ -288,23 +288,28 @@ async def publish(js: JetStreamContext, subject: str, event: m.Event, timeout: f
 
 async def read_stream(js: JetStreamContext, stream: str, subject: str = ">", limit: int = 100_000) -> list[m.AnyEvent]:
     """Everything a stream holds now (oldest first), read through a short-lived consumer: nothing
-    is consumed, so it works on the limits streams (JM_EVENTS, JM_DLQ) without side effects."""
-    info = await js.stream_info(stream)
-    if not info.state.messages:
-        return []
-    sub = await js.pull_subscribe(
-        subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
-    )
-    events: list[m.AnyEvent] = []
-    try:
-        while len(events) < limit:
-            try:
-                batch = await sub.fetch(min(500, limit - len(events)), timeout=0.5)
-            except TimeoutError:
-                break
-            for msg in batch:
-                events.append(m.decode(msg.data))
-                await msg.ack()
-    finally:
-        await sub.unsubscribe()
-    return events
+    is consumed, so it works on the limits streams (JM_EVENTS, JM_DLQ) without side effects.
+    A clustered stream answers 503 for a while after a leader change; the read starts over then."""
+
+    async def read_once() -> list[m.AnyEvent]:
+        info = await js.stream_info(stream)
+        if not info.state.messages:
+            return []
+        sub = await js.pull_subscribe(
+            subject, stream=stream, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0)
+        )
+        events: list[m.AnyEvent] = []
+        try:
+            while len(events) < limit:
+                try:
+                    batch = await sub.fetch(min(500, limit - len(events)), timeout=0.5)
+                except TimeoutError:
+                    break
+                for msg in batch:
+                    events.append(m.decode(msg.data))
+                    await msg.ack()
+        finally:
+            await sub.unsubscribe()
+        return events
+
+    return await retrying(f"reading {stream}", read_once)
