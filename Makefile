@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test up lint typecheck schemas bench sysdeps asyncapi node clean
+.PHONY: demo test up lint typecheck schemas bench bench-deps sysdeps asyncapi node clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,5 +54,10 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bus.py
 
+# Bench-only Node sharp, the peer bench/variant.py measures the variant stage against (never part of
+# make test; bench/variant.py runs this same `npm ci` itself when node_modules is missing).
+bench-deps: | node
+	cd bench/sharp && npm ci --no-audit --no-fund --loglevel=error
+
 clean:
-	rm -rf $(VENV) .jetmedia *.egg-info $(ASYNCAPI)/node_modules
+	rm -rf $(VENV) .jetmedia *.egg-info $(ASYNCAPI)/node_modules bench/sharp/node_modules
