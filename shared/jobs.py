@@ -94,6 +94,7 @@ class Job(Struct, kw_only=True, frozen=True):
     announced: list[str] = []
     attempt: int = 1  # 1, then +1 each time a failed or cancelled job is run again
     started_by: int | None = None  # JM_UPLOAD stream sequence of the request that started this attempt
+    callback_url: str | None = None  # the request's: gets the final events, signed (services/notify)
 
     @property
     def final(self) -> bool:

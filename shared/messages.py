@@ -17,6 +17,7 @@ import typing
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta, Struct
@@ -50,6 +51,8 @@ JobId = Annotated[str, Meta(pattern=JOB_ID_PATTERN, min_length=1, max_length=JOB
                             description="KV-safe job id: dot-separated tokens of [-_=a-zA-Z0-9]")]
 S3Key = Annotated[str, Meta(min_length=1, max_length=1024, description="S3 object key")]
 MediaKind = Literal["image", "audio", "video"]
+CallbackUrl = Annotated[str, Meta(pattern=r"^[hH][tT][tT][pP][sS]?://[^/?#@\s]+([/?#]\S*)?$", max_length=2048,
+                                  description="http(s) URL (no user:password@) that gets the job's final events")]
 
 
 def now() -> datetime:
@@ -85,6 +88,7 @@ class AssetUploadedData(Struct, kw_only=True, frozen=True):
     job_id: JobId | None = None  # default: the event id
     asset_id: JobId | None = None  # default: the job id
     presets: list[str] | None = None  # variant presets to make; default: all configured
+    callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 
 class AssetUploaded(Event, tag="jetmedia.asset.uploaded.v1", frozen=True):
@@ -205,6 +209,7 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
     # the transform cannot apply to is listed in the manifest (with the reason), not exported
     transform: str = "original"
     compression: Literal["auto", "store", "deflate"] = "auto"  # auto: store what does not compress
+    callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 
 class ExportRequested(Event, tag="jetmedia.export.requested.v1", frozen=True):
@@ -429,6 +434,21 @@ def job_of(event: AnyEvent) -> str | None:
             return event.subject
 
 
+def callback_problem(url: str) -> str | None:
+    """Why a `callback_url` cannot be used (what the schema cannot say: a port out of range, no
+    host), or None. Where it resolves to is checked when it is called (services/notify)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"callback_url {url[:200]!r} is not a valid URL: {exc}"
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return f"callback_url {url[:200]!r} is not an http(s) URL with a host"
+    if port == 0:
+        return f"callback_url {url[:200]!r} names port 0"
+    return None
+
+
 # --- refused messages -------------------------------------------------------------------
 
 PRODUCER_REQUESTS: dict[str, str] = {  # type -> job kind, for the events that start a job
@@ -461,6 +481,8 @@ def explain(exc: msgspec.MsgspecError | RecursionError) -> str:
         return f"type: unknown event type {invalid['value']} (schemas/ lists them)"
     if "matching regex" in what and "a-zA-Z0-9" in what:
         return f"{field}: not a job id ({JOB_ID_RULE})"
+    if "matching regex" in what and "[hH][tT]" in what:
+        return f"{field}: not an http(s) URL (http:// or https://, a host, no user:password@)"
     what = what.replace("`", "")
     return f"{field}: {what[:1].lower()}{what[1:]}"
 

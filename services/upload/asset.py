@@ -26,12 +26,15 @@ async def start_asset(event: m.AssetUploaded, ctx: Context) -> list[Emit]:
     asset = data.asset_id or job_id
     bucket = data.bucket or ctx.settings.bucket
     job, _started = await ctx.jobs.start(
-        new_job(job_id, "asset", status="running", stage="upload", source_key=data.key, asset=asset),
+        new_job(job_id, "asset", status="running", stage="upload", source_key=data.key, asset=asset,
+                callback_url=data.callback_url),
         ctx.stream_seq,
     )
     if job.final:
         return []  # a replay of a job that already ended: nothing to do
     ctx.attempt = job.attempt  # a re-run's messages must not be taken for the first attempt's
+    if data.callback_url and (problem := m.callback_problem(data.callback_url)):
+        raise Reject(problem)
 
     info = await ctx.storage.head(data.key, bucket)
     if info is None:

@@ -36,12 +36,14 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     archive = archive_name(data.name, job_id)
     job, _started = await ctx.jobs.start(
         new_job(job_id, "export", status="running", stage="upload", archive=archive, compression=data.compression,
-                transform=data.transform),
+                transform=data.transform, callback_url=data.callback_url),
         ctx.stream_seq,
     )
     if job.final:
         return []  # a replay of a job that already ended
     ctx.attempt = job.attempt
+    if data.callback_url and (problem := m.callback_problem(data.callback_url)):
+        raise Reject(problem)
     if data.transform not in TRANSFORMS:
         raise Reject(f"transform {data.transform!r} is not available (supported: {', '.join(TRANSFORMS)})")
     bucket = data.bucket or ctx.settings.bucket
