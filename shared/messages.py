@@ -98,6 +98,16 @@ class AssetUploaded(Event, tag="jetmedia.asset.uploaded.v1", frozen=True):
     data: AssetUploadedData
 
 
+class ExportItemRef(Struct, kw_only=True, frozen=True):
+    """Marks a variant/transcode request as one item of an export's per-item transform (`job` is
+    the export): the stage writes the output at its deterministic key and counts the item on the
+    chunk's record (`{job}.chunk.{n}.items`, shared/exportitems.py), not as an asset part."""
+
+    chunk: int  # the export's chunk the item belongs to
+    index: int  # the item's place among that chunk's items
+    attempt: int = 1  # the export attempt that asked (an earlier attempt's late item is dropped)
+
+
 class VariantRequestedData(Struct, kw_only=True, frozen=True):
     job: JobId
     asset: JobId
@@ -105,6 +115,7 @@ class VariantRequestedData(Struct, kw_only=True, frozen=True):
     key: S3Key
     part: str = "variant"  # the job part this work fills (`poster` for a video's frame)
     presets: list[str] | None = None
+    export: ExportItemRef | None = None  # set: one item of an export's "display" transform
 
 
 class VariantRequested(Event, tag="jetmedia.variant.requested.v1", frozen=True):
@@ -181,6 +192,7 @@ class TranscodeRequestedData(Struct, kw_only=True, frozen=True):
     key: S3Key
     media: MediaKind = "video"  # upload's guess from magic bytes; the stage decides from a probe
     presets: list[str] | None = None  # transcode presets to make; default: the configured ones
+    export: ExportItemRef | None = None  # set: one item of an export's "mp3"/"opus" transform
 
 
 class TranscodeRequested(Event, tag="jetmedia.transcode.requested.v1", frozen=True):
