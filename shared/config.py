@@ -86,6 +86,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     export_max_files: int = 100_000  # sources one export may name
     cleanup_interval: float = 60.0  # seconds between sweeps for expired exports
 
+    # --- HTTP gateway (services/gateway) ---
+    gateway_host: str = "127.0.0.1"  # bind address of `jetmedia gateway` (compose: 0.0.0.0)
+    gateway_port: int = 8080  # 0 = pick a free port
+    gateway_tokens: str = ""  # JSON list of {name, sha256, scopes, prefix}, or a file path (README: HTTP API)
+    gateway_hook_prefixes: str = "incoming/"  # comma-separated key prefixes an S3 notification starts jobs for
+    gateway_body_limit: int = 1_048_576  # bytes of a request body (413 above)
+    gateway_rate: float = 20.0  # requests per second per token (token bucket; 429 past it)
+    gateway_burst: int = 40  # requests a token may make at once
+    gateway_max_in_flight: int = 100  # jobs per token not yet ended (429 past it)
+    gateway_heartbeat: float = 15.0  # seconds between SSE heartbeat comments
+    gateway_upload_ttl: float = 3600.0  # lifetime (s) of presigned upload (PUT) URLs
+
     # --- process ---
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464  # 0 = pick a free port
