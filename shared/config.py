@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 ENV_PREFIX = "JETMEDIA_"
-SECRET_FIELDS = frozenset({"s3_secret_key", "nats_password", "nats_token"})
+SECRET_FIELDS = frozenset({"s3_secret_key", "nats_password", "nats_token", "webhooks", "webhook_secret"})
 
 
 class ConfigError(ValueError):
@@ -44,6 +44,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     retry_backoff: tuple[float, ...] = (2.0, 4.0, 8.0, 16.0)  # nak delay after delivery n
     shutdown_grace: float = 25.0  # SIGTERM: how long in-flight handlers may take to finish
     cpu_threads: int = 0  # threads for CPU-heavy work; 0 = one per core
+    lanes: bool = True  # priority lanes; false: every message goes to the interactive lane (one queue per stage)
+    bulk_share: float = 0.25  # of the messages a worker starts while both lanes wait, at least this share is bulk
 
     # --- S3 ---
     s3_endpoint: str | None = None  # None = AWS
@@ -85,6 +87,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     export_deflate_level: int = 1  # zlib level for members that compress (never 9 by default)
     export_max_files: int = 100_000  # sources one export may name
     cleanup_interval: float = 60.0  # seconds between sweeps for expired exports
+
+    # --- notify (signed webhooks, services/notify) ---
+    webhooks: str = ""  # subscriptions: JSON list of {url, secret, events, prefix, name}, or a file path
+    webhook_secret: str | None = None  # whsec_... signing deliveries to a job's callback_url
+    webhook_allow_networks: tuple[str, ...] = ()  # CIDRs allowed besides public addresses (tests: 127.0.0.1/32)
+    webhook_retry_schedule: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 28800.0)  # delay (s) before retry n
+    webhook_connect_timeout: float = 5.0  # seconds to connect to a receiver
+    webhook_timeout: float = 15.0  # seconds one delivery may take in all (connect, send, answer)
 
     # --- HTTP gateway (services/gateway) ---
     gateway_host: str = "127.0.0.1"  # bind address of `jetmedia gateway` (compose: 0.0.0.0)
@@ -152,7 +162,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         return self.retry_backoff[min(max(delivery, 1) - 1, len(self.retry_backoff) - 1)]
 
 
-_LIST_FIELDS = frozenset({"retry_backoff", "transcode_audio_presets", "transcode_video_presets"})
+_LIST_FIELDS = frozenset({"retry_backoff", "transcode_audio_presets", "transcode_video_presets",
+                          "webhook_allow_networks", "webhook_retry_schedule"})
 
 
 _MAP_FIELDS = frozenset({"stage_concurrency"})
