@@ -77,6 +77,17 @@ dependency_up = Gauge(
     "1 while this process reaches the dependency (s3, nats); 0 while its breaker is open and probes fail.",
     ["dependency"],
 )
+WEBHOOK_OUTCOMES = ("delivered", "retry", "gone", "refused", "dead")  # one per attempt (services/notify)
+webhook_deliveries_total = Counter(
+    "jetmedia_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"]
+)
+webhook_seconds = Histogram(
+    "jetmedia_webhook_seconds",
+    "Time of one webhook attempt, connect to answer (or to the error).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+)
+for _outcome in WEBHOOK_OUTCOMES:
+    webhook_deliveries_total.labels(_outcome)
 ready = Gauge("jetmedia_ready", "1 once this process is connected and serving; health checks read it.")
 nats_connected = Gauge("jetmedia_nats_connected", "1 while this process's NATS connection is up.")
 
