@@ -34,6 +34,7 @@ PRODUCER_USER = "producer"
 USERS = (SERVICE_USER, PRODUCER_USER)
 PASSWORD_VARIABLES = {SERVICE_USER: "JETMEDIA_NATS_PASSWORD", PRODUCER_USER: "JETMEDIA_NATS_PRODUCER_PASSWORD"}
 
+GATEWAY_BUCKET = "jetmedia-gateway"  # the HTTP gateway's KV: rate limits, quotas, request records (services/gateway)
 _EVENTS = "JM_EVENTS"
 _KV_STREAM = f"KV_{BUCKET}"
 
@@ -62,7 +63,8 @@ def permissions() -> dict[str, dict[str, Any]]:
     upload_subjects = [s for spec in bus.STREAMS if spec.name == "JM_UPLOAD" for s in spec.subjects]
     return {
         SERVICE_USER: {
-            "publish": {"allow": ["jetmedia.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$KV.{BUCKET}.>"]},
+            "publish": {"allow": ["jetmedia.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$KV.{BUCKET}.>",
+                                  f"$KV.{GATEWAY_BUCKET}.>"]},
             "subscribe": {"allow": ["jetmedia.>", "_INBOX.>", "$JS.EVENT.ADVISORY.>"]},
         },
         PRODUCER_USER: {
