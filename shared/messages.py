@@ -88,6 +88,8 @@ class AssetUploadedData(Struct, kw_only=True, frozen=True):
     job_id: JobId | None = None  # default: the event id
     asset_id: JobId | None = None  # default: the job id
     presets: list[str] | None = None  # variant presets to make; default: all configured
+    # priority lane of every step of this job (README "Priority lanes"); default: interactive
+    priority: Literal["interactive", "bulk"] | None = None
     callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 
@@ -221,6 +223,8 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
     # the transform cannot apply to is listed in the manifest (with the reason), not exported
     transform: str = "original"
     compression: Literal["auto", "store", "deflate"] = "auto"  # auto: store what does not compress
+    # priority lane of every step of this job (README "Priority lanes"); default: bulk
+    priority: Literal["interactive", "bulk"] | None = None
     callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 
