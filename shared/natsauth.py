@@ -35,6 +35,7 @@ USERS = (SERVICE_USER, PRODUCER_USER)
 PASSWORD_VARIABLES = {SERVICE_USER: "JETMEDIA_NATS_PASSWORD", PRODUCER_USER: "JETMEDIA_NATS_PRODUCER_PASSWORD"}
 
 GATEWAY_BUCKET = "jetmedia-gateway"  # the HTTP gateway's KV: rate limits, quotas, request records (services/gateway)
+WEBHOOKS_BUCKET = "jetmedia-webhooks"  # the notify stage's KV: one record per webhook attempt (services/notify)
 _EVENTS = "JM_EVENTS"
 _KV_STREAM = f"KV_{BUCKET}"
 
@@ -64,7 +65,7 @@ def permissions() -> dict[str, dict[str, Any]]:
     return {
         SERVICE_USER: {
             "publish": {"allow": ["jetmedia.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$KV.{BUCKET}.>",
-                                  f"$KV.{GATEWAY_BUCKET}.>"]},
+                                  f"$KV.{GATEWAY_BUCKET}.>", f"$KV.{WEBHOOKS_BUCKET}.>"]},
             "subscribe": {"allow": ["jetmedia.>", "_INBOX.>", "$JS.EVENT.ADVISORY.>"]},
         },
         PRODUCER_USER: {
