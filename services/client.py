@@ -22,7 +22,6 @@ from typing import Any
 
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import NoKeysError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -41,7 +40,7 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.errors import UnknownJob
-from shared.jobs import FINAL_STATUSES, Job, JobStore
+from shared.jobs import FINAL_STATUSES, Job, JobStore, all_jobs, fraction
 from shared.runtime import Services
 from shared.storage import Storage, StorageUnreachable
 
@@ -128,19 +127,6 @@ async def reach_s3(settings: Settings) -> None:
 
 
 # --- progress ---------------------------------------------------------------------------
-
-
-def fraction(job: Job) -> float:
-    """How far a job is, 0-1: finished parts plus the running transcode's `percent` (assets);
-    checked then archived files (exports)."""
-    if job.final:
-        return 1.0
-    if job.kind == "export":
-        wanted = max(job.total - job.missing_count, 1)
-        checked = job.done / job.total if job.total else 0.0
-        return min(0.3 * checked + 0.7 * min(job.archived / wanted, 1.0), 0.99)
-    running = (job.percent or 0.0) / 100.0
-    return min((job.done + running) / max(job.total, 1), 0.99)
 
 
 def describe(job: Job) -> str:
@@ -424,19 +410,6 @@ async def cancel(settings: Settings, job_id: str, *, as_json: bool = False) -> i
     else:
         print(f"job {job_id}: already {job.status if job else 'gone'}; nothing to cancel", file=sys.stderr)
     return 0 if cancelled else 1
-
-
-async def all_jobs(jobs: JobStore) -> list[Job]:
-    """Every job record (not the export chunk side records), newest first."""
-    try:
-        keys = [key for key in await jobs.kv.keys() if ".chunk." not in key]
-    except NoKeysError:
-        return []
-    found: list[Job] = []
-    for start in range(0, len(keys), 64):
-        batch = await asyncio.gather(*(jobs.get(key) for key in keys[start:start + 64]))
-        found += [job for job in batch if job is not None]
-    return sorted(found, key=lambda job: job.created, reverse=True)
 
 
 async def list_jobs(settings: Settings, *, status: str | None, kind: str | None, limit: int, as_json: bool) -> int:

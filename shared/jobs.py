@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from . import metrics
@@ -263,3 +263,29 @@ def encode_job(job: Job) -> bytes:
 
 def decode_job(payload: bytes) -> Job:
     return _decoder.decode(payload)
+
+
+def fraction(job: Job) -> float:
+    """How far a job is, 0-1: finished parts plus the running transcode's `percent` (assets);
+    checked then archived files (exports). The CLI's bars and the gateway's `percent` use it."""
+    if job.final:
+        return 1.0
+    if job.kind == "export":
+        wanted = max(job.total - job.missing_count, 1)
+        checked = job.done / job.total if job.total else 0.0
+        return min(0.3 * checked + 0.7 * min(job.archived / wanted, 1.0), 0.99)
+    running = (job.percent or 0.0) / 100.0
+    return min((job.done + running) / max(job.total, 1), 0.99)
+
+
+async def all_jobs(jobs: JobStore) -> list[Job]:
+    """Every job record (not the export chunk side records), newest first."""
+    try:
+        keys = [key for key in await jobs.kv.keys() if ".chunk." not in key]
+    except NoKeysError:
+        return []
+    found: list[Job] = []
+    for start in range(0, len(keys), 64):
+        batch = await asyncio.gather(*(jobs.get(key) for key in keys[start:start + 64]))
+        found += [job for job in batch if job is not None]
+    return sorted(found, key=lambda job: job.created, reverse=True)
