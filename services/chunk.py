@@ -1,44 +1,38 @@
 """chunk: checks one chunk of an export's sources and counts it; the last chunk starts finalize.
 
-HEADs the sources ten at a time, records size, CRC-32 (when S3 holds one) and what is missing
-under the chunk's own KV key (`{job}.chunk.{n}`, written whole, so a rerun just rewrites it),
-then adds the chunk to the job's counters in one compare-and-set that also remembers *which*
-chunks are counted: a redelivery never counts twice. The update that completes the set names
-this chunk `finalize_by`; only that chunk emits `ExportFinalize`, with an id derived from the
-job, so a redelivery of it re-sends the same message and the server drops the copy.
+HEADs the sources ten at a time and records size, CRC-32 (when S3 holds one) and what is missing
+under the chunk's own KV key (`{job}.chunk.{n}`, written whole, so a rerun just rewrites it), then
+adds the chunk to the job's counters in one compare-and-set that also remembers *which* chunks are
+counted: a redelivery never counts twice. The update that completes the set names this chunk
+`finalize_by`; only that chunk emits `ExportFinalize`, with an id derived from the job, so a
+redelivery of it re-sends the same message and the server drops the copy.
 
 Missing sources do not fail the export: they are listed in the manifest.
 
-With a per-item transform ("mp3", "opus", "display"), each found source is then made into its
-output, two at a time (`TRANSFORM_PARALLEL`), and the record points finalize at the output object
-(its own size and CRC-32, from a HEAD); the archive name already carries the output's extension
-(the upload stage named it). A source the transform cannot apply to (an image under "mp3", a
-corrupt file) is recorded as `untransformed` with the reason and listed in the manifest. Outputs
-live at deterministic keys, so a redelivered chunk overwrites them; a cancelled chunk deletes the
-outputs it made.
+With a per-item transform ("mp3", "opus", "display") the work is not done here: the chunk sends
+one request per found source to the stage that owns it (transcode for "mp3"/"opus", variant for
+"display"), each marked as item `index` of this chunk (`ExportItemRef`) and with an id derived
+from job, chunk and index, so a redelivered chunk re-sends the same messages and JetStream drops
+the copies. Those requests scale with the transcode/variant replicas, in the bulk lane, while this
+stage needs neither ffmpeg nor libvips. The stage that makes an item counts it on the chunk's items
+record, and the last item of the chunk writes the chunk record and counts the chunk exactly as
+above (shared/exportitems.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 
 import msgspec
 from botocore.exceptions import ClientError
 
-# Crossing stages on purpose: these two modules expose their pure work exactly for this use.
-from services.transcode.work import transcode_file
-from services.upload.export import bucket_exists
-from services.variant import images, presets
+from shared import exportitems
 from shared import messages as m
-from shared.exportplan import ChunkRecord, SourceInfo, Untransformed, chunk_key
-from shared.jobs import Job
-from shared.runtime import Context, Emit, Reject, Retry, Stage
+from shared.exportplan import ChunkRecord, SourceInfo, chunk_key
+from shared.runtime import Context, Emit, Reject, Stage
 
 HEAD_BATCH = 10
-TRANSFORM_PARALLEL = 2  # transcodes/renders at a time per chunk (CPU-bound: about one per core)
-MISSING_IN_RECORD = 50  # the job record keeps the first few missing keys; the manifest has all
+TRANSFORM_STAGES = {"mp3": m.TRANSCODE, "opus": m.TRANSCODE, "display": m.VARIANT}  # transform -> subject
 
 _encoder = msgspec.json.Encoder()
 
@@ -50,37 +44,45 @@ async def handle(event: m.ChunkRequested, ctx: Context) -> list[Emit]:
         raise Reject(f"export job {data.job!r} has no record")
     if job.final:
         return []
+    if data.transform != "original" and data.transform not in TRANSFORM_STAGES:
+        raise Reject(f"unknown export transform {data.transform!r}")
 
     record = await check_sources(data, ctx)
     if record.missing and not await bucket_exists(ctx, data.bucket):
         raise Reject(f"source bucket {data.bucket!r} does not exist")  # not an archive of nothing
-    if data.transform != "original":
-        record = await transform_sources(record, data.transform, ctx)
+    if data.transform != "original" and record.found:
+        return await send_items(data, record, ctx)
     await ctx.jobs.put_raw(chunk_key(data.job, data.chunk), _encoder.encode(record))
-    size = sum(source.size for source in record.found)
+    return await exportitems.count_chunk(ctx, data.job, record, len(data.items))
 
-    def count(current: Job) -> Job:
-        if current.final or data.chunk in current.chunks_counted:
-            return current
-        counted = sorted([*current.chunks_counted, data.chunk])
-        complete = len(counted) >= current.chunks
-        missing = [item.key for item in record.missing]
-        return msgspec.structs.replace(
-            current, chunks_counted=counted, done=current.done + len(data.items), bytes=current.bytes + size,
-            missing=[*current.missing, *missing][:MISSING_IN_RECORD],
-            missing_count=current.missing_count + len(missing),
-            untransformed_count=current.untransformed_count + len(record.untransformed),
-            finalize_by=data.chunk if complete else None, stage="finalize" if complete else "chunk",
-        )
 
-    job = await ctx.jobs.update(data.job, count)
-    if job.final or job.finalize_by != data.chunk:
+async def send_items(data: m.ChunkRequestedData, record: ChunkRecord, ctx: Context) -> list[Emit]:
+    """One request per found source to the stage that makes the transform's output."""
+    items = await exportitems.send_out(ctx, data.job, record, len(data.items))
+    if items is None:  # already complete and counted (a late redelivery)
         return []
-    finalize = m.ExportFinalize(
-        id=m.derived_id(job.id, "finalize-export"), source=ctx.settings.source, time=m.now(), subject=job.id,
-        data=m.ExportFinalizeData(job=job.id, chunks=job.chunks),
-    )
-    return [Emit(m.FINALIZE_EXPORT, finalize)]
+    if items.complete:  # every item is in, but the one that completed it stopped short
+        return await exportitems.finish(ctx, data.job, items)
+    done = items.done_indexes()
+    return [item_request(ctx, data, items.bucket, index, source, items.attempt)
+            for index, source in enumerate(items.sources) if index not in done]
+
+
+def item_request(ctx: Context, data: m.ChunkRequestedData, bucket: str, index: int, source: SourceInfo,
+                 attempt: int) -> Emit:
+    ref = m.ExportItemRef(chunk=data.chunk, index=index, attempt=attempt)
+    asset = f"export-item-{data.chunk}-{index}"
+    event_id = m.derived_id(data.job, "export-item", f"{data.chunk}-{index}")
+    subject = TRANSFORM_STAGES[data.transform]
+    if subject == m.VARIANT:
+        return Emit(subject, m.VariantRequested(
+            id=event_id, source=ctx.settings.source, time=m.now(), subject=data.job,
+            data=m.VariantRequestedData(job=data.job, asset=asset, bucket=bucket, key=source.key, part="export",
+                                        presets=[data.transform], export=ref)))
+    return Emit(subject, m.TranscodeRequested(
+        id=event_id, source=ctx.settings.source, time=m.now(), subject=data.job,
+        data=m.TranscodeRequestedData(job=data.job, asset=asset, bucket=bucket, key=source.key, media="audio",
+                                      presets=[data.transform], export=ref)))
 
 
 async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord:
@@ -100,86 +102,16 @@ async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord
     return ChunkRecord(chunk=data.chunk, bucket=data.bucket, found=found, missing=missing)
 
 
-async def transform_sources(record: ChunkRecord, transform: str, ctx: Context) -> ChunkRecord:
-    """Apply the export's transform to every found source, TRANSFORM_PARALLEL at a time."""
-    gate = asyncio.Semaphore(TRANSFORM_PARALLEL)
-    made: list[tuple[str, str]] = []  # (bucket, key) of outputs this run wrote
-
-    async def one(source: SourceInfo) -> SourceInfo | Untransformed:
-        async with gate:
-            try:
-                bucket, key = await apply_transform(ctx, transform, source.key, record.bucket)
-            except Reject as exc:
-                ctx.progress()
-                return Untransformed(key=source.key, name=source.name, reason=str(exc))
-            made.append((bucket, key))
-            info = await ctx.storage.head(key, bucket)
-            if info is None:
-                raise Retry(f"transform output s3://{bucket}/{key} vanished right after it was written")
-            ctx.progress()
-            return SourceInfo(key=key, name=source.name, size=info.size, crc32=info.crc32, etag=info.etag,
-                              bucket=None if bucket == record.bucket else bucket, source=source.key)
-
-    tasks = [asyncio.ensure_future(one(source)) for source in record.found]
+async def bucket_exists(ctx: Context, bucket: str) -> bool:
+    """Whether the bucket is there: a HEAD of an object in a missing bucket says only 404, which
+    must not read as "this source is missing" (an export of nothing would end ready and empty)."""
     try:
-        results = await asyncio.gather(*tasks)
-    except BaseException as exc:
-        for task in tasks:
-            task.cancel()
-        await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))  # ffmpeg killed, temp files gone
-        if isinstance(exc, asyncio.CancelledError):  # a cancelled export leaves no outputs behind
-            await asyncio.shield(_remove(ctx, made))
-        raise
-    found = [r for r in results if isinstance(r, SourceInfo)]
-    failed = [r for r in results if isinstance(r, Untransformed)]
-    return msgspec.structs.replace(record, found=found, untransformed=[*record.untransformed, *failed])
-
-
-async def apply_transform(ctx: Context, transform: str, key: str, bucket: str) -> tuple[str, str]:
-    """Make one source's output; returns where it is (bucket, key). `Reject`: cannot apply."""
-    if transform in ("mp3", "opus"):
-        output = await transcode_file(ctx, key, transform, bucket=bucket)
-        return ctx.storage.bucket, output.key
-    if transform == "display":
-        return ctx.storage.bucket, await render_display(ctx, key, bucket)
-    raise Reject(f"unknown export transform {transform!r}")
-
-
-def display_preset(ctx: Context) -> presets.Preset:
-    """The configured `display` variant preset (the built-in one if the configuration has none)."""
-    configured = {p.name: p for p in presets.parse(ctx.settings.variant_presets)}
-    builtin = {p.name: p for p in presets.BUILTIN}
-    return configured.get("display", builtin["display"])
-
-
-async def render_display(ctx: Context, key: str, bucket: str) -> str:
-    """The image's display variant at `variants/src-{hash}/display.{ext}` (deterministic: a rerun
-    overwrites it), made by the variant stage's own render function."""
-    preset = display_preset(ctx)
-    limit = min(ctx.settings.max_image_bytes, ctx.settings.max_source_bytes)
-    try:
-        source = await ctx.storage.get_bytes(key, bucket, first=limit + 1)
+        await ctx.storage.client.head_bucket(Bucket=bucket)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-            raise Reject(f"source object s3://{bucket}/{key} no longer exists") from None
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            return False
         raise
-    if len(source) > limit:
-        raise Reject(f"source image is over the limit of {limit} bytes")
-    ctx.count_bytes("in", len(source))
-    limits = images.Limits(max_pixels=ctx.settings.max_image_pixels, max_frames=ctx.settings.max_image_frames)
-    rendered = await ctx.run_cpu(images.render, source, (preset,), limits, ctx.settings.vips_threads)
-    [variant] = rendered.variants
-    tag = "src-" + hashlib.sha256(f"{bucket}/{key}".encode()).hexdigest()[:20]
-    out = f"variants/{tag}/{preset.name}.{preset.extension}"
-    await ctx.storage.put_bytes(out, variant.data, content_type=preset.content_type)
-    ctx.count_bytes("out", len(variant.data))
-    return out
-
-
-async def _remove(ctx: Context, objects: list[tuple[str, str]]) -> None:
-    for bucket, key in objects:
-        with contextlib.suppress(Exception):
-            await ctx.storage.client.delete_object(Bucket=bucket, Key=key)
+    return True
 
 
 STAGE = Stage(name="chunk", stream="JM_CHUNK", handle=handle, accepts=(m.ChunkRequested,))

@@ -7,7 +7,9 @@ job record as a percent; a stalled ffmpeg is killed and retried, a cancelled job
 killed and its temp files removed (the runtime cancels this handler; `finally` does the rest).
 Deterministic keys and derived message ids make a redelivery overwrite, never duplicate.
 
-`transcode_file()` is the same work for one object and one preset (an export's per-item transform).
+An export's "mp3"/"opus" transform arrives here too, one request per item (`data.export` set):
+`transcode_file()` makes that one output at `transcodes/src-{hash}/{preset}.{ext}` and the item is
+counted on its chunk's record (shared/exportitems.py) instead of becoming an asset part.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from shared import exportitems
 from shared import messages as m
 from shared.jobs import Job
 from shared.runtime import Context, Emit, Stage
@@ -57,6 +60,8 @@ async def all_or_none(steps: list[Coroutine[Any, Any, T]]) -> list[T]:
 
 async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
     data = event.data
+    if data.export is not None:
+        return await export_item(data, data.export, ctx)
     deadline = time.monotonic() + ctx.settings.transcode_time_limit
     async with workspace(ctx) as folder:
         source, size = await fetch(ctx, data.bucket, data.key, folder)
@@ -110,6 +115,17 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
     elif needs_poster:  # upload guessed video, the probe found only sound: nothing to wait for
         emits.append(_part(ctx, data, "poster", [], None))
     return emits
+
+
+async def export_item(data: m.TranscodeRequestedData, ref: m.ExportItemRef, ctx: Context) -> list[Emit]:
+    """One item of an export's "mp3"/"opus" transform: one preset, one output, counted on the chunk."""
+    preset = (data.presets or ["mp3"])[0]
+
+    async def make() -> tuple[str, str]:
+        output = await transcode_file(ctx, data.key, preset, bucket=data.bucket)
+        return ctx.storage.bucket, output.key
+
+    return await exportitems.run_item(ctx, data.job, ref, make)
 
 
 def _part(ctx: Context, data: m.TranscodeRequestedData, part: str, outputs: list[m.OutputFile],

@@ -5,15 +5,22 @@ Also makes a video's poster frame web-ready: the transcode stage sends it here w
 Deterministic keys: a redelivered message overwrites, never duplicates. Everything that can never
 succeed (missing, empty, too big, not an image, corrupt, over a pixel or frame limit, unknown
 preset) is a `Reject` with the reason, so the job fails once, with that reason, and is dead-lettered.
+
+An export's "display" transform arrives here too, one request per item (`data.export` set): the
+display variant goes to `variants/src-{hash}/display.{ext}` (deterministic: a repeat overwrites it)
+and the item is counted on its chunk's record (shared/exportitems.py); a `Reject` there lists the
+item in the export's manifest with the reason instead of failing the export.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 
 from botocore.exceptions import ClientError
 
+from shared import exportitems
 from shared import messages as m
 from shared.config import Settings
 from shared.errors import is_transient
@@ -67,6 +74,8 @@ async def fetch(ctx: Context, bucket: str, key: str) -> bytes:
 
 async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:
     data = event.data
+    if data.export is not None:
+        return await export_item(data, data.export, ctx)
     try:
         chosen = presets.select(configured_presets(ctx.settings.variant_presets), data.presets)
     except KeyError as exc:
@@ -101,6 +110,33 @@ async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:
         ),
     )
     return [Emit(m.FINALIZE_ASSET, part)]
+
+
+def export_preset(settings: Settings, name: str) -> presets.Preset:
+    """The configured preset of that name, else the built-in one (an export's "display" works
+    even where the asset pipeline was configured without it)."""
+    for preset in (*configured_presets(settings.variant_presets), *presets.BUILTIN):
+        if preset.name == name:
+            return preset
+    raise Reject(f"unknown variant preset {name!r} for an export transform")
+
+
+async def export_item(data: m.VariantRequestedData, ref: m.ExportItemRef, ctx: Context) -> list[Emit]:
+    """One item of an export's "display" transform: one variant, counted on the chunk."""
+    preset = export_preset(ctx.settings, (data.presets or ["display"])[0])
+
+    async def make() -> tuple[str, str]:
+        source = await fetch(ctx, data.bucket, data.key)
+        ctx.count_bytes("in", len(source))
+        rendered = await ctx.run_cpu(render, source, (preset,), limits_of(ctx.settings), ctx.settings.vips_threads)
+        [variant] = rendered.variants
+        tag = "src-" + hashlib.sha256(f"{data.bucket}/{data.key}".encode()).hexdigest()[:20]
+        key = f"variants/{tag}/{preset.name}.{preset.extension}"
+        await ctx.storage.put_bytes(key, variant.data, content_type=preset.content_type)
+        ctx.count_bytes("out", len(variant.data))
+        return ctx.storage.bucket, key
+
+    return await exportitems.run_item(ctx, data.job, ref, make)
 
 
 # 8 in flight on a 2-thread CPU pool: S3 round trips (~45 ms each on a local endpoint) overlap

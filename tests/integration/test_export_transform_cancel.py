@@ -1,5 +1,5 @@
-"""Cancelling an export while its chunk transcodes: ffmpeg killed, temp files gone, and the
-outputs already made for the export deleted; nothing of the export is left in S3."""
+"""Cancelling an export while the transcode stage converts its items: ffmpeg killed, temp files
+gone, and the outputs already made for the export deleted; nothing of the export is left in S3."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def test_cancel_during_transforms_leaves_nothing(services: Services, setti
     async def one_output_made_and_encoding() -> bool:
         return bool(await services.storage.list_keys("transcodes/")) and bool(processes_with(str(root)))
 
-    async with running(services, [stages.load(name) for name in ("upload", "chunk", "finalize")]):
+    async with running(services, [stages.load(name) for name in ("upload", "chunk", "transcode", "finalize")]):
         await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("exp-cancel", prefix="talks/", transform="mp3"))
         await eventually(one_output_made_and_encoding, timeout=30)
         assert await services.cancel("exp-cancel")

@@ -1,6 +1,7 @@
 """Per-item export transforms end to end (real nats-server, real S3, real ffmpeg and libvips):
-recordings exported "as MP3"/"as Opus", images as their 1600 px WebP display variant; what a
-transform cannot apply to is listed in the manifest with the reason, and the export still succeeds."""
+recordings exported "as MP3"/"as Opus", images as their 1600 px WebP display variant, each item
+made by the transcode or variant stage; what a transform cannot apply to is listed in the manifest
+with the reason, and the export still succeeds."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from shared.jobs import Job
 from shared.runtime import Services
 from tests.helpers import download, eventually, export_event, final_job, running, zip_tools_accept
 
-EXPORT_STAGES = ("upload", "chunk", "finalize")
+EXPORT_STAGES = ("upload", "chunk", "transcode", "variant", "finalize")  # the items fan out to transcode/variant
 
 
 def export_stages() -> list:  # type: ignore[type-arg]
