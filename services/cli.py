@@ -4,6 +4,7 @@
     jetmedia demo            the embedded stack, sample media through every stage, results, exit
     jetmedia worker [STAGE]  run stages against JETMEDIA_NATS_URL / JETMEDIA_S3_ENDPOINT (compose)
     jetmedia collector       export queue depth and JetStream usage (one per deployment)
+    jetmedia gateway         the HTTP API (uploads, jobs, live progress, S3 hooks) on JETMEDIA_GATEWAY_PORT
     jetmedia health          exit 0 when this host's jetmedia process is ready (compose health checks)
     jetmedia submit FILE...  upload files and start an asset job each (--wait draws progress bars)
     jetmedia export KEY...   one ZIP of many objects (--prefix, --wait prints the URL)
@@ -144,11 +145,13 @@ async def cmd_up(args: argparse.Namespace) -> int:
     stopping = asyncio.Event()
     _stop_on_signals(stopping)
     async with embedded(settings, Path(args.data_dir)) as (stack, local), \
-            _local_prometheus(args, local, Path(args.data_dir)) as (local, prometheus_line):
+            _local_prometheus(args, local, Path(args.data_dir)) as (local, prometheus_line), \
+            _local_gateway(local, Path(args.data_dir)) as gateway_line:
         assert stack.nats and stack.s3
         banner = (
             f"jetmedia is up\n  NATS     {stack.nats.url}\n  S3       {stack.s3.url}  (bucket {local.bucket})\n"
             "  metrics  {metrics}\n" + prometheus_line.replace("{", "{{").replace("}", "}}")
+            + gateway_line.replace("{", "{{").replace("}", "}}")
             + _producer_line(stack).replace("{", "{{").replace("}", "}}")
             + "Point other processes here with:\n"
             + "".join(f"  export {k}={v}\n" for k, v in stack.env().items())
@@ -222,6 +225,55 @@ async def cmd_collector(args: argparse.Namespace) -> int:
             await nc.close()
     finally:
         server.shutdown()
+    return 0
+
+
+@contextlib.asynccontextmanager
+async def _local_gateway(settings: Settings, data_dir: Path) -> AsyncIterator[str]:
+    """`up` serves the HTTP API too: on JETMEDIA_GATEWAY_PORT, or any free port when that one is
+    taken (several stacks on one machine); with no JETMEDIA_GATEWAY_TOKENS, a token of this data
+    directory (every scope) that the banner shows."""
+    from services.gateway import auth, server
+    from shared.devstack import free_port
+
+    tokens = auth.load_tokens(settings)
+    line_token = ""
+    if not tokens:
+        token = auth.local_token(data_dir)
+        tokens = auth.local_tokens(settings, token)
+        line_token = f"; token {token} (every scope)"
+    if settings.gateway_port and not server.port_free(settings.gateway_host, settings.gateway_port):
+        settings = settings.replace(gateway_port=free_port())
+    stopping = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(server.serve(settings, stopping, tokens=tokens, on_ready=ready.set_result))
+    try:
+        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)  # type: ignore[type-var]
+        if not ready.done():
+            await task  # raises why it did not start
+        yield f"  gateway  {ready.result()}  (HTTP API, job page, docs at /docs{line_token})\n"
+    finally:
+        stopping.set()
+        await task
+
+
+async def cmd_gateway(args: argparse.Namespace) -> int:
+    """The HTTP gateway (services/gateway); `gateway token NAME` makes an API token."""
+    from services.gateway import auth, server
+
+    if args.action == "token":
+        token = auth.new_token()
+        scopes = [part.strip() for part in args.scopes.split(",") if part.strip()]
+        unknown = sorted(set(scopes) - set(auth.SCOPES))
+        if unknown:
+            raise UsageError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(auth.SCOPES)}")
+        print(f"token (shown once; give it to the client): {token}", file=sys.stderr)
+        print(auth.token_entry(args.name, token, scopes, args.prefix))
+        return 0
+    settings = _settings(args)
+    stopping = asyncio.Event()
+    _stop_on_signals(stopping)
+    await server.serve(settings, stopping, on_ready=lambda url: print(f"gateway ready on {url}", flush=True))
     return 0
 
 
@@ -371,6 +423,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     collector = sub.add_parser("collector", help="export queue depth per stage and JetStream usage (run one)")
     collector.set_defaults(run=cmd_collector)
+
+    gateway = sub.add_parser("gateway", help="serve the HTTP API on JETMEDIA_GATEWAY_HOST:PORT until Ctrl-C")
+    gateway.set_defaults(run=cmd_gateway, action="serve")
+    gateway_actions = gateway.add_subparsers(dest="action", metavar="ACTION")
+    token = gateway_actions.add_parser("token", help="make an API token: prints it once, and its "
+                                                     "JETMEDIA_GATEWAY_TOKENS entry (hashed) on stdout")
+    token.add_argument("name", help="the token's name (letters, digits, - and _): keys its rate limit and quota")
+    token.add_argument("--scopes", default="submit,read", help="comma-separated: submit, read, cancel, admin, hook "
+                                                                "(default %(default)s)")
+    token.add_argument("--prefix", default="", help="S3 key prefix the token is limited to")
 
     health = sub.add_parser("health", help="exit 0 if the jetmedia process on JETMEDIA_METRICS_PORT is ready")
     health.add_argument("--url", help="metrics URL to check (default http://127.0.0.1:$JETMEDIA_METRICS_PORT/metrics)")

@@ -1,0 +1,146 @@
+"""What the gateway remembers, all in the `jetmedia-gateway` KV bucket so replicas share it.
+
+- `rate.<token>`: a token bucket (tokens left, when) per API token; every request takes one,
+  changed by compare-and-set so two replicas never both spend the last token (429 + Retry-After).
+- `inflight.<token>`: the jobs a token started that had not ended when last looked at; a submit
+  past the token's cap is refused (429, kind `quota-exceeded`). Ended jobs are pruned lazily,
+  only when the list is full, so a submit costs one read and one write.
+- `req.<job>`: who started a job through the gateway and a hash of the request: a retried POST
+  with the same Idempotency-Key finds it (same job, no second message); the same key with a
+  different body is a 409; a token with a key prefix sees the jobs it submitted.
+
+Records expire with the bucket's max age (JETMEDIA_EVENTS_MAX_AGE): the job records and events
+are the lasting truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from shared import bus
+from shared.config import Settings
+from shared.natsauth import GATEWAY_BUCKET
+
+from .auth import Principal
+from .problems import Problem
+
+FORGET_UNSEEN = 600.0  # seconds after which a submitted job that never got a record stops counting
+
+
+class Bucket(msgspec.Struct, kw_only=True):
+    tokens: float
+    at: float
+
+
+class InFlight(msgspec.Struct, kw_only=True):
+    jobs: dict[str, float] = {}  # job id -> when submitted (epoch seconds)
+
+
+class RequestRecord(msgspec.Struct, kw_only=True, frozen=True):
+    token: str
+    kind: str
+    digest: str  # sha256 of the request body (a reused Idempotency-Key must carry the same request)
+    at: float
+    key: str | None = None
+    data: msgspec.Raw | None = None  # the request's data (re-published by POST /v1/jobs/{id}/retry)
+
+
+class GatewayState:
+    """Typed compare-and-set access to the gateway's KV bucket."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, settings: Settings) -> GatewayState:
+        async def open_or_create() -> KeyValue:
+            try:
+                return await js.key_value(GATEWAY_BUCKET)
+            except BucketNotFoundError:
+                return await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, ttl=settings.events_max_age,
+                                                 replicas=settings.replicas)
+
+        return cls(await bus.retrying("gateway KV", open_or_create))
+
+    async def _read(self, key: str) -> tuple[bytes | None, int | None]:
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return None, None
+        return (entry.value or None), entry.revision
+
+    async def _write(self, key: str, value: bytes, revision: int | None) -> bool:
+        """Compare-and-set: False when someone else wrote first (read again and retry)."""
+        try:
+            if revision is None:
+                await self.kv.create(key, value)
+            else:
+                await self.kv.update(key, value, last=revision)
+        except KeyWrongLastSequenceError:
+            return False
+        return True
+
+    async def take(self, principal: Principal) -> None:
+        """One request's token from the principal's bucket, or 429 with Retry-After."""
+        key = f"rate.{principal.name}"
+        for attempt in range(100):
+            raw, revision = await self._read(key)
+            now = time.time()
+            state = msgspec.json.decode(raw, type=Bucket) if raw else Bucket(tokens=principal.burst, at=now)
+            tokens = min(float(principal.burst), state.tokens + max(now - state.at, 0.0) * principal.rate)
+            if tokens < 1.0:
+                wait = (1.0 - tokens) / principal.rate if principal.rate > 0 else 60.0
+                raise Problem(429, "rate-limited",
+                              f"token {principal.name!r} is over {principal.rate:g} requests/s "
+                              f"(burst {principal.burst}); retry in {wait:.1f} s",
+                              {"Retry-After": str(max(1, math.ceil(wait)))})
+            if await self._write(key, msgspec.json.encode(Bucket(tokens=tokens - 1.0, at=now)), revision):
+                return
+            await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.05)))
+        raise Problem(503, "busy", "the rate limiter's record is contended; retry")
+
+    async def admit(self, principal: Principal, job_id: str, ended: Callable[[str], Awaitable[bool | None]]) -> None:
+        """Count `job_id` against the principal's cap of jobs in flight, or 429 (quota-exceeded).
+        `ended(job)`: True when the job's record is final, None when it has no record (yet)."""
+        key = f"inflight.{principal.name}"
+        for attempt in range(100):
+            raw, revision = await self._read(key)
+            state = msgspec.json.decode(raw, type=InFlight) if raw else InFlight()
+            if job_id in state.jobs:
+                return
+            now = time.time()
+            if len(state.jobs) >= principal.max_in_flight:
+                kept: dict[str, float] = {}
+                for job, at in state.jobs.items():
+                    done = await ended(job)
+                    if done is False or (done is None and now - at < FORGET_UNSEEN):
+                        kept[job] = at
+                state.jobs = kept
+            if len(state.jobs) >= principal.max_in_flight:
+                raise Problem(429, "quota-exceeded",
+                              f"token {principal.name!r} has {len(state.jobs)} jobs in flight, its cap is "
+                              f"{principal.max_in_flight}; wait for one to end", {"Retry-After": "5"})
+            state.jobs[job_id] = now
+            if await self._write(key, msgspec.json.encode(state), revision):
+                return
+            await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.05)))
+        raise Problem(503, "busy", "the quota record is contended; retry")
+
+    async def request(self, job_id: str) -> RequestRecord | None:
+        raw, _ = await self._read(f"req.{job_id}")
+        return msgspec.json.decode(raw, type=RequestRecord) if raw else None
+
+    async def remember(self, job_id: str, record: RequestRecord) -> RequestRecord:
+        """Store who started the job; if a record is there already, return that one."""
+        if await self._write(f"req.{job_id}", msgspec.json.encode(record), None):
+            return record
+        return await self.request(job_id) or record
