@@ -18,9 +18,11 @@ STAGE_MODULES: dict[str, str] = {
     "finalize": "services.finalize",
 }
 
-# name -> module holding `run(services, stopping)`: loops driven by time, not by messages.
+# name -> module holding `run(services, stopping)`: loops driven by time, not by messages (and notify,
+# whose consumers the runtime cannot run: every event it handles belongs to a job that has ended).
 PERIODIC_MODULES: dict[str, str] = {
     "cleanup": "services.cleanup",
+    "notify": "services.notify",
 }
 
 

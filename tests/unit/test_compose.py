@@ -21,7 +21,7 @@ from services import stages
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "compose.yaml"
-PIPELINE = ("upload", "chunk", "variant", "transcode", "finalize", "cleanup")
+PIPELINE = ("upload", "chunk", "variant", "transcode", "finalize", "cleanup", "notify")
 STAGE_SERVICES = (*PIPELINE, "collector")
 
 

@@ -1,0 +1,105 @@
+"""A record per webhook attempt, in the `jetmedia-webhooks` KV bucket: what an operator (or a
+support person asked "did you call us?") reads. Keys are `{job}.{delivery}.{attempt}`, so
+`nats kv ls jetmedia-webhooks` sorts a job's attempts together; records live as long as events do."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime
+from urllib.parse import urlsplit
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+
+from shared import bus
+from shared import messages as m
+from shared.config import Settings
+from shared.natsauth import WEBHOOKS_BUCKET
+
+log = logging.getLogger("jetmedia.notify")
+BUCKET = WEBHOOKS_BUCKET
+
+
+class Delivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One (event, receiver) pair on JM_NOTIFY: what the `notify-deliver` consumer sends."""
+
+    id: str  # `{event id}|{receiver}`: also its Nats-Msg-Id, so a redelivered event adds no copy
+    event_id: str  # the webhook-id
+    event_type: str
+    job: str | None
+    target: str  # `callback` or a subscription name (its secret is looked up when sending)
+    url: str
+    body: str  # the event as published on JM_EVENTS: the exact bytes that are signed and sent
+
+
+class Attempt(msgspec.Struct, frozen=True, kw_only=True):
+    delivery: str
+    event_id: str
+    event_type: str
+    job: str | None
+    target: str
+    url: str  # without query or fragment (they may carry a receiver's token)
+    attempt: int
+    outcome: str  # delivered, retry, gone, refused, dead
+    status: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+    response: str = ""  # the first 1 KB of the answer
+    at: datetime
+
+
+_decoder = msgspec.json.Decoder(Attempt)
+
+
+def shown(url: str) -> str:
+    """A URL as records and letters show it: scheme, host and path only."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+    except ValueError:
+        return url[:100]
+
+
+def key(delivery: Delivery, attempt: int) -> str:
+    job = delivery.job if delivery.job and m.is_job_id(delivery.job) else "_"
+    return f"{job}.{hashlib.sha256(delivery.id.encode()).hexdigest()[:16]}.{attempt}"
+
+
+class Records:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, settings: Settings) -> Records:
+        async def bucket() -> KeyValue:
+            try:
+                return await js.key_value(BUCKET)
+            except BucketNotFoundError:
+                return await js.create_key_value(bucket=BUCKET, history=1, ttl=settings.events_max_age,
+                                                 replicas=settings.replicas)
+
+        return cls(await bus.retrying(f"KV {BUCKET}", bucket))
+
+    async def put(self, record: Attempt, delivery: Delivery) -> None:
+        """Best effort: a KV hiccup must not turn a delivered webhook into a retried one."""
+        try:
+            await self.kv.put(key(delivery, record.attempt), msgspec.json.encode(record))
+        except Exception as exc:
+            log.warning("notify: could not record attempt %d of %s: %s", record.attempt, delivery.id, exc)
+
+    async def of_job(self, job: str) -> list[Attempt]:
+        """Every attempt recorded for a job, oldest first (tests, support)."""
+        watcher = await self.kv.watch(f"{job}.*.*", ignore_deletes=True)
+        found = []
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of what is stored now
+                    break
+                if entry.value:
+                    found.append(_decoder.decode(entry.value))
+        finally:
+            await watcher.stop()
+        return sorted(found, key=lambda record: (record.at, record.attempt))
