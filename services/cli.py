@@ -392,6 +392,29 @@ def cmd_schemas(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_webhooks(args: argparse.Namespace) -> int:
+    """`jetmedia webhooks test URL`: one signed sample event through the same checks and client
+    as the notify stage; prints the answer. Exit 0 on 2xx, 1 otherwise (2 if it may not be sent)."""
+    from .notify import send_sample, signing
+
+    settings = _settings(args)
+    secret = args.secret or settings.webhook_secret
+    if not secret:
+        raise ConfigError("no secret to sign with: pass --secret whsec_... or set JETMEDIA_WEBHOOK_SECRET")
+    try:
+        signing.secret_bytes(secret)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    answer = await send_sample(settings, args.url, secret)
+    if answer.refused:
+        raise ConfigError(f"{args.url}: {answer.error}")
+    shown = f"HTTP {answer.status}" if answer.status is not None else answer.error
+    print(f"{args.url}: {shown} in {answer.seconds * 1000:.0f} ms")
+    if answer.body:
+        print(answer.body)
+    return 0 if answer.status is not None and 200 <= answer.status < 300 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     env_table = "\n".join(f"  {name:<28} {default}" for name, default in settings_help())
     parser = argparse.ArgumentParser(
@@ -517,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     schemas.add_argument("--out", default="schemas")
     schemas.add_argument("--check", action="store_true", help="exit 1 if the files differ from the code")
     schemas.set_defaults(run=cmd_schemas)
+
+    webhooks = sub.add_parser("webhooks", help="signed webhooks (README \"Webhooks\"): `webhooks test URL`")
+    webhook_actions = webhooks.add_subparsers(dest="action", metavar="ACTION", required=True)
+    webhook_test = webhook_actions.add_parser("test", help="POST one signed sample event to URL, print the answer")
+    webhook_test.add_argument("url")
+    webhook_test.add_argument("--secret", help="whsec_... to sign with (default: JETMEDIA_WEBHOOK_SECRET)")
+    webhooks.set_defaults(run=cmd_webhooks)
     return parser
 
 
