@@ -63,9 +63,11 @@ def why_refused(address: IPAddress, allowed: tuple[Network, ...]) -> str | None:
         return "link-local (cloud metadata)" if str(address) == "169.254.169.254" else "link-local"
     if address.is_multicast:
         return "multicast"
+    if address.is_reserved:
+        return "reserved"
     if address.is_private or (isinstance(address, ipaddress.IPv4Address) and address in SHARED):
         return "private"
-    if address.is_reserved or not address.is_global:
+    if not address.is_global:  # documentation, benchmarking, ... ranges
         return "reserved"
     return None
 
