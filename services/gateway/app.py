@@ -209,7 +209,7 @@ async def submit(gateway: Gateway, principal: auth.Principal, kind: Literal["ass
     key = data.key if kind == "asset" else None
     stored = await gateway.state.remember(job_id, RequestRecord(
         token=principal.name, kind=kind, digest=digest, at=datetime.now(UTC).timestamp(), key=key,
-        data=msgspec.Raw(body) if len(body) <= MAX_STORED_REQUEST else None))
+        data=msgspec.Raw(body if len(body) <= MAX_STORED_REQUEST else b"null")))
     if stored.digest != digest or stored.token != principal.name:  # a concurrent different request won
         raise Problem(409, "idempotency-conflict", f"job {job_id!r} was started by a different request")
     await publish(gateway, kind, event_id_, data)
@@ -337,11 +337,12 @@ async def retry_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> R
     except LookupError:
         pass
     data: m.AssetUploadedData | m.ExportRequestedData | None = None
-    if record is not None and record.data is not None:
+    stored = record.stored_data if record is not None else None
+    if record is not None and stored is not None:
         if record.kind == "asset":
-            data = msgspec.json.decode(record.data, type=m.AssetUploadedData)
+            data = msgspec.json.decode(stored, type=m.AssetUploadedData)
         else:
-            data = msgspec.json.decode(record.data, type=m.ExportRequestedData)
+            data = msgspec.json.decode(stored, type=m.ExportRequestedData)
     elif job.kind == "asset" and job.source_key:
         data = m.AssetUploadedData(key=job.source_key, job_id=job_id, asset_id=job.asset)
     if data is None:

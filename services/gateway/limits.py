@@ -51,7 +51,12 @@ class RequestRecord(msgspec.Struct, kw_only=True, frozen=True):
     digest: str  # sha256 of the request body (a reused Idempotency-Key must carry the same request)
     at: float
     key: str | None = None
-    data: msgspec.Raw | None = None  # the request's data (re-published by POST /v1/jobs/{id}/retry)
+    data: msgspec.Raw = msgspec.Raw(b"null")  # the request's data (re-published by POST /v1/jobs/{id}/retry)
+
+    @property
+    def stored_data(self) -> bytes | None:
+        raw = bytes(self.data)
+        return None if raw in (b"", b"null") else raw
 
 
 class GatewayState:
