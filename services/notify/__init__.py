@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
@@ -59,6 +60,8 @@ SUBJECT = "jetmedia.notify.deliver"
 EVENTS_CONSUMER = "notify"
 DELIVER_CONSUMER = "notify-deliver"
 CONCURRENCY = 16  # attempts in flight per process (they wait on receivers); JETMEDIA_STAGE_CONCURRENCY=notify=N
+PER_RECEIVER = 4  # of them to one receiver (host:port) at most: a slow one cannot take every slot
+WAITING = 8  # messages held per slot while their receiver is at its limit (heartbeated, not attempted)
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
@@ -82,7 +85,7 @@ async def ensure_layout(js: JetStreamContext, settings: Settings) -> None:
             await js.add_stream(stream)
 
     await bus.retrying(f"stream {STREAM}", create_stream)
-    pending = max(settings.stage_concurrency.get(STAGE, CONCURRENCY) * 16, 256)
+    pending = max(settings.stage_concurrency.get(STAGE, CONCURRENCY) * WAITING * 2, 256)
     events = ConsumerConfig(
         durable_name=EVENTS_CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=settings.ack_wait,
         max_deliver=-1, deliver_policy=DeliverPolicy.NEW, filter_subjects=list(targets.FINAL_SUBJECTS),
@@ -115,21 +118,24 @@ async def run(services: Services, stopping: asyncio.Event) -> None:
     concurrency = settings.stage_concurrency.get(STAGE, CONCURRENCY)
     await asyncio.gather(
         consume(services, "JM_EVENTS", EVENTS_CONSUMER, notifier.fan_out, concurrency, stopping),
-        consume(services, STREAM, DELIVER_CONSUMER, notifier.deliver, concurrency, stopping),
+        consume(services, STREAM, DELIVER_CONSUMER, notifier.deliver, concurrency, stopping,
+                busy=lambda: notifier.receivers.sending),
     )
 
 
 async def consume(services: Services, stream: str, durable: str, handle: Callable[[Msg], Awaitable[None]],
-                  concurrency: int, stopping: asyncio.Event) -> None:
-    """A pull loop with at most `concurrency` handlers in flight; on stop, in-flight work gets
-    the shutdown grace, then is handed back (nak)."""
+                  concurrency: int, stopping: asyncio.Event, busy: Callable[[], int] | None = None) -> None:
+    """A pull loop with at most `concurrency` handlers busy (`busy`: how many are; default every
+    one in flight), and at most `WAITING` x that in flight; on stop, in-flight work gets the
+    shutdown grace, then is handed back (nak)."""
     js = services.js
     sub = await bus.retrying(f"consumer {durable}", lambda: js.pull_subscribe_bind(durable=durable, stream=stream))
     inflight: set[asyncio.Task[None]] = set()
     log.info("notify: pulling from %s (%s, concurrency %d)", stream, durable, concurrency)
     try:
         while not stopping.is_set():
-            free = concurrency - len(inflight)
+            free = min(concurrency - (busy() if busy is not None else len(inflight)),
+                       concurrency * WAITING - len(inflight))
             if free <= 0:
                 await asyncio.wait(inflight, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                 continue
@@ -185,6 +191,8 @@ class Notifier:
         self.records = records
         self.allowed = allowed
         self.subscriptions = targets.subscriptions(self.settings)
+        concurrency = self.settings.stage_concurrency.get(STAGE, CONCURRENCY)
+        self.receivers = Receivers(max(1, min(PER_RECEIVER, concurrency // 2)), self.settings.ack_wait)
 
     async def fan_out(self, msg: Msg) -> None:
         """A final event becomes one Delivery per receiver (none: just acked)."""
@@ -222,11 +230,12 @@ class Notifier:
                    else f"subscription {delivery.target!r} is no longer configured")
             answer = send.Answer(None, 0.0, f"refused: {why}: the delivery cannot be signed", refused=True)
         else:
-            body = delivery.body.encode()
-            answer = await send.post(
-                delivery.url, body, signing.headers(secret, delivery.event_id, body), allowed=self.allowed,
-                connect_timeout=self.settings.webhook_connect_timeout, timeout=self.settings.webhook_timeout,
-            )
+            async with self.receivers.slot(_receiver(delivery.url), msg):
+                body = delivery.body.encode()
+                answer = await send.post(
+                    delivery.url, body, signing.headers(secret, delivery.event_id, body), allowed=self.allowed,
+                    connect_timeout=self.settings.webhook_connect_timeout, timeout=self.settings.webhook_timeout,
+                )
         outcome = _outcome(answer, attempt, attempts(self.settings))
         metrics.webhook_deliveries_total.labels(outcome).inc()
         if not answer.refused:
@@ -272,6 +281,52 @@ class Notifier:
             ),
         )
         await bus.publish(self.services.js, f"{m.DLQ_PREFIX}.{STAGE}", letter)
+
+
+class Receivers:
+    """At most `per` attempts at once to one receiver. A message over the limit waits here
+    without counting as busy (the pull loop fetches more: other receivers' messages go ahead)
+    and without spending an attempt; `in_progress` keeps it ours while it waits."""
+
+    def __init__(self, per: int, heartbeat: float) -> None:
+        self.per = per
+        self.heartbeat = max(heartbeat / 2, 0.5)
+        self.sending = 0
+        self._limits: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # receiver -> (limit, [users])
+
+    @contextlib.asynccontextmanager
+    async def slot(self, receiver: str, msg: Msg) -> AsyncIterator[None]:
+        limit, users = self._limits.setdefault(receiver, (asyncio.Semaphore(self.per), [0]))
+        users[0] += 1
+        try:
+            acquiring = asyncio.ensure_future(limit.acquire())
+            try:
+                while not (await asyncio.wait({acquiring}, timeout=self.heartbeat))[0]:
+                    with contextlib.suppress(Exception):
+                        await msg.in_progress()
+            except asyncio.CancelledError:
+                if acquiring.done() and not acquiring.cancelled():
+                    limit.release()
+                acquiring.cancel()
+                raise
+            self.sending += 1
+            try:
+                yield
+            finally:
+                self.sending -= 1
+                limit.release()
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                self._limits.pop(receiver, None)
+
+
+def _receiver(url: str) -> str:
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname}:{parts.port}"
+    except ValueError:
+        return url
 
 
 def _outcome(answer: send.Answer, attempt: int, last: int) -> str:

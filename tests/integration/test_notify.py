@@ -202,6 +202,22 @@ async def test_a_receiver_that_never_answers_is_dead_lettered_after_the_last_att
     assert letter.job is None  # replaying it re-sends the webhook and leaves the job alone
 
 
+async def test_a_receiver_that_hangs_does_not_hold_up_another(services: Services) -> None:
+    """Two handler slots, four deliveries to a receiver that never answers, then one to another:
+    the hanging receiver gets one slot at a time, so the other is delivered before any of the
+    hanging attempts has even timed out."""
+    services.settings = services.settings.replace(stage_concurrency={"notify": 2}, webhook_timeout=8.0,
+                                                  shutdown_grace=0.5)
+    async with receiver(hang={"/slow"}) as slow, receiver() as fast, notifying(services):
+        for n in range(4):
+            await ready_job(services, f"slow{n}", slow.url("/slow"))
+        await ready_job(services, "fast", fast.url("/fast"))
+        await eventually(lambda: _when(attempts(services, "fast"), lambda o: o == ["delivered"]))
+        hanging = [await attempts(services, f"slow{n}") for n in range(4)]
+    assert hanging == [[], [], [], []] and len(slow.got) == 1  # one at a time, none timed out yet
+    assert len(fast.got) == 1 and fast.got[0].verified
+
+
 async def test_unsafe_callbacks_are_refused_without_a_connection(services: Services) -> None:
     services.settings = services.settings.replace(webhook_allow_networks=())
     port = free_port()
