@@ -5,8 +5,9 @@ unpacked by tools that trust them, so every name is made safe (no `..`, no absol
 backslashes, no control or bidi characters, no Windows device names, bounded length) and unique
 (`a.jpg`, `a (1).jpg`), case-insensitively and so that no file is also a directory.
 
-The KV side records (`{job}.chunk.{n}`) that the chunk stage writes and finalize reads are
-declared here too: the two stages share a format, not code.
+The KV side records (`{job}.chunk.{n}`) that the chunk stage writes (with a transform: the stage
+that made the chunk's last item, shared/exportitems.py) and finalize reads are declared here too:
+the stages share a format, not code.
 """
 
 from __future__ import annotations
@@ -183,6 +184,29 @@ def plan_runs(sizes: Sequence[int | None], max_files: int, max_bytes: int) -> li
     return runs
 
 
+MAX_UPLOAD_PARTS = 10_000  # S3's limit of parts per multipart upload
+UPLOAD_PART_MIN = 8 * 1024 * 1024  # below ~8 GB of archive, parts stay at 8 MiB
+
+
+def archive_bound(sizes: Iterable[int], names_bytes: int = 0) -> int:
+    """At most how many bytes a ZIP of sources of these sizes takes: each member stored or
+    deflated (deflate may grow incompressible input by < 0.1 %), with its headers, Zip64 extras,
+    data descriptor, central directory and manifest entry (< 4 KiB each beside the name), plus
+    README and the end records. `names_bytes`: the members' names, UTF-8, all together."""
+    total = 0
+    for size in sizes:
+        total += size + (size >> 10) + 4096
+    return total + 3 * names_bytes + 64 * 1024
+
+
+def upload_part_size(archive_bytes: int, smallest: int = UPLOAD_PART_MIN) -> int:
+    """Multipart part size for an archive of at most `archive_bytes`: `smallest` up to ~8 GB,
+    then as big as it takes to stay within S3's 10,000 parts (a whole MiB, 1 % kept spare)."""
+    mib = 1024 * 1024
+    needed = -(-archive_bytes // (MAX_UPLOAD_PARTS * 99 // 100))
+    return max(smallest, -(-needed // mib) * mib)
+
+
 def part_names(archive: str, parts: int) -> list[str]:
     """`name.zip`, or `name.part01.zip`... when an export is split."""
     if parts <= 1:
@@ -243,7 +267,8 @@ class Untransformed(Struct, kw_only=True, frozen=True):
 
 
 class ChunkRecord(Struct, kw_only=True, frozen=True):
-    """What the chunk stage learnt about one chunk's sources (`{job}.chunk.{n}`)."""
+    """What one chunk's sources came to (`{job}.chunk.{n}`): written by the chunk stage, or with a
+    transform by the item that completed the chunk (`found` then holds the outputs)."""
 
     chunk: int
     bucket: str

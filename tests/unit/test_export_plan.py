@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import unicodedata
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -135,3 +136,32 @@ def test_compression_probe() -> None:
     assert compresses(b'{"name": "value"}\n' * 1000)
     assert not compresses(os.urandom(100_000))
     assert not compresses(b"")
+
+
+# --- fan-in of transform items (shared/exportitems.py) ----------------------------------
+
+
+@given(st.permutations(range(6)), st.sets(st.integers(0, 5)))
+def test_a_chunk_record_from_items_keeps_source_order_whatever_order_they_finish(order: list[int],
+                                                                                failing: set[int]) -> None:
+    """Items finish in any order; the chunk record lists outputs in the sources' (archive) order,
+    the failed ones under `untransformed`, and the chunk is complete only with every item in."""
+    from shared.exportitems import ChunkItems, ItemDone
+    from shared.exportplan import SourceInfo, Untransformed
+    from shared.messages import ExportItem
+
+    sources = [SourceInfo(key=f"in/{i}.wav", name=f"{i}.mp3", size=10 + i) for i in range(6)]
+    items = ChunkItems(chunk=3, bucket="b", items=7, sources=sources, missing=[ExportItem(key="in/gone.wav")])
+    for step, i in enumerate(order):
+        assert not items.complete
+        result = (ItemDone(index=i, untransformed=Untransformed(key=sources[i].key, name=sources[i].name, reason="no"))
+                  if i in failing else
+                  ItemDone(index=i, output=SourceInfo(key=f"out/{i}.mp3", name=sources[i].name, size=i,
+                                                      source=sources[i].key)))
+        items = msgspec.structs.replace(items, done=[*items.done, result])
+        assert items.done_indexes() == set(order[: step + 1])
+    assert items.complete
+    record = items.record()
+    assert (record.chunk, record.bucket, record.missing) == (3, "b", [ExportItem(key="in/gone.wav")])
+    assert [s.source for s in record.found] == [f"in/{i}.wav" for i in range(6) if i not in failing]
+    assert [u.key for u in record.untransformed] == [f"in/{i}.wav" for i in range(6) if i in failing]
