@@ -61,7 +61,7 @@ class Gateway:
     services: Services
     state: GatewayState
     tokens: dict[str, auth.Principal]
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    streams: set[Any] = field(default_factory=set)  # the KV watches of open SSE streams
 
     @property
     def hook_prefixes(self) -> tuple[str, ...]:
@@ -396,7 +396,7 @@ async def job_events(
         return await job_view(job, gateway.services.storage)
 
     stream = sse.job_events(gateway.services.jobs, job_id, after, gateway.settings.gateway_heartbeat, render,
-                            gateway.stopping)
+                            gateway.streams)
     return Stream(stream, media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

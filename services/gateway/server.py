@@ -96,7 +96,9 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
             on_ready(url)
         stop = asyncio.create_task(stopping.wait())
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        gateway.stopping.set()  # SSE streams end at their next wake-up
         server.should_exit = True
+        for watch in list(gateway.streams):  # ends each SSE stream now (clients reconnect elsewhere)
+            with contextlib.suppress(Exception):
+                await watch.stop()
         stop.cancel()
         await task

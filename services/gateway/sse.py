@@ -17,9 +17,9 @@ whole state, so nothing it says is lost; only intermediate states are folded.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -40,14 +40,17 @@ def message(view: JobView, revision: int) -> bytes:
 
 async def job_events(
     jobs: JobStore, job_id: str, after: int, heartbeat: float, render: Callable[..., Awaitable[JobView]],
-    stopping: asyncio.Event,
+    open_watches: set[Any],
 ) -> AsyncIterator[bytes]:
-    """The SSE byte stream of `job_id` from revision `after` on (0: from the current record)."""
+    """The SSE byte stream of `job_id` from revision `after` on (0: from the current record).
+    `open_watches` holds the watch while the stream runs: stopping the gateway stops them all,
+    which ends every stream at once instead of after the next heartbeat."""
     sse_clients.inc()
     watcher = await jobs.kv.watch(job_id, inactive_threshold=max(60.0, heartbeat * 4))
+    open_watches.add(watcher)
     try:
         yield b"retry: %d\n\n" % RETRY_MS
-        while not stopping.is_set():
+        while True:
             try:
                 entry = await watcher.updates(timeout=heartbeat)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -68,5 +71,6 @@ async def job_events(
                 return
     finally:
         sse_clients.dec()
+        open_watches.discard(watcher)
         with contextlib.suppress(Exception):
             await watcher.stop()

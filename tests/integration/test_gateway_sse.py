@@ -1,0 +1,127 @@
+"""Live progress over Server-Sent Events: the gateway relays a KV watch on the job record, one
+`job` event per revision (id = the revision), and a reconnect with Last-Event-ID resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services import stages
+from services.transcode.samples import lavfi
+from shared.config import Settings
+from shared.runtime import Services
+from tests.gatewaykit import RunningGateway, gateway, sse_events
+from tests.helpers import eventually, running
+
+ASSET_STAGES = ("upload", "variant", "transcode", "finalize")
+
+
+@pytest.fixture
+def settings(settings: Settings, tmp_path: Path) -> Settings:
+    return settings.replace(transcode_tmp_dir=str(tmp_path / "transcode"), transcode_x264_preset="veryfast")
+
+
+async def follow(gw: RunningGateway, job_id: str, *, last_event_id: str | None = None, stop_after: int | None = None,
+                 query: bool = False) -> list[dict[str, Any]]:
+    """The job events of one SSE connection (all of them, or the first `stop_after`, then hang up)."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, str] = {}
+    headers: dict[str, str] = {}
+    if query:  # as EventSource must: the token and the resume point in the query
+        params["access_token"] = gw.tokens["web"]
+        if last_event_id:
+            params["last_event_id"] = last_event_id
+    else:
+        headers = gw.headers("web") | ({"Last-Event-ID": last_event_id} if last_event_id else {})
+    async with httpx.AsyncClient(base_url=gw.url, timeout=60) as http, \
+            http.stream("GET", f"/v1/jobs/{job_id}/events", params=params, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        async for event in sse_events(response):
+            if event.get("event") == "job":
+                events.append({**json.loads(event["data"]), "rev": int(event["id"])})
+                if stop_after is not None and len(events) >= stop_after:
+                    break
+    return events
+
+
+async def test_every_revision_in_order_and_a_resume_without_gaps_or_repeats(services: Services) -> None:
+    async with gateway(services.settings) as gw, gw.client("web") as http:
+        await services.storage.put_bytes("uploads/clip.mp4", lavfi("mp4", 6.0, size="640x360"))
+        job_id = (await http.post("/v1/assets", json={"key": "uploads/clip.mp4"})).json()["job_id"]
+        watched: list[int] = []  # the revisions a watch of our own sees (what the gateway should relay)
+        watcher = await services.jobs.kv.watch(job_id)
+
+        async def own_watch() -> None:
+            while True:
+                entry = await watcher.updates(timeout=60)
+                if entry is None:
+                    continue
+                watched.append(entry.revision)
+                if json.loads(entry.value)["status"] == "ready":
+                    return
+
+        control = asyncio.create_task(follow(gw, job_id))  # never interrupted
+        first_part = asyncio.create_task(follow(gw, job_id, stop_after=2))  # hangs up after two events
+        mine = asyncio.create_task(own_watch())
+        await asyncio.sleep(0.3)  # both streams are open before anything happens to the job
+        async with running(services, [stages.load(n) for n in ASSET_STAGES]):
+            before = await first_part
+            after = await follow(gw, job_id, last_event_id=str(before[-1]["rev"]))
+            everything = await control
+            await mine
+        await watcher.stop()
+
+    ids = [event["rev"] for event in everything]
+    assert ids == sorted(set(ids)) and ids == watched, (ids, watched)  # every revision, in order, once
+    percents = [event["percent"] for event in everything]
+    assert percents == sorted(percents) and percents[-1] == 100.0, percents
+    assert any(0 < p < 100 for p in percents), percents  # progress between start and end, not just the ends
+    assert everything[-1]["status"] == "ready" and all(e["status"] != "ready" for e in everything[:-1])
+    assert everything[-1]["outputs"] and all(o["url"] for o in everything[-1]["outputs"])
+    assert any(e["stage"] == "transcode" for e in everything)
+
+    resumed = [event["rev"] for event in after]
+    assert resumed and resumed[0] > before[-1]["rev"]  # no repeats
+    start = ids.index(resumed[0])
+    assert resumed == ids[start:], (resumed, ids)  # from there on, no gaps, to the final one
+    assert [e["rev"] for e in before] == ids[:2]
+
+    # resuming after the final revision (query form, as EventSource sends it): nothing more, and it ends
+    latest = (await services.jobs.kv.get(job_id)).revision  # (the outbox may have marked it since)
+    assert latest is not None and latest >= ids[-1]
+    async with gateway(services.settings) as gw:
+        assert await follow(gw, job_id, last_event_id=str(latest), query=True) == []
+        again = await follow(gw, job_id, query=True)
+        assert [e["rev"] for e in again] == [latest]  # a fresh client gets the current (final) record
+
+
+async def test_heartbeats_and_sse_metrics(services: Services) -> None:
+    async with gateway(services.settings, gateway_heartbeat=0.2) as gw, gw.client("web") as http:
+        await services.storage.put_bytes("uploads/idle.wav", lavfi("wav", 1.0))
+        job_id = (await http.post("/v1/assets", json={"key": "uploads/idle.wav"})).json()["job_id"]
+        comments: list[str] = []
+        async with http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+            assert response.headers["cache-control"] == "no-cache"
+            async for event in sse_events(response):
+                if "comment" in event:
+                    comments.append(event["comment"])
+                    if len(comments) == 1:
+                        metrics = (await http.get("/metrics")).text
+                        assert "jetmedia_http_sse_clients 1.0" in metrics
+                if len(comments) == 3:
+                    break
+        assert comments == ["heartbeat"] * 3  # no stage runs: nothing but heartbeats
+
+        async def closed() -> bool:  # the stream's request is counted once it has ended
+            text = (await http.get("/metrics")).text
+            return "jetmedia_http_sse_clients 0.0" in text and 'route="/v1/jobs/{job_id}/events"' in text
+
+        await eventually(closed, timeout=10)
+        metrics = (await http.get("/metrics")).text
+        assert 'jetmedia_http_requests_total{method="POST",route="/v1/assets",status="202"}' in metrics
+        assert 'route="/v1/jobs/{job_id}/events"' in metrics and "jetmedia_http_request_duration_seconds" in metrics
