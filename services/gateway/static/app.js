@@ -1,7 +1,8 @@
 // The job page. Recent jobs come from GET /v1/jobs (re-read every few seconds to find new ones);
 // a running job's row is then changed only by its SSE stream (GET /v1/jobs/{id}/events, one
 // `job` event per KV revision), so progress shows as it happens. Rows carry what tests look at:
-// data-status, data-via ("list" or "sse": what last changed the row) and data-events.
+// data-status, data-via ("list" or "sse": what last changed the row), data-final-via (what brought
+// it to its final status) and data-events (SSE events received).
 "use strict";
 
 const API = new URL("v1/", document.baseURI);
@@ -165,21 +166,28 @@ function el(tag, props = {}, ...children) {
 
 function render(view, via) {
   let row = rows.get(view.id);
-  const signature = `${view.status}|${view.stage}|${view.percent}|${view.updated}`;
-  if (row && row.dataset.signature === signature) return;
-  if (!row) {
+  // what the page shows (not `updated`: bookkeeping revisions after the end change nothing here)
+  const signature = [view.status, view.stage, view.percent, view.error, (view.outputs || []).length,
+    Boolean(view.download_url)].join("|");
+  if (row && Date.parse(view.updated) < Number(row.dataset.updated)) return; // a list read before an SSE event
+  if (row) {
+    row.dataset.via = via;
+    if (via === "sse") row.dataset.events = String(Number(row.dataset.events) + 1);
+    if (row.dataset.signature === signature) return; // nothing visible changed
+  } else {
     row = el("tr");
     row.dataset.jobId = view.id;
-    row.dataset.events = "0";
+    row.dataset.events = via === "sse" ? "1" : "0";
+    row.dataset.via = via;
     for (let i = 0; i < 6; i++) row.append(el("td"));
     rows.set(view.id, row);
     $("jobs").tBodies[0].prepend(row);
     $("empty").hidden = true;
   }
   row.dataset.signature = signature;
+  row.dataset.updated = String(Date.parse(view.updated));
+  if (FINAL.has(view.status) && !FINAL.has(row.dataset.status)) row.dataset.finalVia = via; // how it ended here
   row.dataset.status = view.status;
-  row.dataset.via = via;
-  if (via === "sse") row.dataset.events = String(Number(row.dataset.events) + 1);
   row.className = `status-${view.status}`;
   const [idCell, kindCell, statusCell, progressCell, resultCell, actionCell] = row.cells;
 
@@ -294,7 +302,9 @@ async function uploadFile(event) {
   try {
     say(`uploading ${file.name}…`);
     const target = await api("uploads", { method: "POST", body: { filename: file.name, content_type: contentType } });
-    const put = await fetch(target.url, { method: "PUT", body: file, headers: { "Content-Type": contentType } });
+    const put = await fetch(target.url, {
+      method: target.method || "PUT", body: file, headers: target.headers || { "Content-Type": contentType },
+    });
     if (!put.ok) throw new Error(`upload refused by S3: HTTP ${put.status}`);
     await submitted(await api("assets", {
       method: "POST", body: { key: target.key }, headers: { "Idempotency-Key": newId() },
