@@ -9,7 +9,7 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from selenium import webdriver
@@ -62,9 +62,9 @@ def wait_row(driver: webdriver.Chrome, job_id: str, ok: Any, timeout: float) -> 
     """Poll the row until `ok(row)`; fail with the row as last seen."""
     seen: list[dict[str, Any] | None] = [None]
 
-    def probe(d: webdriver.Chrome) -> dict[str, Any] | None:
+    def probe(d: webdriver.Chrome) -> dict[str, Any] | Literal[False]:
         seen[0] = d.execute_script(ROW, job_id)
-        return seen[0] if seen[0] and ok(seen[0]) else None
+        return seen[0] if seen[0] and ok(seen[0]) else False
 
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.1).until(probe)
