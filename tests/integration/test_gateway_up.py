@@ -1,0 +1,77 @@
+"""`jetmedia up` serves the HTTP API too: the banner names it and its token, a browser-shaped
+client uploads through a presigned URL (bucket CORS answers the preflight), submits, follows the
+job over SSE with the token in the query (as EventSource must), and downloads the result."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from services import samples
+
+ENV = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_GATEWAY_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
+ORIGIN = "http://127.0.0.1:9"  # a page on another origin than the S3 endpoint
+
+
+def read_banner(proc: subprocess.Popen[str], timeout: float = 90.0) -> str:
+    import select
+    import time
+
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while "Ctrl-C stops everything." not in seen:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no banner from jetmedia up: {seen[-3000:]}")
+        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+        if ready:
+            seen += proc.stdout.readline()
+    return seen
+
+
+def test_up_serves_the_http_api(tmp_path: Path) -> None:
+    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
+                          env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        banner = read_banner(up)
+        found = re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)\s.*token (jm_\S+) ", banner)
+        assert found, banner
+        url, token = found.groups()
+        assert (tmp_path / "stack" / "gateway-token").read_text().strip() == token
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+            assert http.get("/").status_code == 200  # the job page
+            ticket = http.post("/v1/uploads", json={"filename": "dunes.jpg", "content_type": "image/jpeg"}).json()
+            preflight = httpx.options(ticket["url"], headers={
+                "Origin": ORIGIN, "Access-Control-Request-Method": "PUT",
+                "Access-Control-Request-Headers": "content-type"})
+            assert preflight.status_code == 200, preflight.text
+            assert preflight.headers["access-control-allow-origin"] in (ORIGIN, "*")
+            assert "PUT" in preflight.headers["access-control-allow-methods"]
+            put = httpx.put(ticket["url"], content=samples.photo(800, 600),
+                            headers={**ticket["headers"], "Origin": ORIGIN})
+            assert put.status_code == 200 and put.headers["access-control-allow-origin"] in (ORIGIN, "*")
+            accepted = http.post("/v1/assets", json={"key": ticket["key"]}, headers={"Idempotency-Key": "dunes"})
+            assert accepted.status_code == 202, accepted.text
+
+            views = []
+            with httpx.stream("GET", url + accepted.json()["events_url"], params={"access_token": token},
+                              timeout=120) as stream:
+                for line in stream.iter_lines():
+                    if line.startswith("data: "):
+                        views.append(json.loads(line[6:]))
+            assert views[-1]["status"] == "ready", views[-1]
+            thumb = next(o for o in views[-1]["outputs"] if o["name"] == "thumb")
+            assert httpx.get(thumb["url"]).content[8:12] == b"WEBP"
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
