@@ -533,7 +533,8 @@ def claim_of(payload: bytes, subject: str) -> Claim:
     if request is None:
         return Claim(id=_short(event_id), type=_short(kind))
     data = doc.get("data")
-    named = data.get("job_id") if isinstance(data, dict) and "job_id" in data else event_id
+    # `"job_id": null` is the default (our own encoder writes it): the event id names the job then
+    named = data.get("job_id") if isinstance(data, dict) and data.get("job_id") is not None else event_id
     job = named if isinstance(named, str) else None
     return Claim(id=_short(event_id), type=_short(kind), job=_short(job), kind=request)
 

@@ -30,9 +30,9 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.devstack import free_port
-from shared.jobs import new_job
+from shared.jobs import Job, new_job
 from shared.runtime import Services
-from tests.helpers import asset_event, eventually, running, stream_events, worker_process
+from tests.helpers import asset_event, eventually, export_event, final_job, running, stream_events, worker_process
 
 SECRET = "whsec_" + base64.b64encode(b"callback-secret-for-the-tests-32").decode()
 SUB_SECRET = "whsec_" + base64.b64encode(b"subscription-secret-of-the-test!").decode()
@@ -167,6 +167,18 @@ async def test_a_failed_jobs_callback_and_a_subscription_are_signed_and_verify(s
         Webhook(SUB_SECRET).verify(got.body, got.headers)
 
 
+async def test_an_unusable_callback_url_fails_the_request_with_the_reason(services: Services) -> None:
+    async with running(services, [stages.load("upload")]):
+        await bus.publish(services.js, m.UPLOAD_ASSET,
+                          asset_event("uploads/a.jpg", event_id="ftp-cb", callback_url="ftp://example.com/hook"))
+        await bus.publish(services.js, m.UPLOAD_EXPORT, export_event(
+            "bad-port", keys=["uploads/a.jpg"], callback_url="https://example.com:99999/hook"))
+        jobs = [await eventually(_final(services, job)) for job in ("ftp-cb", "bad-port")]
+    assert [job.status for job in jobs] == ["failed", "failed"]
+    assert "data.callback_url: not an http(s) URL" in jobs[0].errors[-1].reason  # the schema's answer
+    assert "callback_url 'https://example.com:99999/hook' is not a valid URL" in jobs[1].errors[-1].reason
+
+
 async def test_500_three_times_then_200_is_delivered_once_after_four_attempts(services: Services) -> None:
     async with receiver(script={"/flaky": [500, 500, 500]}) as hooks, notifying(services):
         event = await ready_job(services, "flaky", hooks.url("/flaky"))
@@ -285,6 +297,12 @@ async def test_kill_9_mid_delivery_delivers_every_event_with_the_same_id(service
         ids[got.path].add(got.headers["webhook-id"])
     assert {path: sorted(found) for path, found in ids.items()} == {f"/{e.subject}": [e.id] for e in events}
     assert Counter(r.path for r in hooks.got) == {"/a": 2, "/b": 2, "/c": 2}
+
+
+def _final(services: Services, job: str) -> Callable[[], Awaitable[Job]]:
+    async def probe() -> Job:
+        return await final_job(services, job)  # type: ignore[no-any-return]
+    return probe
 
 
 def _delivered(services: Services, job: str) -> Callable[[], Awaitable[bool]]:
