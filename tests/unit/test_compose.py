@@ -92,6 +92,22 @@ def test_every_stage_is_a_scalable_service_with_a_health_check_behind_healthy_de
         assert service["environment"]["JETMEDIA_METRICS_HOST"] == "0.0.0.0", name
 
 
+def test_the_gateway_serves_http_behind_healthy_dependencies_with_a_health_check_on_healthz() -> None:
+    gateway = model()["services"]["gateway"]
+    assert gateway["command"] == ["jetmedia", "gateway"]
+    assert gateway["healthcheck"]["test"][0] == "CMD" and "/healthz" in gateway["healthcheck"]["test"][-1]
+    assert ":8080/" in gateway["healthcheck"]["test"][-1]
+    env = gateway["environment"]
+    assert env["JETMEDIA_GATEWAY_HOST"] == "0.0.0.0" and env["JETMEDIA_GATEWAY_PORT"] == "8080"
+    assert "JETMEDIA_GATEWAY_TOKENS" in env and env["JETMEDIA_NATS_USER"] == "jetmedia"
+    [port] = gateway["ports"]
+    assert port["target"] == 8080 and port["host_ip"] == "127.0.0.1" and port["published"] == "8080"
+    depends = gateway["depends_on"]
+    assert depends["nats"]["condition"] == depends["seaweedfs"]["condition"] == "service_healthy"
+    assert depends["bucket-init"]["condition"] == "service_completed_successfully"
+    assert gateway["labels"]["prometheus.io/port"] == "8080"
+
+
 def test_infrastructure_services_are_healthy_before_use_and_images_are_pinned() -> None:
     services = model()["services"]
     for name in ("nats", "seaweedfs", "prometheus", "grafana"):
