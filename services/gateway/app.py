@@ -179,10 +179,9 @@ async def submit(gateway: Gateway, principal: auth.Principal, kind: Literal["ass
     answers with that job, and publishes nothing unless the job has no record yet (the first
     publish may have been lost; the stream's duplicate window drops a copy)."""
     explicit = data.job_id
-    job_id = job_id or explicit or (idempotent_id(principal, idempotency_key) if idempotency_key else m.new_id())
-    if explicit and idempotency_key:
-        event_id_ = event_id_ or idempotent_id(principal, idempotency_key)
-    event_id_ = event_id_ or (job_id if not explicit else m.new_id())
+    keyed = idempotent_id(principal, idempotency_key) if idempotency_key else None
+    job_id = job_id or explicit or keyed or m.new_id()
+    event_id_ = event_id_ or keyed or job_id  # the Nats-Msg-Id: a retry within the duplicate window is dropped
     data = msgspec.structs.replace(data, job_id=job_id)
     body = msgspec.json.encode(data)
     digest = hashlib.sha256(kind.encode() + b"\n" + body).hexdigest()

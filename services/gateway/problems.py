@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import botocore.exceptions
 import msgspec
+import nats.errors
+import nats.js.errors
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -77,12 +80,26 @@ def on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     return problem_response(status, kinds.get(status, "http"), detail, dict(exc.headers or {}))
 
 
+def on_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """NATS or S3 did not answer (an outage, a leader election): 503, worth retrying."""
+    log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+    return problem_response(503, "unavailable", f"NATS or S3 did not answer ({type(exc).__name__}); retry shortly",
+                            {"Retry-After": "2"})
+
+
 def on_error(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     """Anything unexpected: logged with the route (never the query: it may hold a token), 500."""
     log.error("unhandled error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
     return problem_response(500, "internal", f"{type(exc).__name__}: the gateway could not answer this request")
 
 
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError, nats.js.errors.ServiceUnavailableError,
+    botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ReadTimeoutError, TimeoutError,
+)
 HANDLERS: dict[int | type[Exception], Any] = {
     Problem: on_problem, ValidationException: on_validation, HTTPException: on_http, Exception: on_error,
+    **dict.fromkeys(UNAVAILABLE, on_unavailable),
 }
