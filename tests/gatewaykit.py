@@ -30,7 +30,8 @@ ROLES: dict[str, dict[str, Any]] = {
     "reader": {"scopes": ["read"]},
     "tenant": {"scopes": ["submit", "read", "cancel"], "prefix": "tenant-a/"},
     "hook": {"scopes": ["hook"]},
-    "slow": {"scopes": ["read"], "rate": 0.5, "burst": 3},
+    "slow": {"scopes": ["read"], "rate": 0.01, "burst": 3},  # one more request per 100 s: no refill mid-test
+    "burst": {"scopes": ["read"], "rate": 0.01, "burst": 5},
     "quota": {"scopes": ["submit", "read"], "max_in_flight": 1},
 }
 
@@ -60,10 +61,14 @@ def tokens_setting(roles: Mapping[str, Mapping[str, Any]]) -> tuple[str, dict[st
 
 
 @contextlib.asynccontextmanager
-async def gateway(settings: Settings, roles: Mapping[str, Mapping[str, Any]] = ROLES,
-                  **overrides: Any) -> AsyncIterator[RunningGateway]:
-    """Serve the gateway until the block ends (settings overrides: gateway_heartbeat=0.5, ...)."""
-    setting, tokens, names = tokens_setting(roles)
+async def gateway(settings: Settings, roles: Mapping[str, Mapping[str, Any]] = ROLES, *,
+                  replica_of: RunningGateway | None = None, **overrides: Any) -> AsyncIterator[RunningGateway]:
+    """Serve the gateway until the block ends (settings overrides: gateway_heartbeat=0.5, ...);
+    `replica_of`: a second gateway with the same tokens (a replica: limits are shared through KV)."""
+    if replica_of is not None:
+        setting, tokens, names = replica_of.settings.gateway_tokens, replica_of.tokens, replica_of.names
+    else:
+        setting, tokens, names = tokens_setting(roles)
     settings = settings.replace(gateway_host="127.0.0.1", gateway_port=0, gateway_tokens=setting, **overrides)
     stopping = asyncio.Event()
     ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
