@@ -193,7 +193,7 @@ function render(view, via) {
 
   idCell.replaceChildren(el("code", { textContent: view.id }),
     el("small", { textContent: view.created ? new Date(view.created).toLocaleString() : "" }));
-  kindCell.textContent = view.kind;
+  kindCell.textContent = view.media ? `${view.kind} · ${view.media}` : view.kind;
   statusCell.replaceChildren(el("span", { className: "badge", textContent: view.status }));
   if (view.status === "running" && view.stage) statusCell.append(el("small", { textContent: view.stage }));
   progressCell.replaceChildren(...progress(view));
@@ -238,7 +238,8 @@ function result(cell, view) {
     const largest = outputs.filter(isImage).sort((a, b) => (b.width || 0) - (a.width || 0))[0];
     parts.push(el("a", { href: (largest || thumb).url, target: "_blank", rel: "noopener" }, img));
   }
-  const links = outputs.filter((o) => o.url && o !== thumb).map((o) =>
+  const shown = view.kind === "export" && outputs.length < 2 ? [] : outputs; // one archive: the download link
+  const links = shown.filter((o) => o.url && o !== thumb).map((o) =>
     el("a", { href: o.url, textContent: o.name || o.key, target: "_blank", rel: "noopener" }));
   if (links.length) parts.push(el("span", { className: "outputs" }, ...links.flatMap((a) => [a, " "])));
   cell.replaceChildren(...parts);
