@@ -75,7 +75,7 @@ def wait_row(driver: webdriver.Chrome, job_id: str, ok: Any, timeout: float) -> 
 async def test_page_shows_a_job_going_from_running_to_ready_without_a_reload(
     services: Services, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    await services.storage.put_bytes("uploads/clip.mp4", lavfi("mp4", 2.0, size="320x240"), "video/mp4")
+    await services.storage.put_bytes("uploads/clip.mp4", lavfi("mp4", 1.0, size="240x160"), "video/mp4")
     later = [stages.load(name) for name in ("transcode", "variant", "finalize")]
     async with gateway(services.settings) as gw, running(services, [stages.load("upload")]), \
             gw.client("web") as http:
@@ -102,7 +102,7 @@ async def test_page_shows_a_job_going_from_running_to_ready_without_a_reload(
             row = await asyncio.to_thread(
                 wait_row, browser, job_id, lambda row: row["status"] == "ready" and row["thumbWidth"] > 0, 60)
         assert row["finalVia"] == "sse" and int(row["events"]) >= 2, row  # ready came over the stream
-        assert row["thumbWidth"] == 320, row  # the poster's `thumb` variant, fetched by its presigned URL
+        assert row["thumbWidth"] == 240, row  # the poster's `thumb` variant, fetched by its presigned URL
         assert await asyncio.to_thread(browser.execute_script, "return window.loadedOnce") is True  # no reload
         shot = tmp_path / "page-ready.png"
         await asyncio.to_thread(browser.save_screenshot, str(shot))
