@@ -16,6 +16,8 @@
             by `JobStore.update` just before the KV write), i.e. KV revision -> gateway watch -> SSE
             line -> client. The first event of each connection (the state at connect time) is no
             delivery and is not counted
+  floor     the same revisions through a plain KV watch in this process, timed the same way: what
+            nats-server and this loop cost without the gateway (side by side, same machine load)
   RSS       the gateway's VmRSS before any load, after the warm-up (the first 10 % of the run; every
             client connected) and at the end; flat = end within ±10 % of after-warm-up
 
@@ -51,6 +53,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
+import nats.errors
 from rich.console import Console
 from rich.table import Table
 
@@ -60,7 +63,7 @@ sys.path.insert(0, str(ROOT))
 from services.samples import photo  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.devstack import EmbeddedStack, free_port  # noqa: E402
-from shared.jobs import FINAL_STATUSES, Job, JobStore, new_job  # noqa: E402
+from shared.jobs import FINAL_STATUSES, Job, JobStore, decode_job, new_job  # noqa: E402
 from shared.runtime import Services  # noqa: E402
 
 SOURCE_KEY = "bench/gateway/photo.jpg"
@@ -89,6 +92,7 @@ class Results:
     ended_on_final: int = 0
     out_of_order: int = 0  # an `id:` (KV revision) not above the previous one on the same stream
     percent_down: int = 0  # a percent below the previous one on the same stream
+    direct_lag_ms: list[float] = field(default_factory=list)  # the same revisions via a KV watch in this process
     loop_lag_ms: list[float] = field(default_factory=list)  # this process's event loop: 50 ms sleeps' overshoot
     rss_kb: dict[str, int] = field(default_factory=dict)
     rss_max_kb: int = 0
@@ -165,6 +169,26 @@ async def watch_loop(results: Results, until: float) -> None:
         started = time.perf_counter()
         await asyncio.sleep(0.05)
         results.loop_lag_ms.append((time.perf_counter() - started - 0.05) * 1000)
+
+
+async def watch_directly(jobs: JobStore, results: Results, since: float) -> None:
+    """The floor under the gateway's lag: the same revisions through a plain KV watch here
+    (nats-server -> this process), measured the same way."""
+    watcher = await jobs.kv.watchall()
+    try:
+        while True:
+            try:
+                entry = await watcher.updates(timeout=5.0)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            arrived = time.time()
+            if entry is None or not entry.value:
+                continue
+            updated = decode_job(entry.value).updated.timestamp()
+            if updated >= since:
+                results.direct_lag_ms.append((arrived - updated) * 1000)
+    finally:
+        await watcher.stop()
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -315,6 +339,7 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             load = Load(client, port, tokens, services.jobs, results, began + args.seconds, args.steps, args.step_every)
             sampler = asyncio.create_task(sample_rss(proc.pid, results, load.until))
             looper = asyncio.create_task(watch_loop(results, load.until))
+            direct = asyncio.create_task(watch_directly(services.jobs, results, time.time()))
             submitter = asyncio.create_task(submit_loop(load, args.rate, secrets.token_hex(4)))
             clients = [asyncio.create_task(client_loop(load, tokens[i % len(tokens)])) for i in range(args.clients)]
             await asyncio.sleep(args.seconds * 0.1)
@@ -322,9 +347,9 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             await asyncio.sleep(max(0.0, load.until - time.monotonic()))
             results.rss_kb["end (under load)"] = rss_kb(proc.pid)
             results.cpu_seconds = cpu_seconds(proc.pid) - cpu_before
-            for task in (*clients, submitter, sampler, looper, *load.tasks):
+            for task in (*clients, submitter, sampler, looper, direct, *load.tasks):
                 task.cancel()
-            await asyncio.gather(*clients, submitter, sampler, looper, *load.tasks, return_exceptions=True)
+            await asyncio.gather(*clients, submitter, sampler, looper, direct, *load.tasks, return_exceptions=True)
             await asyncio.sleep(3.0)
             results.rss_kb["3 s after (idle)"] = rss_kb(proc.pid)
         finally:
@@ -359,6 +384,9 @@ def report(args: argparse.Namespace, results: Results, load_before: float, load_
     table.add_row("event lag p50 / p95 / p99 / max (KV revision -> SSE line)",
                   f"{percentile(lags, 0.5):.1f} / {percentile(lags, 0.95):.1f} / {percentile(lags, 0.99):.1f}"
                   f" / {max(lags, default=float('nan')):.1f} ms ({len(lags)} events)", "p95 <= 100 ms")
+    direct = results.direct_lag_ms
+    table.add_row("  floor: KV watch in the bench, no gateway (p50 / p95)",
+                  f"{percentile(direct, 0.5):.1f} / {percentile(direct, 0.95):.1f} ms ({len(direct)} revisions)", "")
     loop = results.loop_lag_ms
     table.add_row("bench's own event loop late, p95 / max", f"{percentile(loop, 0.95):.1f} / "
                   f"{max(loop, default=float('nan')):.1f} ms", "")
