@@ -15,21 +15,22 @@ from pathlib import Path
 import httpx
 
 from services import samples
+from shared.config import Settings
 
 ENV = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_GATEWAY_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
 ORIGIN = "http://127.0.0.1:9"  # a page on another origin than the S3 endpoint
 
 
-def read_banner(proc: subprocess.Popen[str], timeout: float = 90.0) -> str:
+def read_banner(proc: subprocess.Popen[str], timeout: float = 90.0, marker: str = "Ctrl-C stops everything.") -> str:
     import select
     import time
 
     assert proc.stdout is not None
     seen = ""
     deadline = time.monotonic() + timeout
-    while "Ctrl-C stops everything." not in seen:
+    while marker not in seen:
         if time.monotonic() > deadline or proc.poll() is not None:
-            raise AssertionError(f"no banner from jetmedia up: {seen[-3000:]}")
+            raise AssertionError(f"no {marker!r} from {proc.args}: {seen[-3000:]}")
         ready, _, _ = select.select([proc.stdout], [], [], 0.5)
         if ready:
             seen += proc.stdout.readline()
@@ -75,3 +76,39 @@ def test_up_serves_the_http_api(tmp_path: Path) -> None:
         if up.poll() is None:
             up.kill()
             up.wait(10)
+
+
+def test_gateway_alone_with_a_token_made_by_the_cli(settings: Settings, tmp_path: Path) -> None:
+    """`jetmedia gateway token` prints a token once and its hashed entry; `jetmedia gateway` serves
+    with that entry against an existing stack, refuses to start without tokens, stops on SIGTERM."""
+    env = {**ENV, **settings.as_env(), "JETMEDIA_GATEWAY_PORT": "0", "JETMEDIA_LOG_LEVEL": "INFO"}
+    made = subprocess.run([sys.executable, "-m", "services.cli", "gateway", "token", "web", "--scopes", "read"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = re.search(r"(jm_\S+)", made.stderr)
+    assert token and token.group(1) not in made.stdout  # stdout holds only the hash
+    entry = json.loads(made.stdout)
+    assert entry["name"] == "web" and entry["scopes"] == ["read"] and len(entry["sha256"]) == 64
+
+    refused = subprocess.run([sys.executable, "-m", "services.cli", "gateway"], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert refused.returncode == 2 and "JETMEDIA_GATEWAY_TOKENS" in refused.stderr, refused.stderr
+
+    gateway = subprocess.Popen([sys.executable, "-m", "services.cli", "gateway"],
+                               env={**env, "JETMEDIA_GATEWAY_TOKENS": json.dumps([entry])},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert gateway.stdout is not None
+        found = re.search(r"gateway ready on (http://127\.0\.0\.1:\d+)", read_banner(gateway, marker="ready on"))
+        assert found
+        answer = httpx.get(found.group(1) + "/v1/jobs", headers={"Authorization": f"Bearer {token.group(1)}"})
+        assert answer.status_code == 200 and "dead_letters" in answer.json()
+        assert httpx.post(found.group(1) + "/v1/uploads", json={"filename": "a"},
+                          headers={"Authorization": f"Bearer {token.group(1)}"}).status_code == 403
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(30) == 0
+        assert token.group(1) not in gateway.stdout.read()  # never in the log
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+            gateway.wait(10)
