@@ -118,7 +118,8 @@ async def caller(request: Request[Any, Any, Any], scope: str) -> auth.Principal:
     """The principal behind the request with `scope`, one rate-limit token spent (401/403/429)."""
     gateway = gw(request)
     principal = auth.authenticate(gateway.tokens, request.headers.get("authorization"),
-                                  request.query_params.get("access_token"), request.method)
+                                  request.query_params.get("access_token"),
+                                  query_ok=request.method == "GET" or scope == "hook")
     auth.require(principal, scope)
     await gateway.state.take(principal)
     return principal
@@ -400,7 +401,7 @@ async def job_events(
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-@post("/v1/hooks/s3", status_code=202, security=AUTHED, responses=PROBLEMS, tags=["hooks"])
+@post("/v1/hooks/s3", status_code=202, security=AUTHED_GET, responses=PROBLEMS, tags=["hooks"])
 async def s3_hook(request: Request[Any, Any, Any], data: JSONBody[S3Notification]) -> HookResult:
     """S3 event notifications (AWS, MinIO, Ceph RGW webhook shape): each created object under
     the hook prefixes starts an asset job, once (the job id comes from bucket/key/eTag)."""

@@ -9,8 +9,9 @@ an existing one: `printf %s "$TOKEN" | sha256sum`.
 Scopes: `submit` (uploads, assets, exports), `read` (jobs, events), `cancel` (cancel, retry),
 `admin` (everything, every job), `hook` (S3 notifications). A token with a `prefix` may only
 name keys under it and only sees jobs whose source is under it or that it submitted.
-Requests carry `Authorization: Bearer <token>`; GET requests may carry `?access_token=<token>`
-instead (a browser's EventSource cannot send headers). Tokens are never logged.
+Requests carry `Authorization: Bearer <token>`; GET requests and the S3 hook may carry
+`?access_token=<token>` instead (a browser's EventSource cannot send headers, nor can every S3
+server's notification target). Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -131,8 +132,9 @@ _BEARER = re.compile(r"^\s*Bearer\s+(?P<token>\S+)\s*$", re.IGNORECASE)
 
 
 def authenticate(tokens: dict[str, Principal], authorization: str | None, query_token: str | None,
-                 method: str) -> Principal:
-    """The principal of a request, or a 401 problem. The query form only on GET (EventSource)."""
+                 query_ok: bool) -> Principal:
+    """The principal of a request, or a 401 problem. The query form only where `query_ok`: GET
+    (EventSource cannot send headers) and the S3 hook (Ceph RGW's push endpoint cannot either)."""
     token: str | None = None
     if authorization:
         found = _BEARER.match(authorization)
@@ -140,7 +142,7 @@ def authenticate(tokens: dict[str, Principal], authorization: str | None, query_
             raise Problem(401, "unauthorized", "the Authorization header must be `Bearer <token>`",
                           {"WWW-Authenticate": 'Bearer realm="jetmedia"'})
         token = found["token"]
-    elif query_token and method == "GET":
+    elif query_token and query_ok:
         token = query_token
     if not token:
         raise Problem(401, "unauthorized", "send `Authorization: Bearer <token>` (GET may use ?access_token=)",
