@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
@@ -90,16 +91,20 @@ class Records:
         except Exception as exc:
             log.warning("notify: could not record attempt %d of %s: %s", record.attempt, delivery.id, exc)
 
-    async def of_job(self, job: str) -> list[Attempt]:
-        """Every attempt recorded for a job, oldest first (tests, support)."""
-        watcher = await self.kv.watch(f"{job}.*.*", ignore_deletes=True)
+    async def of_job(self, js: JetStreamContext, job: str) -> list[Attempt]:
+        """Every attempt recorded for a job, oldest first (tests, support). Read through a
+        short-lived consumer that knows how many records match, not a KV watch (whose "that is
+        all" marker could come before the records)."""
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=30.0)
+        sub = await js.pull_subscribe(f"$KV.{BUCKET}.{job}.*.*", stream=f"KV_{BUCKET}", config=config)
         found = []
         try:
-            async for entry in watcher:
-                if entry is None:  # the end of what is stored now
-                    break
-                if entry.value:
-                    found.append(_decoder.decode(entry.value))
+            left = (await sub.consumer_info()).num_pending or 0
+            while left > 0:
+                for msg in await sub.fetch(min(left, 256), timeout=5.0):
+                    left -= 1
+                    if msg.data:
+                        found.append(_decoder.decode(msg.data))
         finally:
-            await watcher.stop()
+            await sub.unsubscribe()
         return sorted(found, key=lambda record: (record.at, record.attempt))

@@ -135,7 +135,7 @@ async def ready_job(services: Services, job_id: str, url: str | None) -> m.Asset
 
 async def attempts(services: Services, job: str) -> list[str]:
     records = await Records.open(services.js, services.settings)
-    return [r.outcome for r in await records.of_job(job)]
+    return [r.outcome for r in await records.of_job(services.js, job)]
 
 
 async def letters(services: Services) -> list[m.DeadLetter]:
@@ -187,7 +187,7 @@ async def test_500_three_times_then_200_is_delivered_once_after_four_attempts(se
     assert outcomes == ["retry", "retry", "retry", "delivered"] == await attempts(services, "flaky")
     assert len(hooks.got) == 4 and all(r.verified for r in hooks.got)
     assert {r.headers["webhook-id"] for r in hooks.got} == {event.id}  # the receiver can dedupe on it
-    records = await (await Records.open(services.js, services.settings)).of_job("flaky")
+    records = await (await Records.open(services.js, services.settings)).of_job(services.js, "flaky")
     assert [r.status for r in records] == [500, 500, 500, 200]
     assert all(len(r.response) == 1024 and r.seconds > 0 for r in records)  # answers kept to 1 KB
     assert not await letters(services)
@@ -269,7 +269,7 @@ async def test_unsafe_callbacks_are_refused_without_a_connection(services: Servi
 async def test_kill_9_mid_delivery_delivers_every_event_with_the_same_id(services: Services) -> None:
     """A worker process killed while receivers hold its requests: a new one sends them again
     after JETMEDIA_WEBHOOK_TIMEOUT + JETMEDIA_ACK_WAIT, with the same webhook-id."""
-    settings = services.settings
+    settings = services.settings = services.settings.replace(webhook_timeout=4.0)  # none times out before the kill
     async with receiver(hang={"/a", "/b", "/c"}) as hooks:
         worker = worker_process(settings, "notify")
         try:
@@ -296,7 +296,8 @@ async def test_kill_9_mid_delivery_delivers_every_event_with_the_same_id(service
         assert got.verified
         ids[got.path].add(got.headers["webhook-id"])
     assert {path: sorted(found) for path, found in ids.items()} == {f"/{e.subject}": [e.id] for e in events}
-    assert Counter(r.path for r in hooks.got) == {"/a": 2, "/b": 2, "/c": 2}
+    sent = Counter(r.path for r in hooks.got)
+    assert set(sent) == {"/a", "/b", "/c"} and min(sent.values()) >= 2  # the first attempt and at least one more
 
 
 def _final(services: Services, job: str) -> Callable[[], Awaitable[Job]]:
