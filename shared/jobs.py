@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from . import metrics
@@ -279,13 +279,18 @@ def fraction(job: Job) -> float:
 
 
 async def all_jobs(jobs: JobStore) -> list[Job]:
-    """Every job record (not the export chunk side records), newest first."""
-    try:
-        keys = [key for key in await jobs.kv.keys() if ".chunk." not in key]
-    except NoKeysError:
-        return []
+    """Every job record (not the export chunk side records), newest first: one watch of the whole
+    bucket delivers the latest value of every key (a stream, not a get per key)."""
+    watcher = await jobs.kv.watchall(ignore_deletes=True)
     found: list[Job] = []
-    for start in range(0, len(keys), 64):
-        batch = await asyncio.gather(*(jobs.get(key) for key in keys[start:start + 64]))
-        found += [job for job in batch if job is not None]
+    try:
+        while True:
+            entry = await watcher.updates(timeout=30.0)
+            if entry is None or not hasattr(entry, "key"):  # the end of the current values
+                break
+            if ".chunk." in entry.key or not entry.value:
+                continue
+            found.append(_decoder.decode(entry.value))
+    finally:
+        await watcher.stop()
     return sorted(found, key=lambda job: job.created, reverse=True)
