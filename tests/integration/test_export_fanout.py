@@ -32,9 +32,10 @@ from shared.exportitems import ChunkItems, items_key
 from shared.exportplan import ChunkRecord, chunk_key
 from shared.jobs import Job
 from shared.runtime import Context, Emit, Services
-from tests.helpers import download, eventually, export_event, final_job, running, settings_env
+from tests.helpers import download, eventually, export_event, final_job, processes_with, running, settings_env
 
 ITEMS = 200
+HALF = 40  # items the second transcode worker converts before its ffmpeg hangs
 KEYS = [f"fan/take-{n:03d}.wav" for n in range(ITEMS)]
 
 
@@ -56,6 +57,13 @@ def worker(services: Services, log: Path, *stages: str,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+def script(path: Path, text: str) -> str:
+    """An executable shell script (an ffmpeg stand-in); returns its path."""
+    path.write_text(text)
+    path.chmod(0o755)
+    return str(path)
 
 
 def lines(log: Path) -> list[str]:
@@ -103,40 +111,52 @@ async def test_mp3_export_spreads_over_transcode_workers_and_survives_a_kill(ser
     for start in range(0, ITEMS, 25):
         await asyncio.gather(*(services.storage.put_bytes(key, wav) for key in KEYS[start:start + 25]))
     no_ffmpeg = {"JETMEDIA_FFMPEG": str(tmp_path / "no-such-ffmpeg"), "PATH": str(tmp_path / "empty")}
+    release = tmp_path / "release"
+    hanging = script(tmp_path / "ffmpeg-that-hangs", f"""#!/bin/sh
+echo run >> "{tmp_path / 'runs'}"
+if [ "$(wc -l < "{tmp_path / 'runs'}")" -gt {HALF} ]; then
+  while [ ! -e "{release}" ]; do sleep 0.05; done
+  exit 1
+fi
+exec "{ffmpeg_exe()}" "$@"
+""")
     logs = {name: tmp_path / f"{name}.log" for name in ("pipeline", "one", "two")}
 
-    with worker(services, logs["pipeline"], "upload", "chunk", "finalize", env=no_ffmpeg), \
-            worker(services, logs["one"], "transcode") as one:
-        # one transcode worker converts every item
-        took = [time.monotonic()]
-        await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("fan-1", prefix="fan/", transform="mp3"))
-        await export_mp3(services, "fan-1", tmp_path)
-        took[0] = time.monotonic() - took[0]
-        assert converted(logs["one"], "fan-1") == ITEMS
+    try:
+        with worker(services, logs["pipeline"], "upload", "chunk", "finalize", env=no_ffmpeg), \
+                worker(services, logs["one"], "transcode") as one:
+            # one transcode worker converts every item
+            took = [time.monotonic()]
+            await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("fan-1", prefix="fan/", transform="mp3"))
+            await export_mp3(services, "fan-1", tmp_path)
+            took[0] = time.monotonic() - took[0]
+            assert converted(logs["one"], "fan-1") == ITEMS
 
-        # two: both convert items; one is SIGKILLed mid-export, the other finishes its items too
-        with worker(services, logs["two"], "transcode") as two:
-            await eventually(lambda: ready_line(logs["two"]), timeout=30)
-            took.append(time.monotonic())
-            await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("fan-2", prefix="fan/", transform="mp3"))
+            # two: both convert items; the second converts HALF items, then its ffmpeg hangs (two items in
+            # flight, for sure) and it is SIGKILLed; the first takes those items over and finishes
+            with worker(services, logs["two"], "transcode", env={"JETMEDIA_FFMPEG": hanging}) as two:
+                await eventually(lambda: ready_line(logs["two"]), timeout=30)
+                took.append(time.monotonic())
+                await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("fan-2", prefix="fan/", transform="mp3"))
 
-            async def both_busy() -> bool:  # about half the items converted, by both
-                return converted(logs["one"], "fan-2") >= 25 and converted(logs["two"], "fan-2") >= 25
+                async def both_busy_and_two_stuck() -> bool:
+                    return (converted(logs["one"], "fan-2") >= HALF and converted(logs["two"], "fan-2") == HALF
+                            and len(processes_with(hanging)) >= 2)
 
-            await eventually(both_busy, timeout=90)
-            in_flight = (await services.js.consumer_info("JM_TRANSCODE", "transcode")).num_ack_pending
-            two.send_signal(signal.SIGKILL)
-            two.wait(10)
-            by_two = converted(logs["two"], "fan-2")
-            assert in_flight > 0 and by_two < ITEMS, "killed with nothing in flight: the test proves nothing"
-
-            await export_mp3(services, "fan-2", tmp_path)
-            took[1] = time.monotonic() - took[1]
-        by_one = converted(logs["one"], "fan-2")
-        assert by_one + by_two >= ITEMS and by_one > 0 and by_two > 0
-        assert any("stage=transcode" in line and "job=fan-2 " in line and "delivery=2" in line
-                   for line in lines(logs["one"]))  # the killed worker's items came back to the other
-        assert one.poll() is None
+                await eventually(both_busy_and_two_stuck, timeout=90)
+                two.send_signal(signal.SIGKILL)
+                two.wait(10)
+                release.touch()  # the hung "ffmpeg" children of the dead worker exit
+                await export_mp3(services, "fan-2", tmp_path)
+                took[1] = time.monotonic() - took[1]
+            by_one, by_two = converted(logs["one"], "fan-2"), converted(logs["two"], "fan-2")
+            assert (by_one, by_two) == (ITEMS - HALF, HALF)  # each item converted (to the end) once
+            came_back = [line for line in lines(logs["one"]) if "stage=transcode job=fan-2 " in line
+                         and "outcome=ok" in line and "delivery=2" in line]
+            assert len(came_back) == 2  # the two items the killed worker held, after ack_wait
+            assert one.poll() is None
+    finally:
+        release.touch()  # whatever happened, no hung "ffmpeg" outlives the test
 
     # the chunk process (no ffmpeg to run) handled every chunk at the first try and converted nothing
     chunks = [line for line in lines(logs["pipeline"]) if "stage=chunk job=" in line]
@@ -151,10 +171,8 @@ async def test_a_repeated_item_is_neither_converted_nor_counted_twice(services: 
     second run finds the item counted and runs no ffmpeg; the last item completes the chunk once,
     and its repeat only re-sends the same finalize (same id: the server drops it)."""
     runs = tmp_path / "ffmpeg-runs"
-    counting = tmp_path / "counting-ffmpeg"
-    counting.write_text(f'#!/bin/sh\necho run >> "{runs}"\nexec "{ffmpeg_exe()}" "$@"\n')
-    counting.chmod(0o755)
-    settings = services.settings.replace(ffmpeg=str(counting))
+    counting = script(tmp_path / "counting-ffmpeg", f'#!/bin/sh\necho run >> "{runs}"\nexec "{ffmpeg_exe()}" "$@"\n')
+    settings = services.settings.replace(ffmpeg=counting)
     wav = await asyncio.to_thread(lavfi, "wav", 0.3)
     for key in ("rep/a.wav", "rep/b.wav"):
         await services.storage.put_bytes(key, wav)
