@@ -125,7 +125,7 @@ async def caller(request: Request[Any, Any, Any], scope: str) -> auth.Principal:
     return principal
 
 
-def links(job_id: FromPath[str]) -> Accepted:
+def links(job_id: str) -> Accepted:
     return Accepted(job_id=job_id, status_url=f"/v1/jobs/{job_id}", events_url=f"/v1/jobs/{job_id}/events")
 
 
@@ -141,7 +141,7 @@ def idempotent_id(principal: auth.Principal, key: str) -> str:
 
 
 async def visible_job(gateway: Gateway, principal: auth.Principal,
-                      job_id: FromPath[str]) -> tuple[Job | None, RequestRecord | None]:
+                      job_id: str) -> tuple[Job | None, RequestRecord | None]:
     """The job's record (None while queued) and request record, or 404 when there is neither or
     the token may not see it (outside its prefix and not submitted by it: no existence leak)."""
     if not m.is_job_id(job_id):
@@ -162,7 +162,7 @@ def sees(principal: auth.Principal, job: Job | None, request: RequestRecord | No
     return job is not None and job.source_key is not None and principal.may_touch(job.source_key)
 
 
-async def view_of(gateway: Gateway, job: Job | None, request: RequestRecord | None, job_id: FromPath[str]) -> JobView:
+async def view_of(gateway: Gateway, job: Job | None, request: RequestRecord | None, job_id: str) -> JobView:
     if job is not None:
         return await job_view(job, gateway.services.storage)
     assert request is not None
