@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
@@ -180,10 +181,13 @@ async def test_an_unusable_callback_url_fails_the_request_with_the_reason(servic
 
 
 async def test_500_three_times_then_200_is_delivered_once_after_four_attempts(services: Services) -> None:
+    before = {outcome: _counted(outcome) for outcome in ("retry", "delivered")}
     async with receiver(script={"/flaky": [500, 500, 500]}) as hooks, notifying(services):
         event = await ready_job(services, "flaky", hooks.url("/flaky"))
         outcomes = await eventually(lambda: _when(attempts(services, "flaky"), lambda o: "delivered" in o))
         await asyncio.sleep(1.0)  # nothing more comes
+    assert {outcome: _counted(outcome) - count for outcome, count in before.items()} == {"retry": 3, "delivered": 1}
+    assert (REGISTRY.get_sample_value("jetmedia_webhook_seconds_count") or 0) >= 4
     assert outcomes == ["retry", "retry", "retry", "delivered"] == await attempts(services, "flaky")
     assert len(hooks.got) == 4 and all(r.verified for r in hooks.got)
     assert {r.headers["webhook-id"] for r in hooks.got} == {event.id}  # the receiver can dedupe on it
@@ -298,6 +302,23 @@ async def test_kill_9_mid_delivery_delivers_every_event_with_the_same_id(service
     assert {path: sorted(found) for path, found in ids.items()} == {f"/{e.subject}": [e.id] for e in events}
     sent = Counter(r.path for r in hooks.got)
     assert set(sent) == {"/a", "/b", "/c"} and min(sent.values()) >= 2  # the first attempt and at least one more
+
+
+async def test_unusable_webhook_settings_stop_the_worker_with_exit_2(services: Services) -> None:
+    bad = services.settings.replace(webhooks='[{"url": "https://shop.example/h", "secret": "not-whsec"}]')
+    worker = worker_process(bad, "notify")
+    try:
+        out, _ = await asyncio.to_thread(worker.communicate, timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert worker.returncode == 2, out[-2000:]
+    assert b"JETMEDIA_WEBHOOKS: subscription sub-" in out and b"starts with 'whsec_'" in out
+    assert b"not-whsec" not in out  # a secret, even a wrong one, is not printed
+
+
+def _counted(outcome: str) -> float:
+    return REGISTRY.get_sample_value("jetmedia_webhook_deliveries_total", {"outcome": outcome}) or 0.0
 
 
 def _final(services: Services, job: str) -> Callable[[], Awaitable[Job]]:
