@@ -1,21 +1,25 @@
 """Variant bench: N real-sized photos (24 MP JPEG) → thumb 400 + display 1600 WebP, side by side:
 
-  stage   the running variant stage: embedded nats-server + local S3, the real runtime, the
-          stage's own code (S3 download, decode, encode, colours, ThumbHash, S3 uploads, PartDone)
-  vips-s3 the ceiling: a bare pyvips script doing exactly the stage's job in a thread pool, one
-          image per core: GET the source from the same local S3 endpoint (boto3), decode, both
-          WebPs, palette + ThumbHash, PUT both variants; no bus, no job record, no runtime
-  vips    the same image work on local files, no S3 (the image work alone), at several WebP
-          efforts: the evidence for the effort default
-  pillow  a well-written Pillow process pool (one process per core): draft() + thumbnail(), WebP at
-          Pillow's defaults (quality 80, method 4)
+  pipeline the real stack in one process: upload → variant → finalize stages, embedded nats-server +
+           SeaweedFS; clock from the first AssetUploaded published to the last asset.ready (S3
+           download, decode, encode, colours, ThumbHash, S3 uploads, job records, events)
+  sharp    Node sharp (bench/sharp/variants.js) on local files at its defaults (q80, effort 4), one
+           photo per core at a time: the tool the replaced services used. `npm ci` into
+           bench/sharp/node_modules on first use (or `make bench-deps`); skipped when Node is absent
+  vips     `services.variant.images.render` on local files in a thread pool (one image per core):
+           the stage's image work alone, no S3, no bus
+  --all adds: bare pyvips + S3 (a plain script with the stage's S3 traffic), the WebP effort sweep,
+           libvips' default threading, a Pillow process pool, and the resize-kernel table
 
-Every contender runs in a fresh subprocess, so its peak RSS is its own. For each: images/s over
-the whole batch, p95 time per image, peak RSS, mean bytes per variant, and PSNR of the 1600 px
-variant against the same contender's unencoded resize (mean over the first 4 photos).
+Every contender runs in a fresh subprocess, rounds interleave (order reversed every other round). For
+each: images/s over the whole batch (best round kept; the pipeline/sharp ratio is also given as
+the median of each round's own ratio), p95 time per image, CPU per image, peak RSS, mean bytes per
+variant, and PSNR of the 1600 px WebP against the contender's own unencoded resize and against one
+shared reference: a full-size decode resized with lanczos3 (mean over the first 4 photos).
 
-    .venv/bin/python bench/variant.py                      # 24 photos of 6000×4000, ~3 min
-    .venv/bin/python bench/variant.py --count 8 --efforts 2,4
+    make bench-deps                                        # once: sharp into bench/sharp (npm ci)
+    .venv/bin/python bench/variant.py                      # 24 photos of 6000×4000, 3 rounds, ~3 min
+    .venv/bin/python bench/variant.py --count 8 --rounds 1 --all
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 QUALITY = 80
 THUMB, DISPLAY = 400, 1600
-QUALITY_SAMPLES = 4
+QUALITY_SAMPLES = 24  # photos whose display WebP is scored (references cached beside the photos)
 
 
 # --- inputs ------------------------------------------------------------------------------------
@@ -131,11 +135,20 @@ def _rss_kib(pid: int) -> int:
 
 
 def reference(path: Path) -> Any:
-    """The common yardstick: a full-size decode resized to 1600 px with lanczos3, unencoded."""
+    """The common yardstick: a full-size decode resized to 1600 px with lanczos3, unencoded. Made
+    once per photo and cached beside it as raw pixels (loads in milliseconds; making it ~0.4 s)."""
     import pyvips
 
+    for cached in path.parent.glob(f"{path.stem}.lanczos3-{DISPLAY}-*.raw"):
+        width, height, bands = (int(n) for n in cached.stem.rsplit("-", 1)[1].split("x"))
+        return pyvips.Image.new_from_memory(cached.read_bytes(), width, height, bands, "uchar")
     full = pyvips.Image.jpegload_buffer(path.read_bytes())
-    return full.resize(DISPLAY / max(full.width, full.height), kernel="lanczos3").copy_memory()
+    image = full.resize(DISPLAY / max(full.width, full.height), kernel="lanczos3").cast("uchar").copy_memory()
+    cached = path.with_name(f"{path.stem}.lanczos3-{DISPLAY}-{image.width}x{image.height}x{image.bands}.raw")
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(image.write_to_memory())
+    tmp.rename(cached)
+    return image
 
 
 def result(name: str, settings: str, wall: float, per_image: list[float], sizes: dict[str, list[int]],
@@ -154,11 +167,14 @@ def result(name: str, settings: str, wall: float, per_image: list[float], sizes:
 # --- bare pyvips -------------------------------------------------------------------------------
 
 
-def vips_resize(path_or_bytes: Path | bytes, kernel: str = "cubic") -> Any:
+def vips_resize(path_or_bytes: Path | bytes, kernel: str = "") -> Any:
     """What the stage does, bare: JPEG shrink-on-load by the largest power of two that keeps ≥ 1600 px,
     one resize, in memory."""
     import pyvips
 
+    from services.variant.images import KERNEL
+
+    kernel = kernel or KERNEL
     source = path_or_bytes.read_bytes() if isinstance(path_or_bytes, Path) else path_or_bytes
     header = pyvips.Image.new_from_buffer(source, "")
     long_edge = max(header.width, header.height)
@@ -167,26 +183,50 @@ def vips_resize(path_or_bytes: Path | bytes, kernel: str = "cubic") -> Any:
     return image.resize(DISPLAY / max(image.width, image.height), kernel=kernel).copy_memory()
 
 
-def vips_work(source: bytes, effort: int) -> tuple[bytes, bytes]:
-    """The stage's image work, bare: both variants, then the palette and ThumbHash from the thumb
-    (the stage's own `facts()`: the stage stores them, so the ceiling computes them too)."""
-    from services.variant.images import facts
+def vips_work(source: bytes, effort: int, quality: int = QUALITY) -> tuple[bytes, bytes]:
+    """The stage's image work, bare: `services.variant.images.render` itself (decode, both variants,
+    palette and ThumbHash), so this row follows every change to the stage's image code."""
+    from services.variant.images import render
 
-    display = vips_resize(source)
-    display_webp = display.webpsave_buffer(Q=QUALITY, effort=effort, keep="none")
-    thumb = display.resize(THUMB / DISPLAY, kernel="cubic").copy_memory()
-    thumb_webp = thumb.webpsave_buffer(Q=QUALITY, effort=effort, keep="none")
-    facts(thumb)
-    return display_webp, thumb_webp
+    rendered = render(source, bench_presets(effort, quality))
+    by_name = {v.preset.name: v.data for v in rendered.variants}
+    return by_name["display"], by_name["thumb"]
 
 
-def vips_one(path: Path, effort: int) -> tuple[float, int, int]:
+@functools.cache
+def bench_presets(effort: int, quality: int = QUALITY) -> tuple[Any, ...]:
+    from services.variant.presets import parse, select
+
+    return select(parse(preset_spec(effort, quality)), None)
+
+
+BUILTIN = -1  # effort and quality: the stage's built-in presets as they are
+
+
+def preset_spec(effort: int, quality: int) -> str:
+    """JETMEDIA_VARIANT_PRESETS for the bench: both sizes at one effort and quality, or "" (the
+    built-in presets)."""
+    if effort == BUILTIN:
+        return ""
+    return f"thumb:webp:{THUMB}:q{quality}:e{effort},display:webp:{DISPLAY}:q{quality}:e{effort}"
+
+
+def preset_label(effort: int, quality: int) -> str:
+    if effort != BUILTIN:
+        return f"q{quality} effort {effort}"
+    from services.variant.presets import BUILTIN as BUILT_IN
+    from services.variant.presets import select
+
+    return "built-in: " + ", ".join(f"{p.name} q{p.q} e{p.e}" for p in select(BUILT_IN, None))
+
+
+def vips_one(path: Path, effort: int, quality: int) -> tuple[float, int, int]:
     started = time.perf_counter()
-    display_webp, thumb_webp = vips_work(path.read_bytes(), effort)
+    display_webp, thumb_webp = vips_work(path.read_bytes(), effort, quality)
     return time.perf_counter() - started, len(display_webp), len(thumb_webp)
 
 
-def run_vips(paths: list[Path], effort: int, threads: int, with_s3: bool = False) -> dict[str, Any]:
+def run_vips(paths: list[Path], effort: int, quality: int, threads: int, with_s3: bool = False) -> dict[str, Any]:
     """One image per core in a thread pool. `with_s3`: the whole job a script would do, with the
     stage's S3 traffic: GET the source from the same local S3 endpoint, PUT both variants (boto3,
     CRC-32 like the stage), but no bus, no job record, no runtime: the ceiling for the stage."""
@@ -197,10 +237,10 @@ def run_vips(paths: list[Path], effort: int, threads: int, with_s3: bool = False
     pyvips.cache_set_max(0)
     workers = os.cpu_count() or 2
     with contextlib.ExitStack() as stack:
-        one = functools.partial(vips_one, effort=effort)
+        one = functools.partial(vips_one, effort=effort, quality=quality)
         pids = {"process": os.getpid()}
         if with_s3:
-            one, pid = stack.enter_context(bare_s3(paths, effort, workers))
+            one, pid = stack.enter_context(bare_s3(paths, effort, quality, workers))
             pids["s3"] = pid
         rss = stack.enter_context(PeakRss())
         pool = stack.enter_context(cf.ThreadPoolExecutor(workers))
@@ -210,22 +250,22 @@ def run_vips(paths: list[Path], effort: int, threads: int, with_s3: bool = False
         done = list(pool.map(one, paths))
         wall = time.perf_counter() - started
         cpu = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
-    quality = []
+    scores = []
     for path in paths[:QUALITY_SAMPLES]:
-        own = vips_resize(path)
-        webp = own.webpsave_buffer(Q=QUALITY, effort=effort, keep="none")
-        quality.append((psnr(own, webp), psnr(reference(path), webp)))
-    label = f"q{QUALITY} effort {effort}, "
+        webp = vips_work(path.read_bytes(), effort, quality)[0]
+        scores.append((psnr(vips_resize(path), webp), psnr(reference(path), webp)))
+    label = preset_label(effort, quality) + ", "
     label += f"{threads} libvips thread/image" if threads else "libvips threads default"
     name = "bare pyvips + S3 (boto3)" if with_s3 else "bare pyvips, local files"
     out = result(name, label, wall, [d[0] for d in done],
-                 {"display": [d[1] for d in done], "thumb": [d[2] for d in done]}, quality, rss.mb)
+                 {"display": [d[1] for d in done], "thumb": [d[2] for d in done]}, scores, rss.mb)
     out["cpu_ms_per_image"] = {name: 1000 * seconds / len(paths) for name, seconds in cpu.items()}
     return out
 
 
 @contextlib.contextmanager
-def bare_s3(paths: list[Path], effort: int, workers: int) -> Iterator[tuple[Callable[[Path], Any], int]]:
+def bare_s3(paths: list[Path], effort: int, quality: int,
+            workers: int) -> Iterator[tuple[Callable[[Path], Any], int]]:
     """The local S3 endpoint the stage uses, the photos in it, and a per-image function that
     does what a plain script would: GET, render, PUT, PUT."""
     import boto3
@@ -250,7 +290,7 @@ def bare_s3(paths: list[Path], effort: int, workers: int) -> Iterator[tuple[Call
             def one(path: Path) -> tuple[float, int, int]:
                 started = time.perf_counter()
                 source = client.get_object(Bucket="bench", Key=f"photos/{path.name}")["Body"].read()
-                display_webp, thumb_webp = vips_work(source, effort)
+                display_webp, thumb_webp = vips_work(source, effort, quality)
                 for name, data in (("display", display_webp), ("thumb", thumb_webp)):
                     client.put_object(Bucket="bench", Key=f"variants/{path.stem}/{name}.webp", Body=data,
                                       ContentType="image/webp", ChecksumAlgorithm="CRC32")
@@ -313,10 +353,57 @@ def run_pillow(paths: list[Path], method: int) -> dict[str, Any]:
     return out
 
 
+# --- Node sharp --------------------------------------------------------------------------------
+
+SHARP = ROOT / "bench" / "sharp"
+
+
+def sharp_ready() -> str | None:
+    """None when bench/sharp can run, else why not. Installs sharp there with `npm ci` (what
+    `make bench-deps` runs) the first time; never part of `make test`."""
+    import shutil
+
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        return "node/npm not found (make node installs them): sharp skipped"
+    if not (SHARP / "node_modules" / "sharp").is_dir():
+        print("installing sharp into bench/sharp/node_modules (npm ci) ...", flush=True)
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SHARP,
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"npm ci in bench/sharp failed, sharp skipped:\n{done.stderr[-2000:]}"
+    return None
+
+
+def run_sharp(paths: list[Path], effort: int) -> dict[str, Any]:
+    """bench/sharp/variants.js: sharp's own pipeline per variant (shrink-on-load, lanczos3, autorotate,
+    metadata stripped), WebP at `effort` and q80, one photo per core at a time."""
+    workers = os.cpu_count() or 2
+    with tempfile.TemporaryDirectory(prefix="jm-bench-sharp-") as keep:
+        options = {"paths": [str(p) for p in paths], "quality": QUALITY, "effort": effort, "pool": workers,
+                   "keep": keep, "samples": QUALITY_SAMPLES}
+        done = subprocess.run(["node", str(SHARP / "variants.js"), json.dumps(options)], capture_output=True,
+                              text=True, check=False)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"sharp failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+        raw = json.loads(line.removeprefix("RESULT "))
+        quality = []
+        for i, path in enumerate(paths[:QUALITY_SAMPLES]):
+            webp = (Path(keep) / f"{i}.webp").read_bytes()
+            quality.append((psnr(vips_resize(path, "lanczos3"), webp), psnr(reference(path), webp)))
+    out = result(f"Node sharp {raw['sharp']} (libvips {raw['vips']})",
+                 f"q{QUALITY} effort {effort}, {workers} photos at a time", raw["wall"], raw["per_image"],
+                 {"display": raw["display"], "thumb": raw["thumb"]}, quality, raw["rss_mb"])
+    out["cpu_ms_per_image"] = {"node": 1000 * raw["cpu_s"] / len(paths)}
+    return out
+
+
 # --- the running stage -------------------------------------------------------------------------
 
 
-async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> dict[str, Any]:
+async def run_stage_async(paths: list[Path], effort: int, quality: int, concurrency: int) -> dict[str, Any]:
+    """The real pipeline in this process: upload → variant → finalize on an embedded nats-server and
+    SeaweedFS. Clock: first AssetUploaded published → last asset.ready seen."""
     from nats.aio.msg import Msg
 
     from services import stages
@@ -326,7 +413,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
     from shared.devstack import EmbeddedStack
     from shared.runtime import Services, run_stages
 
-    presets = f"thumb:webp:{THUMB}:q{QUALITY}:e{effort},display:webp:{DISPLAY}:q{QUALITY}:e{effort}"
+    presets = preset_spec(effort, quality)
     with tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp, EmbeddedStack(Path(tmp)) as stack:
         env = {k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()}
         settings = Settings.from_env({}, **env, bucket="bench", variant_presets=presets, metrics_port=0,
@@ -336,7 +423,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
         async with Services.open(settings, name="bench") as services:
             await services.storage.ensure_bucket()
             for i, path in enumerate(paths):
-                await services.storage.put_bytes(f"photos/{i}.jpg", path.read_bytes())
+                await services.storage.put_bytes(f"photos/{i}.jpg", path.read_bytes(), content_type="image/jpeg")
 
             real = stages.load("variant")
             per_image: list[float] = []
@@ -350,24 +437,22 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
                 return emits
 
             async def publish(job: str, key: str) -> None:
-                await bus.publish(services.js, m.VARIANT, m.VariantRequested(
-                    id=m.derived_id(job, "variant", job), subject=job,
-                    data=m.VariantRequestedData(job=job, asset=job, bucket="bench", key=key),
+                await bus.publish(services.js, m.UPLOAD_ASSET, m.AssetUploaded(
+                    id=job, source="bench", time=m.now(), data=m.AssetUploadedData(key=key, bucket="bench"),
                 ))
 
-            # Each PartDone lands in JM_FINALIZE (nobody consumes it here); a core subscription
-            # sees the same publish, so the bench counts them without polling the server on the
-            # two cores the stage is measured on.
+            # asset.ready is published to the events stream; a core subscription sees the same
+            # publish, so the bench counts them without polling the server on the measured cores.
             arrived = 0
             counted = asyncio.Condition()
 
-            async def on_done(_msg: Msg) -> None:
+            async def on_ready(_msg: Msg) -> None:
                 nonlocal arrived
                 async with counted:
                     arrived += 1
                     counted.notify_all()
 
-            subscription = await services.nc.subscribe(m.FINALIZE_ASSET, cb=on_done)
+            subscription = await services.nc.subscribe(m.EVENTS_ASSET_READY, cb=on_ready)
 
             async def finished(n: int) -> None:
                 async with counted:
@@ -376,7 +461,8 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
             in_flight = settings.stage_concurrency.get("variant") or real.concurrency or settings.concurrency
             rss = PeakRss().__enter__()  # this process only: nats-server and weed are children too
             stopping = asyncio.Event()
-            workers = asyncio.create_task(run_stages(services, [dataclasses.replace(real, handle=timed)], stopping))
+            pipeline = [stages.load("upload"), dataclasses.replace(real, handle=timed), stages.load("finalize")]
+            workers = asyncio.create_task(run_stages(services, pipeline, stopping))
             warm = os.cpu_count() or 2
             for i in range(warm):  # warm up like the other contenders
                 await publish(f"warm-{i}", f"photos/{i}.jpg")
@@ -384,7 +470,7 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
             per_image.clear()
             parts.clear()
             assert stack.s3 and stack.s3.proc and stack.nats and stack.nats.proc
-            pids = {"stage": os.getpid(), "s3": stack.s3.proc.pid, "nats": stack.nats.proc.pid}
+            pids = {"pipeline": os.getpid(), "s3": stack.s3.proc.pid, "nats": stack.nats.proc.pid}
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             started = time.perf_counter()
             for i in range(len(paths)):
@@ -401,12 +487,12 @@ async def run_stage_async(paths: list[Path], effort: int, concurrency: int) -> d
             for part in parts:
                 for out in part.outputs:
                     sizes[out.preset].append(out.bytes)
-            quality = []
+            scores = []
             for i, path in enumerate(paths[:QUALITY_SAMPLES]):
                 stored = await services.storage.get_bytes(f"variants/bench-{i}/display.webp")
-                quality.append((psnr(vips_resize(path), stored), psnr(reference(path), stored)))
-    out = result("variant stage (runtime+S3)", f"q{QUALITY} effort {effort}, {in_flight} in flight", wall,
-                 per_image, sizes, quality, rss.mb)
+                scores.append((psnr(vips_resize(path), stored), psnr(reference(path), stored)))
+    out = result("pipeline (upload→variant→finalize)", f"{preset_label(effort, quality)}, {in_flight} in flight", wall,
+                 per_image, sizes, scores, rss.mb)
     out["cpu_ms_per_image"] = {name: 1000 * seconds / len(paths) for name, seconds in cpu.items()}
     return out
 
@@ -420,7 +506,7 @@ def cpu_seconds(pid: int) -> float:
 # --- resize kernels (not timed) ----------------------------------------------------------------
 
 
-def kernels(paths: list[Path], effort: int) -> list[dict[str, Any]]:
+def kernels(paths: list[Path], effort: int, quality: int) -> list[dict[str, Any]]:
     """Bytes and PSNR of the 1600 px WebP per resize kernel, after the same JPEG shrink-on-load."""
     rows = []
     samples = paths[:QUALITY_SAMPLES]
@@ -429,7 +515,7 @@ def kernels(paths: list[Path], effort: int) -> list[dict[str, Any]]:
         sizes, own, ref = [], [], []
         for path, yardstick in zip(samples, refs, strict=True):
             image = vips_resize(path, kernel)
-            webp = image.webpsave_buffer(Q=QUALITY, effort=effort, keep="none")
+            webp = image.webpsave_buffer(Q=quality, effort=effort, keep="none")
             sizes.append(len(webp))
             own.append(psnr(image, webp))
             ref.append(psnr(yardstick, webp))
@@ -445,16 +531,20 @@ def run_one(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: the embedded stack stops by PID
     paths = [Path(p) for p in json.loads(args.paths)]
     if args.run in ("vips", "vips-s3"):
-        out = run_vips(paths, args.effort, args.threads, with_s3=args.run == "vips-s3")
+        out = run_vips(paths, args.effort, args.quality, args.threads, with_s3=args.run == "vips-s3")
     elif args.run == "pillow":
         out = run_pillow(paths, args.effort)
+    elif args.run == "sharp":
+        out = run_sharp(paths, args.effort)
     else:
-        out = asyncio.run(run_stage_async(paths, args.effort, args.concurrency))
+        out = asyncio.run(run_stage_async(paths, args.effort, args.quality, args.concurrency))
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def contender(kind: str, paths: list[Path], effort: int, threads: int = 1, concurrency: int = 0) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--run", kind, "--effort", str(effort), "--threads", str(threads),
+def contender(kind: str, paths: list[Path], effort: int, quality: int = QUALITY, threads: int = 1,
+              concurrency: int = 0) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--run", kind, "--effort", str(effort), "--quality", str(quality),
+           "--threads", str(threads),
            "--concurrency", str(concurrency), "--paths", json.dumps([str(p) for p in paths])]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -478,13 +568,19 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=24)
     parser.add_argument("--width", type=int, default=6000)
     parser.add_argument("--height", type=int, default=4000)
-    parser.add_argument("--rounds", type=int, default=2, help="runs per contender, interleaved; the best is kept")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per contender, interleaved")
     parser.add_argument("--stage-effort", type=int, default=None, help="default: the built-in preset's")
+    parser.add_argument("--stage-quality", type=int, default=None, help="default: the built-in preset's")
     parser.add_argument("--stage-concurrency", type=int, default=0, help="handlers in flight (default: the setting's)")
-    parser.add_argument("--efforts", default="0,2,4", help="WebP efforts for the bare pyvips rows")
+    parser.add_argument("--sharp-effort", type=int, default=4, help="sharp's WebP effort (its default: 4)")
+    parser.add_argument("--all", action="store_true",
+                        help="also: bare pyvips + S3 (the ceiling), the WebP effort sweep, default libvips "
+                             "threads, Pillow")
+    parser.add_argument("--efforts", default="0,2,4", help="WebP efforts of the --all sweep")
     parser.add_argument("--cache", default=str(ROOT / ".jetmedia" / "bench-photos"))
-    parser.add_argument("--run", choices=["vips", "vips-s3", "pillow", "stage"], help=argparse.SUPPRESS)
+    parser.add_argument("--run", choices=["vips", "vips-s3", "pillow", "sharp", "stage"], help=argparse.SUPPRESS)
     parser.add_argument("--effort", type=int, default=4, help=argparse.SUPPRESS)
+    parser.add_argument("--quality", type=int, default=QUALITY, help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -493,53 +589,71 @@ def main() -> None:
         run_one(args)
         return
 
-    from services.variant.presets import BUILTIN
+    from services.variant.presets import BUILTIN as BUILT_IN
 
-    default_effort = next(p for p in BUILTIN if p.name == "display").e
-    stage_effort = default_effort if args.stage_effort is None else args.stage_effort
-    efforts = sorted({int(e) for e in args.efforts.split(",") if e.strip()} | {stage_effort})
+    display = next(p for p in BUILT_IN if p.name == "display")
+    stage_effort, stage_quality = BUILTIN, BUILTIN  # the stage's own presets, unless asked otherwise
+    if args.stage_effort is not None or args.stage_quality is not None:
+        stage_effort = display.e if args.stage_effort is None else args.stage_effort
+        stage_quality = display.q if args.stage_quality is None else args.stage_quality
     paths = make_photos(args.count, args.width, args.height, Path(args.cache))
     mean_mb = statistics.mean(p.stat().st_size for p in paths) / 1e6
-    print(f"{len(paths)} photos {args.width}×{args.height} ({mean_mb:.1f} MB mean JPEG), {os.cpu_count()} cores; "
-          f"thumb {THUMB} + display {DISPLAY} px WebP; "
-          f"{args.rounds} round(s), best kept", flush=True)
+    load = os.getloadavg()
+    print(f"{len(paths)} photos {args.width}×{args.height} ({mean_mb:.1f} MB mean JPEG), {os.cpu_count()} cores, "
+          f"load {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}; thumb {THUMB} + display {DISPLAY} px WebP; "
+          f"{args.rounds} interleaved round(s)", flush=True)
 
-    plan: list[tuple[str, int, int, int]] = [("stage", stage_effort, 1, args.stage_concurrency),
-                                              ("vips-s3", stage_effort, 1, 0)]
-    plan += [("vips", effort, 1, 0) for effort in efforts]
-    plan += [("vips", stage_effort, 0, 0), ("pillow", 4, 1, 0)]
-    best: dict[int, dict[str, Any]] = {}
+    import pyvips
+
+    pyvips.concurrency_set(os.cpu_count() or 2)
+    for path in paths[:QUALITY_SAMPLES]:
+        reference(path)  # made once, cached beside the photo, before any contender is timed
+    why_not = sharp_ready()
+    if why_not:
+        print(why_not, flush=True)
+    # (kind, WebP effort, quality, libvips threads per image, handlers in flight)
+    plan: list[tuple[str, int, int, int, int]] = [("stage", stage_effort, stage_quality, 1, args.stage_concurrency)]
+    if not why_not:
+        plan.append(("sharp", args.sharp_effort, QUALITY, 1, 0))
+    plan.append(("vips", stage_effort, stage_quality, 1, 0))
+    if args.all:
+        efforts = sorted({int(e) for e in args.efforts.split(",") if e.strip()} - {stage_effort})
+        sweep_quality = display.q if stage_quality == BUILTIN else stage_quality
+        plan += [("vips-s3", stage_effort, stage_quality, 1, 0),
+                 *(("vips", e, sweep_quality, 1, 0) for e in efforts),
+                 ("vips", stage_effort, stage_quality, 0, 0), ("pillow", 4, QUALITY, 1, 0)]
+    runs: dict[int, list[dict[str, Any]]] = {i: [] for i in range(len(plan))}
     for round_ in range(args.rounds):
         print(f"round {round_ + 1}:", flush=True)
-        for i, (kind, effort, threads, concurrency) in enumerate(plan):
-            out = contender(kind, paths, effort, threads, concurrency)
-            if i not in best or out["per_s"] > best[i]["per_s"]:
-                best[i] = out
-    rows = [best[i] for i in range(len(plan))]
+        order = list(enumerate(plan))
+        if round_ % 2:
+            order.reverse()  # alternate the order: neither side always runs first on a warm machine
+        for i, (kind, effort, quality, threads, concurrency) in order:
+            runs[i].append(contender(kind, paths, effort, quality, threads, concurrency))
+    rows = [max(runs[i], key=lambda r: r["per_s"]) for i in range(len(plan))]
     print_table(rows)
-    stage, ceiling, pillow = rows[0], rows[1], rows[-1]
-    local = rows[2 + efforts.index(stage_effort)]
-    stage_cpu, ceiling_cpu = sum(stage["cpu_ms_per_image"].values()), sum(ceiling["cpu_ms_per_image"].values())
-    local_cpu = sum(local["cpu_ms_per_image"].values())
+    stage = rows[0]
+    if why_not:
+        return
+    sharp = rows[1]
+    ratios = sorted(s["per_s"] / p["per_s"] for s, p in zip(runs[0], runs[1], strict=True))
+    stage_cpu, sharp_cpu = sum(stage["cpu_ms_per_image"].values()), sum(sharp["cpu_ms_per_image"].values())
     print(
-        f"\nstage vs bare pyvips doing the same job (S3 in and out) at identical settings: "
-        f"{stage['per_s'] / ceiling['per_s']:.2f}× images/s (target ≥ 0.90); CPU per image {stage_cpu:.0f} ms "
-        f"(stage + S3 + NATS) vs {ceiling_cpu:.0f} ms (script + S3) = {ceiling_cpu / stage_cpu:.2f}×\n"
-        f"stage vs bare pyvips on local files (image work only): {stage['per_s'] / local['per_s']:.2f}× images/s; "
-        f"CPU {local_cpu:.0f} ms = {local_cpu / stage_cpu:.2f}×\n"
-        f"stage (defaults) vs Pillow q80 m4: {stage['per_s'] / pillow['per_s']:.2f}× images/s (target ≥ 1.4), "
-        f"display bytes {100 * (stage['display_bytes'] / pillow['display_bytes'] - 1):+.1f} % (≤ +5 %), "
-        f"PSNR vs own resize {stage['psnr'] - pillow['psnr']:+.2f} dB, "
-        f"vs full-size reference {stage['psnr_ref'] - pillow['psnr_ref']:+.2f} dB (≥ -0.2)"
+        f"\npipeline vs sharp, images/s: {stage['per_s'] / sharp['per_s']:.2f}× (best of each), "
+        f"{statistics.median(ratios):.2f}× (median of the rounds' own ratios; rounds "
+        f"{', '.join(f'{r:.2f}' for r in ratios)}) (target ≥ 1.5); CPU per image {stage_cpu:.0f} ms "
+        f"(pipeline + S3 + NATS) vs {sharp_cpu:.0f} ms (node)\n"
+        f"display WebP bytes {100 * (stage['display_bytes'] / sharp['display_bytes'] - 1):+.1f} % (≤ +5 %), "
+        f"PSNR vs the full-size lanczos3 reference {stage['psnr_ref'] - sharp['psnr_ref']:+.2f} dB (≥ −0.2); "
+        f"thumb bytes {100 * (stage['thumb_bytes'] / sharp['thumb_bytes'] - 1):+.1f} %"
     )
-    print(f"\nresize kernel after JPEG shrink-on-load, 1600 px WebP q{QUALITY} effort {stage_effort} "
-          f"(first {QUALITY_SAMPLES} photos):")
-    print("| kernel | mean display | PSNR vs own resize | PSNR vs full-size reference |")
-    print("|---|---:|---:|---:|")
-    for k in kernels(paths, stage_effort):
-        print(f"| {k['kernel']} | {k['bytes'] / 1024:.1f} KiB | {k['psnr']:.2f} dB | {k['psnr_ref']:.2f} dB |")
-    print(f"| (Pillow LANCZOS, method 4) | {pillow['display_bytes'] / 1024:.1f} KiB | {pillow['psnr']:.2f} dB "
-          f"| {pillow['psnr_ref']:.2f} dB |")
+    if args.all:
+        print(f"\nresize kernel after JPEG shrink-on-load, 1600 px WebP q{display.q} effort {display.e} "
+              f"(first {QUALITY_SAMPLES} photos):")
+        print("| kernel | mean display | PSNR vs own resize | PSNR vs full-size reference |")
+        print("|---|---:|---:|---:|")
+        for k in kernels(paths, display.e, display.q):
+            print(f"| {k['kernel']} | {k['bytes'] / 1024:.1f} KiB | {k['psnr']:.2f} dB | {k['psnr_ref']:.2f} dB |")
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
