@@ -27,7 +27,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 import services.notify as notify
 from services import stages
 from services.notify.records import BUCKET, Records
-from shared import bus
+from shared import bus, dlq
 from shared import messages as m
 from shared.config import Settings
 from shared.devstack import free_port
@@ -211,11 +211,17 @@ async def test_a_receiver_that_never_answers_is_dead_lettered_after_the_last_att
     async with receiver(hang={"/slow"}) as hooks, notifying(services):
         await ready_job(services, "slow", hooks.url("/slow"))
         found = await eventually(lambda: letters(services), timeout=30)
-    assert await attempts(services, "slow") == ["retry", "retry", "dead"] and len(hooks.got) == 3
-    letter = found[0].data
-    assert letter.stage == "notify" and letter.error_class == "WebhookFailed" and not letter.permanent
-    assert "gave up after 3 attempts; last: no answer within 1 s" in letter.error and "slow" in letter.error
-    assert letter.job is None  # replaying it re-sends the webhook and leaves the job alone
+        assert await attempts(services, "slow") == ["retry", "retry", "dead"] and len(hooks.got) == 3
+        letter = found[0].data
+        assert letter.stage == "notify" and letter.error_class == "WebhookFailed" and not letter.permanent
+        assert "gave up after 3 attempts; last: no answer within 1 s" in letter.error and "slow" in letter.error
+        assert letter.job is None  # replaying it re-sends the webhook and leaves the job alone
+
+        hooks.hang.clear()  # the receiver is back: `jetmedia dlq replay --stage notify` sends it again
+        assert (await dlq.replay(services, dlq.Which(stage="notify"))).replayed == [found[0].id]
+        await eventually(_delivered(services, "slow"))
+    assert len(hooks.got) == 4 and {r.headers["webhook-id"] for r in hooks.got} == {"slow:ready"}
+    assert (await services.jobs.get("slow")).status == "ready"  # type: ignore[union-attr]
 
 
 async def test_a_receiver_that_hangs_does_not_hold_up_another(services: Services) -> None:
