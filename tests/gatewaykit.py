@@ -32,6 +32,7 @@ ROLES: dict[str, dict[str, Any]] = {
     "hook": {"scopes": ["hook"]},
     "slow": {"scopes": ["read"], "rate": 0.01, "burst": 3},  # one more request per 100 s: no refill mid-test
     "burst": {"scopes": ["read"], "rate": 0.01, "burst": 5},
+    "crowd": {"scopes": ["read"], "rate": 1000, "burst": 1000},
     "quota": {"scopes": ["submit", "read"], "max_in_flight": 1},
 }
 

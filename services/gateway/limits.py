@@ -64,6 +64,8 @@ class GatewayState:
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}  # token name -> requests wanting a rate token
+        self._granting: dict[str, asyncio.Task[None]] = {}  # token name -> the task granting them
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> GatewayState:
@@ -95,23 +97,58 @@ class GatewayState:
         return True
 
     async def take(self, principal: Principal) -> None:
-        """One request's token from the principal's bucket, or 429 with Retry-After."""
+        """One request's token from the principal's bucket, or 429 with Retry-After.
+
+        Requests of one token arriving together on this replica are granted in one batch: one
+        compare-and-set for all of them instead of one each (200 EventSource clients connecting
+        at once would otherwise fight over the record). Replicas still share the bucket exactly."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(principal.name, []).append(waiter)
+        if principal.name not in self._granting:
+            self._granting[principal.name] = asyncio.create_task(self._grant(principal))
+        await waiter
+
+    async def _grant(self, principal: Principal) -> None:
+        try:
+            while batch := self._waiting.pop(principal.name, []):
+                try:
+                    granted, wait = await self._spend(principal, len(batch))
+                except Exception as exc:  # NATS trouble: every waiter gets the error (a 503)
+                    for waiter in batch:
+                        if not waiter.done():
+                            waiter.set_exception(exc)
+                    continue
+                for i, waiter in enumerate(batch):
+                    if waiter.done():
+                        continue
+                    if i < granted:
+                        waiter.set_result(None)
+                    else:
+                        waiter.set_exception(Problem(
+                            429, "rate-limited", f"token {principal.name!r} is over {principal.rate:g} requests/s "
+                            f"(burst {principal.burst}); retry in {wait:.1f} s",
+                            {"Retry-After": str(max(1, math.ceil(wait)))}))
+        finally:
+            del self._granting[principal.name]
+
+    async def _spend(self, principal: Principal, wanted: int) -> tuple[int, float]:
+        """Take up to `wanted` tokens by compare-and-set: (how many were granted, seconds until
+        the next one)."""
         key = f"rate.{principal.name}"
         for attempt in range(100):
             raw, revision = await self._read(key)
             now = time.time()
             state = msgspec.json.decode(raw, type=Bucket) if raw else Bucket(tokens=principal.burst, at=now)
             tokens = min(float(principal.burst), state.tokens + max(now - state.at, 0.0) * principal.rate)
-            if tokens < 1.0:
-                wait = (1.0 - tokens) / principal.rate if principal.rate > 0 else 60.0
-                raise Problem(429, "rate-limited",
-                              f"token {principal.name!r} is over {principal.rate:g} requests/s "
-                              f"(burst {principal.burst}); retry in {wait:.1f} s",
-                              {"Retry-After": str(max(1, math.ceil(wait)))})
-            if await self._write(key, msgspec.json.encode(Bucket(tokens=tokens - 1.0, at=now)), revision):
-                return
+            granted = min(wanted, int(tokens))
+            left = tokens - granted
+            wait = (1.0 - left) / principal.rate if principal.rate > 0 else 60.0
+            if granted == 0:
+                return 0, wait
+            if await self._write(key, msgspec.json.encode(Bucket(tokens=left, at=now)), revision):
+                return granted, wait
             await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** attempt, 0.05)))
-        raise Problem(503, "busy", "the rate limiter's record is contended; retry")
+        raise Problem(503, "busy", "the rate limiter's record is contended; retry", {"Retry-After": "1"})
 
     async def admit(self, principal: Principal, job_id: str, ended: Callable[[str], Awaitable[bool | None]]) -> None:
         """Count `job_id` against the principal's cap of jobs in flight, or 429 (quota-exceeded).

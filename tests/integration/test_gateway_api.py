@@ -292,3 +292,9 @@ async def test_replicas_share_rate_limits_and_quotas(services: Services) -> None
         async with one.client("burst") as a, two.client("burst") as b:
             rushed = await asyncio.gather(*[(a if i % 2 else b).get("/v1/jobs") for i in range(12)])
         assert sorted(r.status_code for r in rushed) == [200] * 5 + [429] * 7
+
+        # 150 requests of one token at once (EventSource clients reconnecting after a deploy): one
+        # compare-and-set per batch, so none is refused for contention
+        async with one.client("crowd") as crowd:
+            crowded = await asyncio.gather(*[crowd.get(f"/v1/jobs/none-{i}") for i in range(150)])
+        assert {r.status_code for r in crowded} == {404}
