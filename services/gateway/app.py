@@ -323,8 +323,9 @@ async def cancel_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> 
 @post("/v1/jobs/{job_id:str}/retry", status_code=202, security=AUTHED, responses=PROBLEMS, tags=["jobs"])
 async def retry_job(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Accepted]:
     """Run a failed or cancelled job again: from its dead letters if it has some, else by
-    publishing its request again (a new message: the upload stage starts attempt n+1)."""
-    principal = await caller(request, "submit")
+    publishing its request again (a new message: the upload stage starts attempt n+1). Scope
+    `cancel`: like cancelling, it steers a job that exists."""
+    principal = await caller(request, "cancel")
     gateway = gw(request)
     job, record = await visible_job(gateway, principal, job_id)
     if job is None or job.status not in RERUNNABLE:

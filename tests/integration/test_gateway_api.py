@@ -189,6 +189,7 @@ async def test_every_refusal_is_a_problem(services: Services) -> None:
             assert_problem(await reader.post("/v1/assets", json={"key": "uploads/there.jpg"}), 403, "forbidden-scope")
             assert_problem(await reader.post("/v1/uploads", json={"filename": "a.jpg"}), 403, "forbidden-scope")
             assert_problem(await reader.delete("/v1/jobs/anything"), 403, "forbidden-scope")
+            assert_problem(await reader.post("/v1/jobs/anything/retry"), 403, "forbidden-scope")
         async with gw.client("hook") as hook:
             assert_problem(await hook.get("/v1/jobs"), 403, "forbidden-scope")
         async with gw.client("web") as web:
