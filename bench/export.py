@@ -1,19 +1,29 @@
-"""Export throughput and memory: S3 -> ZIP -> S3 through the real pipeline vs a plain streamed
-S3 copy of the same bytes (the ceiling), side by side in one run, at two export sizes.
+"""Export throughput and memory: S3 -> ZIP -> S3 through the real pipeline vs a plain aioboto3
+multipart copy of the same bytes, side by side in one run, on two data sets.
 
-- export: a child process runs the upload, chunk and finalize stages, publishes one
-  `ExportRequested` for the sources and waits for `ready` (HEAD checks, the streamed ZIP into a
-  multipart upload, the presigned URL: everything a user waits for).
-- copy: a child process streams the same objects (GET) into one multipart upload (PUT), with the
-  same 8 MiB parts: what any client-side S3 -> S3 pass of those bytes costs here.
+Data sets (both uploaded with a CRC-32, as the upload path does):
 
-Each run is its own process, so "peak RSS" is that run's high-water mark (VmHWM). Sources are
-incompressible (like JPEG/MP4), uploaded with a CRC-32, so the archive stores them.
+- `files`: many ordinary files, ~2.8 MiB each (2.5-3.2 MiB), five in six incompressible (stored
+  with S3's CRC-32), one in six JSON (deflated): 180 objects (~509 MiB) per 0.5 GB;
+- `large`: incompressible 16 MiB objects (photos/videos): 30 per 0.5 GB.
 
-    .venv/bin/python bench/export.py [--sizes 0.5,2] [--object-mb 16] [--repeat 1]
+Paths, each in its own child process (so "peak RSS" is that run's high-water mark, VmHWM):
 
-Defaults take a few minutes against the embedded S3 (SeaweedFS). Any other S3 + NATS:
-set JETMEDIA_NATS_URL / JETMEDIA_S3_* and pass --external.
+- export: the upload, chunk and finalize stages; publishes one `ExportRequested` for the sources
+  and waits for `ready` (HEADs, the streamed ZIP into a multipart upload, the presigned URL:
+  everything a user waits for, publish -> ready);
+- copy: plain aioboto3, no jetmedia code on the data path: GET each object in turn, cut the bytes
+  into 8 MiB parts and upload them with up to 4 parts in flight (lib-storage's default queue),
+  complete. What any client-side S3 -> S3 pass of those bytes costs on this endpoint.
+
+Copy and export alternate (copy, export, copy, export...) so each export has a copy measured
+right beside it; "x copy" is that pair's ratio, which is what to read on a loaded machine.
+
+    .venv/bin/python bench/export.py [--size 0.5|2] [--datasets files,large] [--repeat 2]
+
+0.5 GB takes ~2 minutes against the embedded S3 (SeaweedFS), 2 GB ~8. Any other S3 + NATS: set
+JETMEDIA_NATS_URL / JETMEDIA_S3_* and pass --external (the sources are deleted afterwards unless
+--keep). The embedded stack lives in a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
@@ -23,12 +33,15 @@ import asyncio
 import json
 import logging
 import os
+import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -36,20 +49,41 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from services import stages  # noqa: E402
-from shared import bus  # noqa: E402
-from shared import messages as m  # noqa: E402
-from shared.config import Settings  # noqa: E402
-from shared.devstack import EmbeddedStack  # noqa: E402
-from shared.runtime import Services, run_stages  # noqa: E402
-
 MB = 1_000_000
 MIB = 1024 * 1024
-SOURCE_PREFIX = "bench-export/src/"
+PREFIX = "bench-export/"
+COPY_PART = 8 * MIB
+COPY_QUEUE = 4
 
 
-def source_key(i: int) -> str:
-    return f"{SOURCE_PREFIX}{i:05d}.bin"
+def source_keys(dataset: str, size_gb: float) -> list[str]:
+    """The keys of a data set at a size; a smaller size is a prefix of a bigger one."""
+    if dataset == "files":
+        count = round(180 * size_gb / 0.5)
+        return [f"{PREFIX}files/{i:05d}.{'json' if i % 6 == 5 else 'bin'}" for i in range(count)]
+    count = max(1, round(size_gb * 1000 * MB / (16 * MIB)))
+    return [f"{PREFIX}large/{i:05d}.bin" for i in range(count)]
+
+
+def source_bytes(key: str) -> bytes:
+    """Deterministic size per key; random bytes, or JSON that deflates like real JSON (~4-6x)."""
+    i = int(key.rsplit("/", 1)[1].split(".")[0])
+    if "/large/" in key:
+        return os.urandom(16 * MIB)
+    rng = random.Random(i)
+    size = rng.randint(int(2.5 * MIB), int(3.16 * MIB))
+    if not key.endswith(".json"):
+        return os.urandom(size)
+    words = ["alpha", "beta", "gamma", "delta", "photo", "video", "album", "shared", "draft", "final"]
+    records, total = [], 0
+    while total < size:
+        record = json.dumps({"id": rng.randrange(10**9), "name": f"{rng.choice(words)}-{rng.randrange(10**5)}",
+                             "tags": rng.sample(words, 3), "score": round(rng.random() * 100, 3),
+                             "created": f"2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T10:00:00Z",
+                             "owner": {"id": rng.randrange(10**6), "team": rng.choice(words)}})
+        records.append(record)
+        total += len(record) + 2
+    return ("[\n" + ",\n".join(records) + "\n]\n").encode()[:size]
 
 
 def cpu_seconds() -> float:
@@ -69,7 +103,14 @@ def peak_rss() -> int:
 # --- the two children ---------------------------------------------------------------
 
 
-async def child_export(settings: Settings, count: int, run: str) -> dict[str, float]:
+async def child_export(keys: list[str], run: str) -> dict[str, float]:
+    from services import stages
+    from shared import bus
+    from shared import messages as m
+    from shared.config import Settings
+    from shared.runtime import Services, run_stages
+
+    settings = Settings.from_env()
     async with Services.open(settings, name="bench-export") as services:
         stopping = asyncio.Event()
         workers = asyncio.create_task(run_stages(services, [stages.load(n) for n in ("upload", "chunk", "finalize")],
@@ -77,7 +118,7 @@ async def child_export(settings: Settings, count: int, run: str) -> dict[str, fl
         job_id = f"bench-{run}"
         started, cpu = time.perf_counter(), cpu_seconds()
         event = m.ExportRequested(id=job_id, source="bench", time=m.now(), data=m.ExportRequestedData(
-            keys=[source_key(i) for i in range(count)], name="bench"))
+            keys=keys, name="bench"))
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
         while True:
             job = await services.jobs.get(job_id)
@@ -94,31 +135,66 @@ async def child_export(settings: Settings, count: int, run: str) -> dict[str, fl
         return {"seconds": elapsed, "cpu": cpu, "in": job.bytes, "out": sum(p.bytes for p in job.exports)}
 
 
-async def child_copy(settings: Settings, count: int, run: str) -> dict[str, float]:
-    async with Services.open(settings, name="bench-copy", layout=False) as services:
-        storage = services.storage
+async def child_copy(keys: list[str], run: str) -> dict[str, float]:
+    """Plain aioboto3: sequential GETs, 8 MiB parts, up to 4 part uploads in flight."""
+    import aioboto3
+    from botocore.config import Config
+
+    env = os.environ
+    bucket, key = env["JETMEDIA_BUCKET"], f"{PREFIX}copy-{run}.bin"
+    config = Config(max_pool_connections=16, s3={"addressing_style": "path"}, signature_version="s3v4",
+                    request_checksum_calculation="when_required", response_checksum_validation="when_required")
+    session = aioboto3.Session()
+    async with session.client("s3", endpoint_url=env["JETMEDIA_S3_ENDPOINT"], region_name=env.get(
+            "JETMEDIA_S3_REGION", "us-east-1"), aws_access_key_id=env["JETMEDIA_S3_ACCESS_KEY"],
+            aws_secret_access_key=env["JETMEDIA_S3_SECRET_KEY"], config=config) as s3:
         started, cpu = time.perf_counter(), cpu_seconds()
-        upload = storage.multipart(f"bench-export/copy-{run}.bin")
-        size = 0
+        upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
+        parts: list[dict[str, Any]] = []
+        slots = asyncio.Semaphore(COPY_QUEUE)
+        tasks: list[asyncio.Task[None]] = []
+
+        async def send(number: int, body: bytes) -> None:
+            try:
+                resp = await s3.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+                parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+            finally:
+                slots.release()
+
+        async def part(body: bytes) -> None:
+            await slots.acquire()
+            tasks.append(asyncio.create_task(send(len(tasks) + 1, body)))
+
+        size, buffer = 0, bytearray()
         try:
-            for i in range(count):
-                async for piece in storage.iter_bytes(source_key(i), chunk=MIB):
-                    await upload.write(piece)
-                    size += len(piece)
-            await upload.complete()
+            for source in keys:
+                resp = await s3.get_object(Bucket=bucket, Key=source)
+                async with resp["Body"] as body:
+                    data = await body.read()
+                size += len(data)
+                buffer += data
+                while len(buffer) >= COPY_PART:
+                    await part(bytes(buffer[:COPY_PART]))
+                    del buffer[:COPY_PART]
+            if buffer:
+                await part(bytes(buffer))
+            await asyncio.gather(*tasks)
+            parts.sort(key=lambda p: p["PartNumber"])
+            await s3.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id,
+                                               MultipartUpload={"Parts": parts})
         except BaseException:
-            await upload.abort()
+            await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
         elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
-        await storage.delete(upload.key)
-        return {"seconds": elapsed, "cpu": cpu, "in": size, "out": upload.bytes_written}
+        await s3.delete_object(Bucket=bucket, Key=key)
+    return {"seconds": elapsed, "cpu": cpu, "in": size, "out": size}
 
 
 def child_main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
-    settings = Settings.from_env()
+    keys = source_keys(args.dataset, args.size)
     run = child_export if args.child == "export" else child_copy
-    result = asyncio.run(run(settings, args.count, args.run))
+    result = asyncio.run(run(keys, args.run))
     result["peak_rss"] = peak_rss()
     print(json.dumps(result), flush=True)
 
@@ -126,30 +202,50 @@ def child_main(args: argparse.Namespace) -> None:
 # --- the parent ---------------------------------------------------------------------------
 
 
-async def upload_sources(settings: Settings, count: int, object_bytes: int) -> None:
-    async with Services.open(settings, name="bench-setup") as services:
+async def upload_sources(settings: Any, keys: list[str]) -> None:
+    from shared.runtime import Services
+
+    async with Services.open(settings, name="bench-setup", layout=False) as services:
         await services.storage.ensure_bucket()
-        existing = set(await services.storage.list_keys(SOURCE_PREFIX))
-        todo = [i for i in range(count) if source_key(i) not in existing]
+        existing = set(await services.storage.list_keys(PREFIX))
+        todo = [k for k in keys if k not in existing]
         for start in range(0, len(todo), 4):
-            await asyncio.gather(*(services.storage.put_bytes(source_key(i), os.urandom(object_bytes))
-                                   for i in todo[start:start + 4]))
+            batch = todo[start:start + 4]
+            datas = [source_bytes(k) for k in batch]
+            await asyncio.gather(*(services.storage.put_bytes(k, d) for k, d in zip(batch, datas, strict=True)))
 
 
-def run_child(kind: str, count: int, run: str, env: dict[str, str]) -> dict[str, float]:
-    done = subprocess.run([sys.executable, __file__, "--child", kind, "--count", str(count), "--run", run],
-                          env=env, capture_output=True, text=True, cwd=ROOT)
+async def delete_sources(settings: Any) -> None:
+    from shared.runtime import Services
+
+    async with Services.open(settings, name="bench-cleanup", layout=False) as services:
+        keys = await services.storage.list_keys(PREFIX)
+        for start in range(0, len(keys), 1000):
+            await services.storage.client.delete_objects(Bucket=services.storage.bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+
+
+def run_child(kind: str, dataset: str, size: float, run: str, env: dict[str, str]) -> dict[str, float]:
+    done = subprocess.run([sys.executable, __file__, "--child", kind, "--dataset", dataset, "--size", str(size),
+                           "--run", run], env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
 
 
+def load_average() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
+
+
 def parent_main(args: argparse.Namespace) -> None:
-    sizes = [float(s) for s in args.sizes.split(",")]
-    object_bytes = int(args.object_mb * MIB)
-    counts = [max(1, round(size * 1000 * MB / object_bytes)) for size in sizes]
-    console = Console(width=150)
+    from shared.config import Settings
+    from shared.devstack import EmbeddedStack
+
+    sizes = [float(s) for s in args.size.split(",")]
+    datasets = args.datasets.split(",")
+    console = Console(width=160)
+    rows: list[tuple[str, float, int, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="jetmedia-bench-") as tmp:
         stack = None if args.external else EmbeddedStack(Path(tmp)).start()
         try:
@@ -157,55 +253,69 @@ def parent_main(args: argparse.Namespace) -> None:
                 {}, **{k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()})
             settings = settings.replace(bucket=args.bucket, log_level="WARNING")
             env = {**os.environ, **(stack.env() if stack else {}), "JETMEDIA_BUCKET": args.bucket,
-                   "JETMEDIA_LOG_LEVEL": "WARNING", "JETMEDIA_METRICS_PORT": "0"}
-            console.print(f"uploading {max(counts)} x {args.object_mb:g} MiB sources ...")
-            asyncio.run(upload_sources(settings, max(counts), object_bytes))
-            rows = []
-            for size, count in zip(sizes, counts, strict=True):
-                for r in range(args.repeat):
-                    for kind in ("copy", "export"):
-                        result = run_child(kind, count, f"{size:g}-{r}", env)
-                        rows.append((size, count, kind, result))
-                        console.print(f"  {size:g} GB {kind:<6} {result['in'] / MB / result['seconds']:7.1f} MB/s "
-                                      f"CPU {result['cpu']:5.1f} s  peak RSS {result['peak_rss'] / MB:6.1f} MB")
+                   "JETMEDIA_LOG_LEVEL": "WARNING", "JETMEDIA_METRICS_PORT": "0",
+                   "JETMEDIA_S3_REGION": settings.s3_region}
+            try:
+                for dataset in datasets:
+                    keys = source_keys(dataset, max(sizes))
+                    console.print(f"uploading {len(keys)} {dataset} sources ...")
+                    asyncio.run(upload_sources(settings, keys))
+                for size in sizes:
+                    for r in range(args.repeat):
+                        for dataset in datasets:
+                            for kind in ("copy", "export"):
+                                result = run_child(kind, dataset, size, f"{dataset}-{size:g}-{r}", env)
+                                rows.append((dataset, size, len(source_keys(dataset, size)), kind, result))
+                                console.print(
+                                    f"  {dataset:<5} {size:g} GB {kind:<6} {result['in'] / MB / result['seconds']:7.1f}"
+                                    f" MB/s  CPU {result['cpu']:5.1f} s  peak RSS {result['peak_rss'] / MB:6.1f} MB"
+                                    f"  (load {load_average()})")
+            finally:
+                if stack is None and not args.keep:
+                    asyncio.run(delete_sources(settings))
         finally:
             if stack:
                 stack.stop()
+    report(console, rows, args.external)
 
-    table = Table(title=f"export vs copy ({args.object_mb:g} MiB objects, incompressible, S3 "
-                        f"{'external' if args.external else 'SeaweedFS'})")
-    for column in ("size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "peak RSS MB"):
+
+def report(console: Console, rows: list[tuple[str, float, int, str, dict[str, float]]], external: bool) -> None:
+    table = Table(title=f"export vs plain copy (S3 {'external' if external else 'SeaweedFS'})")
+    for column in ("data set", "size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "peak RSS MB"):
         table.add_column(column, justify="right")
-    best_copy: dict[float, float] = {}
-    for size, _count, kind, result in rows:
-        if kind == "copy":
-            best_copy[size] = max(best_copy.get(size, 0.0), result["in"] / result["seconds"])
-    for size, count, kind, result in rows:
+    ratios: dict[tuple[str, float], list[float]] = {}
+    copy_rate = 0.0
+    for dataset, size, count, kind, result in rows:
         rate = result["in"] / result["seconds"]
-        table.add_row(f"{size:g} GB", str(count), "S3 -> ZIP -> S3" if kind == "export" else "S3 copy (stream)",
-                      f"{result['seconds']:.1f}", f"{rate / MB:.1f}", f"{rate / best_copy[size]:.2f}",
+        if kind == "copy":
+            copy_rate = rate
+        else:
+            ratios.setdefault((dataset, size), []).append(rate / copy_rate)
+        table.add_row(dataset, f"{size:g} GB", str(count), "S3 -> ZIP -> S3" if kind == "export" else "plain copy",
+                      f"{result['seconds']:.1f}", f"{rate / MB:.1f}",
+                      "" if kind == "copy" else f"{rate / copy_rate:.2f}",
                       f"{result['cpu'] / (result['in'] / 1e9):.1f}", f"{result['peak_rss'] / MB:.0f}")
     console.print(table)
-    for size in sizes:
-        best = {kind: max(r["in"] / r["seconds"] for s_, _c, k, r in rows if s_ == size and k == kind)
-                for kind in ("copy", "export")}
-        rss = max(r["peak_rss"] for s_, _c, k, r in rows if s_ == size and k == "export")
-        console.print(f"{size:g} GB: best export {best['export'] / MB:.1f} MB/s = {best['export'] / best['copy']:.2f}x "
-                      f"the best copy ({best['copy'] / MB:.1f} MB/s); export peak RSS {rss / MB:.0f} MB")
+    for (dataset, size), values in ratios.items():
+        rss = max(r["peak_rss"] for d, s, _c, k, r in rows if (d, s, k) == (dataset, size, "export"))
+        console.print(f"{dataset} {size:g} GB: export / copy (pairs) {', '.join(f'{v:.2f}' for v in values)}; "
+                      f"median {statistics.median(values):.2f}; export peak RSS {rss / MB:.0f} MB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="0.5,2", help="export sizes in GB, comma separated (default %(default)s)")
-    parser.add_argument("--object-mb", type=float, default=16.0, help="size of each source object in MiB")
-    parser.add_argument("--repeat", type=int, default=1, help="runs of each (copy, export) pair per size")
+    parser.add_argument("--size", default="0.5", help="export size in GB: 0.5, 2 or 0.5,2 (default %(default)s)")
+    parser.add_argument("--datasets", default="files,large", help="files, large or both (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=2, help="(copy, export) pairs per data set and size")
     parser.add_argument("--bucket", default="jetmedia-bench")
     parser.add_argument("--external", action="store_true", help="use JETMEDIA_* endpoints instead of embedded ones")
+    parser.add_argument("--keep", action="store_true", help="with --external: keep the sources for the next run")
     parser.add_argument("--child", choices=("export", "copy"), help=argparse.SUPPRESS)
-    parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--run", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.size = float(args.size)
         child_main(args)
     else:
         parent_main(args)

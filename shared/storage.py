@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import io
 import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from botocore.exceptions import (
 from .config import ConfigError, Settings
 
 MIN_PART = 8 * 1024 * 1024  # S3's floor is 5 MiB; 8 MiB keeps part counts low for big archives
+UPLOAD_QUEUE = 4  # multipart parts in flight at once (lib-storage's default queue size)
 
 
 @dataclass(frozen=True)
@@ -239,8 +241,9 @@ class Storage:
         )
         return url
 
-    def multipart(self, key: str, content_type: str = "application/octet-stream") -> MultipartUpload:
-        return MultipartUpload(self, key, content_type)
+    def multipart(self, key: str, content_type: str = "application/octet-stream", *, part_size: int = MIN_PART,
+                  queue: int = UPLOAD_QUEUE) -> MultipartUpload:
+        return MultipartUpload(self, key, content_type, part_size=part_size, queue=queue)
 
     async def open_multipart_uploads(self, prefix: str = "") -> list[tuple[str, str]]:
         resp = await self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
@@ -255,16 +258,34 @@ class Storage:
 
 
 class MultipartUpload:
-    """Feed bytes in any sizes; parts of MIN_PART go out as they fill. `abort()` leaves nothing."""
+    """Feed bytes in any sizes; a part goes out once `part_size` bytes have gathered, and up to
+    `queue` parts upload at once while the writer keeps producing (lib-storage's queue of 4):
+    one part at a time left the writer idle for each part's round trip. A write waits for a free
+    slot, so memory stays at about (queue + 1) × part_size. Parts are gathered in a BytesIO of
+    their own: botocore wraps a bytes body in a BytesIO sharing it, and aiohttp's `getbuffer()`
+    then copied every part in flight. A failed part fails the next write or `complete()`;
+    `abort()` cancels what is in flight and leaves nothing behind."""
 
-    def __init__(self, storage: Storage, key: str, content_type: str) -> None:
+    def __init__(self, storage: Storage, key: str, content_type: str, *, part_size: int = MIN_PART,
+                 queue: int = UPLOAD_QUEUE) -> None:
+        if part_size < 5 * 1024 * 1024:
+            raise ValueError("S3 parts (all but the last) are at least 5 MiB")
         self.storage = storage
         self.key = key
         self.content_type = content_type
+        self.part_size = part_size
         self.upload_id: str | None = None
-        self.parts: list[dict[str, Any]] = []
-        self._buffer = bytearray()
         self.bytes_written = 0
+        self._pending = io.BytesIO()  # the next part (its own buffer: aiohttp sends it without a copy)
+        self._numbers = 0
+        self._etags: dict[int, str] = {}
+        self._slots = asyncio.Semaphore(max(1, queue))
+        self._flying: set[asyncio.Task[None]] = set()
+        self._failed: BaseException | None = None
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        return [{"PartNumber": n, "ETag": self._etags[n]} for n in sorted(self._etags)]
 
     async def start(self) -> None:
         resp = await self.storage.client.create_multipart_upload(
@@ -273,38 +294,74 @@ class MultipartUpload:
         self.upload_id = resp["UploadId"]
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
+        if not data:
+            return
+        self._pending.write(data)
         self.bytes_written += len(data)
-        while len(self._buffer) >= MIN_PART:
-            part = bytes(self._buffer[:MIN_PART])
-            del self._buffer[:MIN_PART]
-            await self._send(part)
+        if self._pending.tell() >= self.part_size:
+            await self._submit(self._take())
 
-    async def _send(self, data: bytes) -> None:
+    def _take(self) -> io.BytesIO:
+        part, self._pending = self._pending, io.BytesIO()
+        part.seek(0)
+        return part
+
+    async def _submit(self, body: io.BytesIO) -> None:
+        self._raise_failed()
         if self.upload_id is None:
             await self.start()
-        number = len(self.parts) + 1
-        resp = await self.storage.client.upload_part(
-            Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=data
-        )
-        self.parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        await self._slots.acquire()
+        try:
+            self._raise_failed()  # a part may have failed while we waited for its slot
+        except BaseException:
+            self._slots.release()
+            raise
+        self._numbers += 1
+        task = asyncio.create_task(self._send(self._numbers, body))
+        self._flying.add(task)
+        task.add_done_callback(self._landed)
+
+    async def _send(self, number: int, body: io.BytesIO) -> None:
+        try:
+            resp = await self.storage.client.upload_part(
+                Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+            )
+            self._etags[number] = resp["ETag"]
+        finally:
+            self._slots.release()
+
+    def _landed(self, task: asyncio.Task[None]) -> None:
+        self._flying.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failed is None:
+            self._failed = task.exception()
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
 
     async def complete(self) -> None:
-        if self._buffer or not self.parts:
-            await self._send(bytes(self._buffer))
-            self._buffer.clear()
+        if self._pending.tell() or self._numbers == 0:  # an empty object is one empty part
+            await self._submit(self._take())
+        while self._flying:
+            await asyncio.wait(set(self._flying))
+        self._raise_failed()
         await self.storage.client.complete_multipart_upload(
             Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id,
             MultipartUpload={"Parts": self.parts},
         )
 
     async def abort(self) -> None:
+        flying = set(self._flying)
+        for task in flying:
+            task.cancel()
+        if flying:  # parts still on the wire would otherwise land after the abort
+            await asyncio.wait(flying)
         if self.upload_id is not None:
             with contextlib.suppress(ClientError):
                 await self.storage.client.abort_multipart_upload(
                     Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id
                 )
-        self._buffer.clear()
+        self._pending = io.BytesIO()
 
 
 class StorageError(ConfigError):

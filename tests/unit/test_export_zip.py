@@ -1,6 +1,6 @@
 """The ZIP methods finalize picks, checked by three unzip implementations: Zip32 for small
 archives, Zip64 exactly where a member or an offset passes 4 GiB (a generator source, not S3,
-so a 4 GiB member costs no disk or upload)."""
+so a 4 GiB member costs no disk or upload); the archive's size bound and its upload part size."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from stream_zip import async_stream_zip
 
 from services.finalize.export import READ_CHUNK, choose_method
+from shared.exportplan import MAX_UPLOAD_PARTS, archive_bound, upload_part_size
 from tests.helpers import zip_tools_accept
 
 WHEN = datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
@@ -94,3 +95,24 @@ async def test_member_and_archive_over_4_gib_use_zip64_and_verify(tmp_path: Path
         for name, _size, _crc, content, _first in small_members()[1:2]:
             assert archive.read(name) == content
     path.unlink()
+
+
+async def test_archive_bound_holds_and_parts_stay_within_s3s_limit(tmp_path: Path) -> None:
+    path = tmp_path / "bound.zip"
+    members = small_members()
+    await write_zip(path, members)
+    names = sum(len(name.encode()) for name, *_ in members)
+    bound = archive_bound([size for _name, size, *_ in members], names)
+    assert path.stat().st_size <= bound
+    noise = os.urandom(300_000)  # incompressible input judged compressible: deflate may grow it
+    await write_zip(path, [("noise.txt", len(noise), zlib.crc32(noise), noise, b"a" * 1000)])
+    assert path.stat().st_size <= archive_bound([len(noise)], len("noise.txt"))
+
+    mib = 1024 * 1024
+    assert upload_part_size(archive_bound([16 * mib] * 30)) == 8 * mib  # 0.5 GB
+    assert upload_part_size(4_000_000_000) == 8 * mib  # the default split size
+    for size in (8 * mib * 9_900, 10**11, 5 * 10**12, 48 * 1024**4):
+        part = upload_part_size(size)
+        assert part % mib == 0 and part >= 8 * mib
+        assert -(-size // part) <= MAX_UPLOAD_PARTS, size
+    assert upload_part_size(10**11) < 11 * mib  # no bigger than it needs to be: memory is parts in flight

@@ -1,0 +1,188 @@
+"""The export's pipelined I/O on the real S3: several multipart parts in flight (and nothing left
+open when a part fails or the upload is aborted mid-flight), sources read ahead within their
+byte budget and in order, and the ZIP writer thread's errors reaching the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import threading
+import zipfile
+import zlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from stream_zip import ZIP_AUTO, ZipIntegrityError
+
+from services.finalize.export import choose_method
+from services.finalize.readahead import ReadAhead
+from services.finalize.zipthread import Built, Streamed, ZipThread
+from shared.config import Settings
+from shared.storage import Storage
+from tests.helpers import zip_tools_accept
+
+MIB = 1024 * 1024
+WHEN = datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC)
+MODE = stat.S_IFREG | 0o644
+
+
+@pytest.fixture
+async def storage(settings: Settings) -> AsyncIterator[Storage]:
+    async with Storage(settings.replace(bucket="jetmedia-io-test")) as opened:
+        await opened.ensure_bucket()
+        yield opened
+        for key, upload_id in await opened.open_multipart_uploads():
+            await opened.client.abort_multipart_upload(Bucket=opened.bucket, Key=key, UploadId=upload_id)
+        for key in await opened.list_keys(""):
+            await opened.delete(key)
+
+
+class PartsInFlight:
+    """Counts concurrent UploadPart calls on the real client (each still goes to S3)."""
+
+    def __init__(self, storage: Storage, delay: float = 0.0) -> None:
+        self.now = self.most = self.calls = 0
+        self.delay = delay
+        self.real = storage.client.upload_part
+        storage.client.upload_part = self.upload_part
+
+    async def upload_part(self, **kwargs: Any) -> Any:
+        self.now += 1
+        self.calls += 1
+        self.most = max(self.most, self.now)
+        try:
+            await asyncio.sleep(self.delay)  # a slower link: parts overlap as they would on one
+            return await self.real(**kwargs)
+        finally:
+            self.now -= 1
+
+
+async def test_parts_upload_four_at_a_time_and_assemble_in_order(storage: Storage) -> None:
+    data = os.urandom(29 * MIB + 12345)
+    spy = PartsInFlight(storage, delay=0.2)
+    upload = storage.multipart("io/parts.bin", part_size=5 * MIB)
+    pieces = [data[i:i + 700_001] for i in range(0, len(data), 700_001)]  # any piece size
+    for piece in pieces:
+        await upload.write(piece)
+    await upload.complete()
+    assert (spy.calls, spy.most) == (6, 4)  # five whole parts and the rest; four in flight at most
+    assert await storage.get_bytes("io/parts.bin") == data
+    assert await storage.open_multipart_uploads("io/") == []
+
+
+async def test_a_failed_part_fails_the_upload_and_abort_leaves_nothing(storage: Storage) -> None:
+    upload = storage.multipart("io/failing.bin", part_size=5 * MIB)
+    await upload.write(os.urandom(6 * MIB))  # starts the upload and its first part
+    assert upload.upload_id is not None
+    # the upload vanishes under us (another worker aborted it): every later part fails
+    await storage.client.abort_multipart_upload(Bucket=storage.bucket, Key=upload.key, UploadId=upload.upload_id)
+    with pytest.raises(ClientError):
+        for _ in range(8):
+            await upload.write(os.urandom(5 * MIB))
+        await upload.complete()
+    await upload.abort()
+    assert await storage.open_multipart_uploads("io/") == []
+    assert await storage.list_keys("io/") == []
+
+
+async def test_abort_with_parts_in_flight_leaves_no_open_upload(storage: Storage) -> None:
+    spy = PartsInFlight(storage, delay=1.0)
+    upload = storage.multipart("io/aborted.bin", part_size=5 * MIB)
+    for _ in range(4):
+        await upload.write(os.urandom(5 * MIB))
+    await asyncio.sleep(0)  # the part tasks start
+    assert spy.now == 4  # all four still uploading
+    await upload.abort()
+    assert spy.now == 0
+    assert await storage.open_multipart_uploads("io/") == []
+    assert await storage.list_keys("io/") == []
+
+
+async def test_read_ahead_keeps_order_and_budget_and_hands_over_errors(storage: Storage) -> None:
+    sizes = [3 * MIB + 17, 2 * MIB, 0, 5 * MIB + 3, 1, 4 * MIB, 3 * MIB, 2 * MIB + 9]
+    sources = {f"io/src/{i}": os.urandom(size) for i, size in enumerate(sizes)}
+    for key, data in sources.items():
+        await storage.put_bytes(key, data)
+    wanted = [(key, storage.bucket, len(data)) for key, data in sources.items()]
+    wanted.insert(3, ("io/src/gone", storage.bucket, 1000))  # deleted since the chunk stage saw it
+    budget = 4 * MIB
+    most = 0
+    async with ReadAhead(storage, wanted, budget=budget, chunk=MIB, max_open=3) as ahead:
+        for key, _bucket, _size in wanted:
+            stream = ahead.next()
+            if key.endswith("gone"):
+                with pytest.raises(ClientError):
+                    await anext(stream)
+                continue
+            got = b""
+            async for piece in stream:
+                got += piece
+                await asyncio.sleep(0.05)  # a slow writer: the readers ahead wait for it
+                most = max(most, ahead.buffered)
+            assert got == sources[key], key
+    assert MIB < most <= budget + 4 * MIB  # read ahead, within the budget plus a piece per reader
+
+
+async def read_all(writer: ZipThread) -> bytes:
+    return b"".join([part async for part in writer.parts()])
+
+
+async def pieces_of(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), MIB):
+        yield data[i:i + MIB]
+
+
+def zip_threads() -> int:
+    return sum(t.name == "zip-writer" for t in threading.enumerate())
+
+
+async def test_zip_thread_writes_what_stream_zip_writes(tmp_path: Path) -> None:
+    photo, text = os.urandom(3 * MIB + 5), b"hello zip " * 300_000
+    seen: list[int] = []
+
+    async def entries() -> AsyncIterator[Streamed | Built]:
+        yield Built("README.txt", WHEN, MODE, lambda: (ZIP_AUTO(5, level=1), b"hello"))
+        for name, data in (("photo.jpg", photo), ("notes.txt", text)):
+            method, _label = choose_method("auto", len(data), zlib.crc32(data), data[:65536], 1)
+            yield Streamed(name, WHEN, MODE, method, pieces_of(data), seen=lambda piece: seen.append(len(piece)))
+        yield Built("manifest.json", WHEN, MODE, lambda: (ZIP_AUTO(0, level=1), b""))
+
+    writer = ZipThread(entries(), chunk=MIB)
+    parts = [part async for part in writer.parts()]
+    assert max(len(part) for part in parts) == MIB
+    path = tmp_path / "t.zip"
+    path.write_bytes(b"".join(parts))
+    zip_tools_accept(str(path))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("photo.jpg") == photo and archive.read("notes.txt") == text
+        assert archive.getinfo("photo.jpg").compress_type == zipfile.ZIP_STORED
+    assert sum(seen) == len(photo) + len(text)
+    assert zip_threads() == 0
+
+
+async def test_zip_thread_raises_a_crc_mismatch_and_a_feeder_error_and_stops() -> None:
+    data = os.urandom(2 * MIB)
+
+    async def wrong_crc() -> AsyncIterator[Streamed | Built]:
+        method, _label = choose_method("store", len(data), zlib.crc32(data) ^ 1, data, 1)
+        yield Streamed("changed.bin", WHEN, MODE, method, pieces_of(data), tag="changed")
+
+    writer = ZipThread(wrong_crc(), chunk=MIB)
+    with pytest.raises(ZipIntegrityError):
+        await read_all(writer)
+    assert writer.current == "changed"
+
+    async def failing() -> AsyncIterator[Streamed | Built]:
+        method, _label = choose_method("store", len(data), zlib.crc32(data), data, 1)
+        yield Streamed("ok.bin", WHEN, MODE, method, pieces_of(data))
+        raise RuntimeError("source read failed")
+
+    with pytest.raises(RuntimeError, match="source read failed"):
+        await read_all(ZipThread(failing(), chunk=MIB))
+    assert zip_threads() == 0
+
