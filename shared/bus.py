@@ -3,6 +3,13 @@
 One stream per stage keeps each stage's queue depth visible and its limits its own.
 `ensure_layout` is create-or-update, so every service calls it at start-up and the layout
 converges whichever process starts first.
+
+Priority lanes (README "Priority lanes"): a work stream's subjects are its base subjects plus
+`{base}.interactive` and `{base}.bulk`; a message on the bare base subject is interactive, so
+producers' subjects keep working. Each stage has one durable consumer per lane with subject
+filters that never overlap (work-queue streams refuse overlapping consumers): the interactive
+one keeps the stage's name, so upgrading from the single-consumer layout narrows that consumer
+in place (its queue and in-flight messages stay where they are) before the bulk one is added.
 """
 
 from __future__ import annotations
@@ -48,19 +55,90 @@ class StreamSpec:
     work_queue: bool
     durable: str | None  # the stage consumer that owns it (work-queue streams)
     max_age: str | None = None  # name of the Settings field holding the age limit
+    lanes: bool = False  # an interactive and a bulk lane (one consumer each)
+
+    def stream_subjects(self) -> list[str]:
+        """What the stream stores: the base subjects and, with lanes, each with a lane token."""
+        if not self.lanes:
+            return list(self.subjects)
+        return [*self.subjects, *(f"{base}.{lane}" for lane in LANES for base in self.subjects)]
+
+    def filters(self, lane: str) -> list[str]:
+        """The lane consumer's subject filters: bare and `.interactive` subjects, or `.bulk` ones."""
+        if lane == BULK:
+            return [f"{base}.{BULK}" for base in self.subjects]
+        return [*self.subjects, *(f"{base}.{INTERACTIVE}" for base in self.subjects)]
+
+    def consumers(self) -> list[tuple[str, str]]:
+        """(lane, durable consumer name) of the stage that owns this stream, interactive first."""
+        if self.durable is None:
+            return []
+        if not self.lanes:
+            return [(INTERACTIVE, self.durable)]
+        return [(lane, consumer_name(self.durable, lane)) for lane in LANES]
+
+
+INTERACTIVE = "interactive"
+BULK = "bulk"
+LANES = (INTERACTIVE, BULK)
+
+
+def consumer_name(durable: str, lane: str) -> str:
+    """The interactive lane keeps the stage's own consumer name (the pre-lanes layout's)."""
+    return durable if lane == INTERACTIVE else f"{durable}-{lane}"
 
 
 STREAMS: tuple[StreamSpec, ...] = (
-    StreamSpec("JM_UPLOAD", ("jetmedia.upload.>",), True, "upload"),
-    StreamSpec("JM_CHUNK", (m.CHUNK,), True, "chunk"),
-    StreamSpec("JM_VARIANT", (m.VARIANT,), True, "variant"),
-    StreamSpec("JM_TRANSCODE", (m.TRANSCODE,), True, "transcode"),
-    StreamSpec("JM_FINALIZE", ("jetmedia.finalize.>",), True, "finalize"),
+    StreamSpec("JM_UPLOAD", ("jetmedia.upload.*",), True, "upload", lanes=True),
+    StreamSpec("JM_CHUNK", (m.CHUNK,), True, "chunk", lanes=True),
+    StreamSpec("JM_VARIANT", (m.VARIANT,), True, "variant", lanes=True),
+    StreamSpec("JM_TRANSCODE", (m.TRANSCODE,), True, "transcode", lanes=True),
+    StreamSpec("JM_FINALIZE", ("jetmedia.finalize.*",), True, "finalize", lanes=True),
     StreamSpec("JM_EVENTS", ("jetmedia.events.>",), False, None, "events_max_age"),
     StreamSpec("JM_DLQ", (m.DLQ_PREFIX + ".>",), False, None, "dlq_max_age"),
 )
 STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
 MSG_ID = "Nats-Msg-Id"
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching (`*` one token, `>` the rest)."""
+    want, have = pattern.split("."), subject.split(".")
+    for n, token in enumerate(want):
+        if token == ">":
+            return len(have) > n
+        if n >= len(have) or (token != "*" and token != have[n]):
+            return False
+    return len(want) == len(have)
+
+
+_LANED: dict[str, bool] = {}
+
+
+def laned(subject: str) -> bool:
+    """Whether `subject` is a base subject of a stream with lanes (cached: a handful of subjects)."""
+    found = _LANED.get(subject)
+    if found is None:
+        found = _LANED[subject] = any(
+            _matches(base, subject) for spec in STREAMS if spec.lanes for base in spec.subjects)
+    return found
+
+
+def lane_subject(subject: str, lane: str) -> str:
+    """Where a message of `lane` goes: bulk gets `{subject}.bulk`; interactive stays on the bare
+    subject (as do subjects of streams without lanes, such as the events)."""
+    return f"{subject}.{BULK}" if lane == BULK and laned(subject) else subject
+
+
+def lane_of_subject(subject: str) -> str | None:
+    """The lane a subject names explicitly (`….bulk`, `….interactive`), None for a bare one."""
+    base, _, last = subject.rpartition(".")
+    return last if last in LANES and laned(base) else None
+
+
+def base_subject(subject: str) -> str:
+    """The subject without its lane token."""
+    return subject.rpartition(".")[0] if lane_of_subject(subject) else subject
 
 
 OUTAGE_LOG_EVERY = 60.0  # seconds between repeated "still disconnected" lines of one outage
@@ -224,7 +302,7 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], wait: float = ST
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
-        subjects=list(spec.subjects),
+        subjects=spec.stream_subjects(),
         retention=RetentionPolicy.WORK_QUEUE if spec.work_queue else RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=settings.replicas,
@@ -234,10 +312,11 @@ def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:
     )
 
 
-def consumer_config(durable: str, settings: Settings, concurrency: int) -> ConsumerConfig:
+def consumer_config(durable: str, settings: Settings, concurrency: int,
+                    filters: list[str] | None = None) -> ConsumerConfig:
     """Retries are paced by the runtime's `nak(delay)`; ack_wait only catches crashed workers
     (handlers heartbeat with in_progress while they run). max_ack_pending leaves room for
-    several replicas at this concurrency."""
+    several replicas at this concurrency. `filters`: a lane's subjects."""
     return ConsumerConfig(
         durable_name=durable,
         ack_policy=AckPolicy.EXPLICIT,
@@ -245,6 +324,7 @@ def consumer_config(durable: str, settings: Settings, concurrency: int) -> Consu
         max_deliver=settings.max_deliver,
         max_ack_pending=max(concurrency * 16, 256),
         num_replicas=settings.replicas,
+        filter_subjects=filters,
     )
 
 
@@ -271,13 +351,14 @@ async def ensure_layout(js: JetStreamContext, settings: Settings, concurrency: i
                 await js.add_stream(config)
 
         await retrying(f"stream {spec.name}", create_or_update)
-        if spec.durable:
-            consumer = consumer_config(spec.durable, settings, concurrency or settings.concurrency)
+        for lane, name in spec.consumers():  # interactive first: it narrows a pre-lanes consumer in place
+            consumer = consumer_config(name, settings, concurrency or settings.concurrency,
+                                       spec.filters(lane) if spec.lanes else None)
 
             async def add_consumer(stream: str = spec.name, config: ConsumerConfig = consumer) -> None:
                 await js.add_consumer(stream, config)
 
-            await retrying(f"consumer {spec.durable}", add_consumer)
+            await retrying(f"consumer {name}", add_consumer)
 
 
 async def publish(js: JetStreamContext, subject: str, event: m.Event, timeout: float = 5.0) -> bool:

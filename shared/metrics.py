@@ -46,6 +46,20 @@ queue_redelivered = Gauge("jetmedia_queue_redelivered", "Messages redelivered at
 queue_waiting = Gauge(
     "jetmedia_queue_waiting", "Pull requests waiting at a stage's consumer (0 = no idle worker).", ["stage"]
 )
+queue_lane_pending = Gauge(
+    "jetmedia_queue_lane_pending", "Messages waiting for a stage, by priority lane (interactive, bulk).",
+    ["stage", "lane"],
+)
+queue_lane_ack_pending = Gauge(
+    "jetmedia_queue_lane_ack_pending", "Messages of a lane delivered, not yet acked.", ["stage", "lane"]
+)
+queue_wait_seconds = Histogram(
+    "jetmedia_queue_wait_seconds",
+    "Time a message waited in its stream before a handler started it, by stage and priority lane.",
+    ["stage", "lane"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+LANES = ("interactive", "bulk")  # = shared.bus.LANES (metrics sits below bus)
 dlq_messages = Gauge("jetmedia_dlq_messages", "Dead letters kept in JM_DLQ, by stage.", ["stage"])
 stream_messages = Gauge("jetmedia_stream_messages", "Messages stored in a JetStream stream.", ["stream"])
 stream_bytes = Gauge("jetmedia_stream_bytes", "Bytes stored in a JetStream stream.", ["stream"])
@@ -103,6 +117,8 @@ def prime(stage: str) -> None:
         bytes_total.labels(stage, direction)
     in_progress.labels(stage)
     processing_seconds.labels(stage)
+    for lane in LANES:
+        queue_wait_seconds.labels(stage, lane)
 
 
 def serve(host: str, port: int) -> Any:

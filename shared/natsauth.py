@@ -1,11 +1,11 @@
 """Who may do what on the bus: the NATS users of a jetmedia deployment, declared once.
 
-Without users, anyone who can publish `jetmedia.upload.>` can also publish to the internal
+Without users, anyone who can publish `jetmedia.upload.*` can also publish to the internal
 subjects (a forged `jetmedia.variant` message failed a real job; hostile messages created job
 records for ids that never existed). So the server runs with two users:
 
 - `producer`: what a system that submits media needs, and nothing more: publish
-  `jetmedia.upload.>`, read the events stream (its own consumers on JM_EVENTS) and read the job
+  `jetmedia.upload.*` (either lane), read the events stream (its own consumers on JM_EVENTS) and read the job
   records (get and watch the `jetmedia-jobs` KV bucket). It cannot publish to a stage's subject,
   write a job record, or change streams.
 - `jetmedia`: the stages, the collector, the CLI run by an operator: every `jetmedia.*` subject,
@@ -61,7 +61,7 @@ def _read_stream(stream: str) -> list[str]:
 
 def permissions() -> dict[str, dict[str, Any]]:
     """user -> nats-server `permissions` block."""
-    upload_subjects = [s for spec in bus.STREAMS if spec.name == "JM_UPLOAD" for s in spec.subjects]
+    upload_subjects = bus.STREAM_BY_NAME["JM_UPLOAD"].stream_subjects()  # both lanes (README "Priority lanes")
     return {
         SERVICE_USER: {
             "publish": {"allow": ["jetmedia.>", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", f"$KV.{BUCKET}.>",

@@ -1,13 +1,14 @@
 """The collector: queue depth per stage and JetStream usage, read from the server itself.
 
-Replicas of a stage share one durable consumer, so its pending / ack-pending / redelivered
+Replicas of a stage share one durable consumer per lane, so its pending / ack-pending / redelivered
 counts are facts about the stage, not about any process. If every replica exported them, a
 `sum` over four variant replicas would show four times the real queue. So exactly one process
 reads them (the `collector` service in compose, the collector task inside `jetmedia up`) and
 sets the gauges in shared/metrics.py; workers never touch them.
 
 What is read, every `queue_poll_interval` seconds:
-- consumer info of every stage's durable consumer -> jetmedia_queue_{pending,ack_pending,
+- consumer info of every stage's durable consumers (one per lane) -> jetmedia_queue_lane_{pending,
+  ack_pending}{stage,lane}, and the lanes summed -> jetmedia_queue_{pending,ack_pending,
   redelivered,waiting}{stage};
 - JM_DLQ's per-subject counts (`jetmedia.dlq.<stage>`) -> jetmedia_dlq_messages{stage}, 0 for a
   stage without dead letters, so "no dead letters" is a visible 0 rather than a gap;
@@ -32,21 +33,33 @@ log = logging.getLogger("jetmedia.collector")
 STAGE_CONSUMERS: tuple[tuple[str, str], ...] = tuple(
     (spec.durable, spec.name) for spec in bus.STREAMS if spec.durable
 )
+# (stage, stream, lane, consumer): one consumer per lane (README "Priority lanes")
+LANE_CONSUMERS: tuple[tuple[str, str, str, str], ...] = tuple(
+    (spec.durable, spec.name, lane, consumer) for spec in bus.STREAMS if spec.durable
+    for lane, consumer in spec.consumers()
+)
 DLQ_STREAM = "JM_DLQ"
 
 
 async def poll(js: JetStreamContext) -> None:
     """Read JetStream once and set every collector gauge. Missing streams/consumers (a fresh
     server before the first stage created the layout) are skipped, not reported as zero."""
-    for stage, stream in STAGE_CONSUMERS:
+    totals: dict[str, list[int]] = {}
+    for stage, stream, lane, consumer in LANE_CONSUMERS:
         try:
-            info = await js.consumer_info(stream, stage)
+            info = await js.consumer_info(stream, consumer)
         except NotFoundError:
             continue
-        metrics.queue_pending.labels(stage).set(info.num_pending or 0)
-        metrics.queue_ack_pending.labels(stage).set(info.num_ack_pending or 0)
-        metrics.queue_redelivered.labels(stage).set(info.num_redelivered or 0)
-        metrics.queue_waiting.labels(stage).set(info.num_waiting or 0)
+        metrics.queue_lane_pending.labels(stage, lane).set(info.num_pending or 0)
+        metrics.queue_lane_ack_pending.labels(stage, lane).set(info.num_ack_pending or 0)
+        total = totals.setdefault(stage, [0, 0, 0, 0])
+        for n, value in enumerate((info.num_pending, info.num_ack_pending, info.num_redelivered, info.num_waiting)):
+            total[n] += value or 0
+    for stage, (pending, ack_pending, redelivered, waiting) in totals.items():  # the stage's lanes together
+        metrics.queue_pending.labels(stage).set(pending)
+        metrics.queue_ack_pending.labels(stage).set(ack_pending)
+        metrics.queue_redelivered.labels(stage).set(redelivered)
+        metrics.queue_waiting.labels(stage).set(waiting)
 
     for spec in bus.STREAMS:
         try:

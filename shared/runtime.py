@@ -33,7 +33,6 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -48,8 +47,10 @@ from . import bus, errors, metrics, outbox
 from . import messages as m
 from .breaker import NATS as NATS_DOWN
 from .breaker import Breakers, nats_probe, s3_probe
+from .bus import BULK, INTERACTIVE
 from .config import ConfigError, Settings
 from .jobs import RERUNNABLE, Job, JobKind, JobStore
+from .lanes import BulkShare, PriorityPool, Puller
 from .storage import Storage
 
 log = logging.getLogger("jetmedia.runtime")
@@ -88,6 +89,7 @@ class Emit:
     subject: str
     event: m.Event
     announces: str | None = None  # an outbox marker: recorded on the job (event.subject) once published
+    lane: str | None = None  # priority lane; None: the lane of the message being handled
 
 
 def announcements(job: Job, settings: Settings) -> list[Emit]:
@@ -129,7 +131,7 @@ class Services:
         self.jobs = jobs
         self.storage = storage
         threads = settings.cpu_threads or os.cpu_count() or 2
-        self.cpu = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="jetmedia-cpu")
+        self.cpu = PriorityPool(threads, settings.bulk_share)
         self.workers: list[Worker] = []
         self._cancel_sub: Any = None
         self.breakers = Breakers({"s3": s3_probe(settings), "nats": nats_probe(nc, js)})
@@ -158,24 +160,36 @@ class Services:
     async def close(self) -> None:
         """What the services own beyond the connections: the breakers' probes, the CPU pool."""
         await self.breakers.close()
-        self.cpu.shutdown(wait=False, cancel_futures=True)
+        self.cpu.shutdown()
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.cpu, lambda: fn(*args, **kwargs))
+        return await self.run_cpu_in(INTERACTIVE, fn, *args, **kwargs)
 
-    async def publish(self, emit: Emit, attempt: int = 1) -> bool:
+    async def run_cpu_in(self, lane: str, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """CPU work of a message of `lane`: queued interactive work runs before queued bulk work."""
+        result: T = await asyncio.wrap_future(self.cpu.submit(lane, lambda: fn(*args, **kwargs)))
+        return result
+
+    def subject_for(self, emit: Emit, lane: str = INTERACTIVE) -> str:
+        """Where an emit goes: its base subject with the lane's token (bus.lane_subject); with
+        lanes off (JETMEDIA_LANES=false) everything stays on the bare, interactive subject."""
+        if not self.settings.lanes:
+            return emit.subject
+        return bus.lane_subject(emit.subject, emit.lane or lane)
+
+    async def publish(self, emit: Emit, attempt: int = 1, lane: str = INTERACTIVE) -> bool:
+        subject = self.subject_for(emit, lane)
         if attempt <= 1 or emit.announces is not None:
-            return await bus.publish(self.js, emit.subject, emit.event)
+            return await bus.publish(self.js, subject, emit.event)
         # a re-run's work repeats the first attempt's derived ids: the duplicate window must not drop it
-        ack = await self.js.publish(emit.subject, m.encode(emit.event), timeout=5.0,
+        ack = await self.js.publish(subject, m.encode(emit.event), timeout=5.0,
                                     headers={bus.MSG_ID: f"{emit.event.id}#{attempt}"})
         return not ack.duplicate
 
-    async def send(self, emits: Sequence[Emit], attempt: int = 1) -> None:
+    async def send(self, emits: Sequence[Emit], attempt: int = 1, lane: str = INTERACTIVE) -> None:
         """Publish in order; an announcement is marked on its job's record only once it is out."""
         for emit in emits:
-            await self.publish(emit, attempt)
+            await self.publish(emit, attempt, lane)
             if emit.announces is not None and emit.event.subject:
                 await self.jobs.mark_announced(emit.event.subject, emit.announces)
 
@@ -206,8 +220,9 @@ class Context:
     """What a handler sees of the world for one message."""
 
     def __init__(self, services: Services, stage: str, job: str | None, delivery: int, *,
-                 stream_seq: int | None = None, attempt: int = 1) -> None:
+                 stream_seq: int | None = None, attempt: int = 1, lane: str = INTERACTIVE) -> None:
         self.services = services
+        self.lane = lane  # what the handler's emits inherit (README "Priority lanes")
         self.stage = stage
         self.job = job
         self.delivery = delivery
@@ -228,7 +243,7 @@ class Context:
         return self.services.jobs
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await self.services.run_cpu(fn, *args, **kwargs)
+        return await self.services.run_cpu_in(self.lane, fn, *args, **kwargs)
 
     def progress(self) -> None:
         """Tell the runtime the handler is advancing (used by stall detection)."""
@@ -245,6 +260,7 @@ class InFlight:
     task: asyncio.Task[None] | None = None
     job_cancelled: bool = False
     started: float = field(default_factory=time.monotonic)
+    lane: str = INTERACTIVE  # the consumer it came from
 
 
 class Worker:
@@ -261,7 +277,10 @@ class Worker:
         self._advisory_tasks: set[asyncio.Task[None]] = set()
         self.shutting_down = False
         self.stopping = asyncio.Event()  # set by run()'s caller; waits on outages end with it
-        self.subscription: Any = None  # the pull subscription while run() runs
+        self.subscription: Any = None  # the interactive lane's puller while run() runs
+        self.pullers: list[Puller] = []
+        self.share = BulkShare(self.settings.bulk_share)
+        self._wake = asyncio.Event()
         metrics.prime(stage.name)
         services.workers.append(self)
 
@@ -269,12 +288,17 @@ class Worker:
 
     async def run(self, stopping: asyncio.Event) -> None:
         self.stopping = stopping
-        js = self.services.js
-        sub = self.subscription = await js.pull_subscribe_bind(durable=self.stage.name, stream=self.stage.stream)
-        advisories = await self._watch_max_deliveries()
+        pullers = self.pullers = [
+            Puller(self.services.nc, self.stage.stream, consumer, lane, self._delivered, self._wake.set)
+            for lane, consumer in self._consumers()
+        ]
+        for puller in pullers:
+            await puller.open()
+        self.subscription = pullers[0]
+        advisories = [await self._watch_max_deliveries(puller.consumer) for puller in pullers]
         heartbeat = asyncio.create_task(self._heartbeat(), name=f"{self.stage.name}-heartbeat")
-        log.info("stage %s: pulling from %s (concurrency %d)", self.stage.name, self.stage.stream, self.concurrency)
-        expired = time.monotonic()
+        log.info("stage %s: pulling from %s (%s; concurrency %d)", self.stage.name, self.stage.stream,
+                 ", ".join(p.consumer for p in pullers), self.concurrency)
         try:
             while not stopping.is_set():
                 if not await self.services.breakers.wait_closed(stopping):
@@ -283,60 +307,132 @@ class Worker:
                 if free <= 0:
                     await asyncio.wait(list(self.inflight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
                     continue
-                expired = time.monotonic() + PULL_WAIT  # this pull request ends by then, whatever fetch() says
-                try:
-                    batch = await sub.fetch(free, timeout=PULL_WAIT)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if not self.services.nc.is_connected:  # not an empty queue: NATS is gone
-                        self.services.breakers.trip(NATS_DOWN, "disconnected")
+                if self._start_ready(free):
                     continue
-                except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                        nats.errors.NoRespondersError, nats.errors.Error) as exc:
-                    log.warning("stage %s: fetch failed (%s); retrying", self.stage.name, exc)
+                self._wake.clear()  # from here on, a delivery or a freed slot ends the wait below
+                try:
+                    got = await self._take(free - sum(p.lingering for p in pullers))
+                except (TimeoutError, nats.errors.Error) as exc:
+                    log.warning("stage %s: pull failed (%s); retrying", self.stage.name, type(exc).__name__)
                     if not self.services.nc.is_connected:
-                        self.services.breakers.trip(NATS_DOWN, exc)
+                        self.services.breakers.trip(NATS_DOWN, exc if str(exc) else "disconnected")
                     await asyncio.sleep(0.5)
                     continue
-                for msg in batch:
-                    if stopping.is_set():  # fetched while stopping: another replica may start it
-                        await _hand_back(msg, expired)
-                    else:
-                        self._start(msg)
+                if got:
+                    continue
+                # both lanes are empty (or bulk has no room): leave a request open, sleep until one delivers
+                try:
+                    for puller in pullers:
+                        if puller.lane == INTERACTIVE or self._bulk_room() > 0:
+                            await puller.linger(PULL_WAIT)
+                except nats.errors.Error:
+                    pass  # the connection is down: the next take() says so
+                if not any(p.ready for p in pullers):
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), PULL_WAIT)
+                if not self.services.nc.is_connected:  # not an empty queue: NATS is gone
+                    self.services.breakers.trip(NATS_DOWN, "disconnected")
         finally:
-            drain = asyncio.ensure_future(self._drain())
-            await self._hand_back_late(sub, drain, expired)
-            await drain
+            for puller in pullers:  # what was delivered and not started goes back
+                while puller.ready:
+                    await _hand_back(puller.ready.popleft(), self._last_expiry())
+            await self._drain()
+            if self._last_expiry():  # a lingering request may still deliver: _delivered hands it back
+                await asyncio.sleep(max(0.0, self._last_expiry() - time.monotonic()) + 0.25)
             heartbeat.cancel()
             for task in list(self._advisory_tasks):
                 task.cancel()
-            for sub_ in (sub, advisories):
+            for sub_ in (*pullers, *advisories):
                 with contextlib.suppress(Exception):
-                    await sub_.unsubscribe()
+                    await (sub_.close() if isinstance(sub_, Puller) else sub_.unsubscribe())
             log.info("stage %s: stopped", self.stage.name)
 
-    async def _hand_back_late(self, sub: Any, drain: asyncio.Future[None], expired: float) -> None:
-        """A pull request outlives the fetch() that made it (the client can time out just before
-        the server expires it), so messages can land in the subscription after the loop stopped:
-        nobody would start them, and they would wait out ack_wait. Nak them until the drain is over
-        and the last pull request has expired on the server."""
-        inner = sub._sub  # nats-py keeps delivered messages on the underlying subscription
-        while not (drain.done() and time.monotonic() > expired + 0.25):
-            try:
-                msg = await inner.next_msg(timeout=0.1)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception:  # connection closed: the server hands everything back anyway
-                return
-            if msg.reply:  # not a status message (408 request expired, 404 no messages)
-                log.info("stage %s: handing back a message delivered after stopping", self.stage.name)
-                await _hand_back(msg, expired)
+    def _consumers(self) -> list[tuple[str, str]]:
+        """(lane, durable) pairs: one per lane when the stage's stream has lanes (bus.STREAMS),
+        else the single consumer named after the stage."""
+        spec = bus.STREAM_BY_NAME.get(self.stage.stream)
+        if spec is None or not spec.lanes:
+            return [(INTERACTIVE, self.stage.name)]
+        return [(lane, bus.consumer_name(self.stage.name, lane)) for lane in bus.LANES]
 
-    def _start(self, msg: Msg) -> None:
-        flight = InFlight(msg=msg, job=None)
+    async def _take(self, slots: int) -> int:
+        """Ask the lanes for up to `slots` messages available now: bulk first for its share
+        (BulkShare), interactive for the rest, bulk again for what interactive leaves."""
+        if slots <= 0:
+            return 0
+        if len(self.pullers) == 1:
+            return await self.pullers[0].take(slots)
+        interactive, bulk = self.pullers
+        room = self._bulk_room()
+        quota = min(self.share.quota(slots), room)
+        got = await bulk.take(quota)
+        bulk_empty = got < quota
+        got += await interactive.take(slots - got)
+        room -= got
+        if got < slots and not bulk_empty and room > 0:
+            need = min(slots - got, room)
+            more = await bulk.take(need)
+            bulk_empty = more < need
+            got += more
+        if bulk_empty:
+            self.share.bulk_empty()
+        return got
+
+    def _bulk_room(self) -> int:
+        """Slots bulk work may still take: all but one (kept for interactive work, so a photo never
+        waits for a bulk handler to end) when the stage runs at least 4 at once, else all."""
+        limit = self.concurrency - 1 if self.concurrency >= 4 else self.concurrency
+        busy = sum(1 for flight in self.inflight.values() if flight.lane == BULK)
+        return limit - busy - (len(self.pullers[1].ready) if len(self.pullers) > 1 else 0)
+
+    def _start_ready(self, free: int) -> int:
+        """Start delivered messages: interactive first, bulk for its share (and when interactive
+        has none). Returns how many started."""
+        counts = {INTERACTIVE: 0, BULK: 0}
+        if len(self.pullers) == 1:
+            order = self.pullers
+        else:
+            interactive, bulk = self.pullers
+            due = self.share.quota(free) if bulk.ready else 0
+            while due > 0 and bulk.ready and free > 0:
+                self._start(bulk.ready.popleft(), BULK)
+                counts[BULK] += 1
+                due -= 1
+                free -= 1
+            order = [interactive, bulk]
+        for puller in order:
+            while puller.ready and free > 0:
+                self._start(puller.ready.popleft(), puller.lane)
+                counts[puller.lane] += 1
+                free -= 1
+        if len(self.pullers) > 1 and (counts[INTERACTIVE] or counts[BULK]):
+            self.share.started(counts[INTERACTIVE], counts[BULK])
+        return counts[INTERACTIVE] + counts[BULK]
+
+    def _delivered(self, puller: Puller, msg: Msg) -> None:
+        """A lane delivered a message: queue it to start, or, once stopping, hand it back (a
+        lingering request can outlive the loop) so another replica starts it."""
+        if self.stopping.is_set():
+            log.info("stage %s: handing back a message delivered after stopping", self.stage.name)
+            task = asyncio.ensure_future(_hand_back(msg, self._last_expiry()))
+            self._advisory_tasks.add(task)
+            task.add_done_callback(self._advisory_tasks.discard)
+            return
+        puller.ready.append(msg)
+
+    def _last_expiry(self) -> float:
+        return max((p.linger_until for p in self.pullers), default=0.0)
+
+    def _start(self, msg: Msg, lane: str = INTERACTIVE) -> None:
+        flight = InFlight(msg=msg, job=None, lane=lane)
         task = asyncio.create_task(self._process(flight))
         flight.task = task
         self.inflight[task] = flight
-        task.add_done_callback(self.inflight.pop)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.inflight.pop(task, None)
+        self._wake.set()  # a slot is free: a loop waiting for work the bulk room held back can take it
 
     async def _drain(self) -> None:
         """Shutdown: let in-flight handlers finish within the grace period, nak the rest."""
@@ -354,9 +450,10 @@ class Worker:
         interval = max(self.settings.ack_wait / 4, 0.05)
         while True:
             await asyncio.sleep(interval)
-            for flight in list(self.inflight.values()):
+            waiting = [msg for puller in self.pullers for msg in puller.ready]  # delivered, not started yet
+            for msg in [flight.msg for flight in self.inflight.values()] + waiting:
                 with contextlib.suppress(Exception):
-                    await flight.msg.in_progress()
+                    await msg.in_progress()
 
     def cancel_job(self, job_id: str) -> None:
         if not self.stage.cancellable:
@@ -377,7 +474,7 @@ class Worker:
         while True:
             try:
                 emits = await self.stage.handle(event, ctx)
-                await self.services.send(emits, ctx.attempt)
+                await self.services.send(emits, ctx.attempt, ctx.lane)
                 return True
             except Exception as exc:
                 back = await self.services.breakers.recovered(exc, self.stopping)
@@ -394,6 +491,7 @@ class Worker:
         stage = self.stage.name
         delivery = _delivery(msg)
         started = time.perf_counter()
+        metrics.queue_wait_seconds.labels(stage, flight.lane).observe(_waited(msg))
         metrics.in_progress.labels(stage).inc()
         outcome = "ok"
         try:
@@ -409,7 +507,7 @@ class Worker:
                 await msg.ack()
                 return
             ctx = Context(self.services, stage, flight.job, delivery, stream_seq=seq,
-                          attempt=record.attempt if record is not None else 1)
+                          attempt=record.attempt if record is not None else 1, lane=_lane_of(event, flight))
             if not await self._handle(event, ctx, msg):
                 outcome = "retry"  # a dependency outage outlasted this worker: handed back
                 return
@@ -494,10 +592,12 @@ class Worker:
 
     # --- crashes on the last delivery ------------------------------------------------
 
-    async def _watch_max_deliveries(self) -> Any:
+    async def _watch_max_deliveries(self, consumer: str | None = None) -> Any:
         """A worker that dies on the last delivery cannot dead-letter its message; the server's
-        advisory can. A queue group makes one replica handle each advisory."""
-        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stage.stream}.{self.stage.name}"
+        advisory can. A queue group makes one replica handle each advisory. One per lane's
+        consumer (default: the interactive one, named after the stage)."""
+        consumer = consumer or self.stage.name
+        subject = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.stage.stream}.{consumer}"
 
         async def letter(info: _MaxDeliveries) -> None:
             raw = await self.services.js.get_msg(info.stream, info.stream_seq)
@@ -537,7 +637,7 @@ class Worker:
             self._advisory_tasks.add(task)
             task.add_done_callback(self._advisory_tasks.discard)
 
-        return await self.services.nc.subscribe(subject, queue=f"jetmedia-{self.stage.name}-dlq", cb=on_advisory)
+        return await self.services.nc.subscribe(subject, queue=f"jetmedia-{consumer}-dlq", cb=on_advisory)
 
 
 class _MaxDeliveries(msgspec.Struct):
@@ -622,6 +722,14 @@ def _delivery(msg: Msg) -> int:
         return 1
 
 
+def _waited(msg: Msg) -> float:
+    """Seconds since the server stored the message (this delivery's wait, for a first delivery)."""
+    try:
+        return max(0.0, time.time() - msg.metadata.timestamp.timestamp())
+    except Exception:
+        return 0.0
+
+
 def _describe(exc: BaseException) -> str:
     text = (str(exc) or type(exc).__name__)[:MAX_ERROR_TEXT]
     if errors.is_transient(exc):
@@ -636,6 +744,17 @@ def _job_named(event: m.AnyEvent) -> str | None:
         raise Reject(f"message names job {job[:100]!r}, which is not a valid job id "
                      "(dot-separated tokens of [-_=a-zA-Z0-9], at most 200 characters)")
     return job
+
+
+def _lane_of(event: m.AnyEvent, flight: InFlight) -> str:
+    """A producer's request names its job's lane (`priority`, else an explicit `….bulk` /
+    `….interactive` subject, else asset jobs interactive and exports bulk); every other message
+    is in the lane it came from, and what its handler emits inherits that."""
+    explicit = bus.lane_of_subject(flight.msg.subject)
+    if isinstance(event, (m.AssetUploaded, m.ExportRequested)):
+        default = BULK if isinstance(event, m.ExportRequested) else INTERACTIVE
+        return event.data.priority or explicit or default
+    return explicit or flight.lane
 
 
 def _job_in(payload: bytes) -> str | None:
