@@ -17,7 +17,7 @@ import yaml
 
 from . import __version__
 from . import messages as m
-from .bus import STREAMS
+from .bus import LANES, STREAMS, laned
 from .jobs import Job
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -192,21 +192,32 @@ def _asyncapi(types: list[type[m.Event]]) -> dict[str, typing.Any]:
         if "{stage}" in address:
             channels[channel]["parameters"] = {"stage": {
                 "description": "The stage that gave up on the message.", "enum": stages}}
+        names = [channel]
+        if laned(address):  # README "Priority lanes": the bare subject is the interactive lane
+            names.append(f"{channel}Lane")
+            channels[f"{channel}Lane"] = {
+                "address": f"{address}.{{lane}}",
+                "description": f"{description} On a priority lane (the bare subject is interactive).",
+                "messages": {message: {"$ref": f"#/components/messages/{message}"}},
+                "parameters": {"lane": {"description": "Priority lane: interactive work goes first, bulk keeps "
+                                                      "a share of every worker's starts.", "enum": list(LANES)}},
+            }
         for action, ids in (("receive", RECEIVES), ("send", SENDS)):
             if channel not in ids:
                 continue
-            operations[f"{action}{channel[0].upper()}{channel[1:]}"] = {
-                "action": action,
-                "summary": f"jetmedia {'consumes' if action == 'receive' else 'publishes'} {tag_of(cls)}.",
-                "channel": {"$ref": f"#/channels/{channel}"},
-                "messages": [{"$ref": f"#/channels/{channel}/messages/{message}"}],
-            }
+            for name in names:
+                operations[f"{action}{name[0].upper()}{name[1:]}"] = {
+                    "action": action,
+                    "summary": f"jetmedia {'consumes' if action == 'receive' else 'publishes'} {tag_of(cls)}.",
+                    "channel": {"$ref": f"#/channels/{name}"},
+                    "messages": [{"$ref": f"#/channels/{name}/messages/{message}"}],
+                }
     return {
         "asyncapi": "3.1.0",
         "info": {"title": "jetmedia", "version": __version__,
                  "description": "jetmedia's messages: CloudEvents 1.0 structured JSON on NATS JetStream. "
                                 "Operations are jetmedia's: it receives producers' requests on "
-                                "jetmedia.upload.> and sends its answers on jetmedia.events.>.",
+                                "jetmedia.upload.* (or a lane of it) and sends its answers on jetmedia.events.>.",
                  "license": {"name": "MIT"},
                  "contact": {"name": "jetmedia", "url": "https://jetmedia.dev"}},
         "servers": {"local": {"host": "127.0.0.1:4222", "protocol": "nats",
