@@ -402,7 +402,7 @@ async def cmd_webhooks(args: argparse.Namespace) -> int:
     if not secret:
         raise ConfigError("no secret to sign with: pass --secret whsec_... or set JETMEDIA_WEBHOOK_SECRET")
     try:
-        signing.secret_bytes(secret)
+        signing.check(secret)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     answer = await send_sample(settings, args.url, secret)

@@ -34,12 +34,22 @@ def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 
-def headers(secret: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """The three headers of one attempt (plus the content type)."""
+def check(secrets: str) -> None:
+    """Every secret of a setting (several, space-separated, while a secret is rotated)."""
+    for secret in secrets.split():
+        secret_bytes(secret)
+    if not secrets.split():
+        raise ValueError("a webhook secret is 'whsec_' followed by base64; this one is empty")
+
+
+def headers(secrets: str, msg_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The three headers of one attempt (plus the content type). Several space-separated secrets
+    give one signature each (the spec's rotation): receivers holding either the old or the new
+    secret verify the same delivery."""
     stamp = int(time.time()) if timestamp is None else timestamp
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(stamp),
-        "webhook-signature": signature(secret_bytes(secret), msg_id, stamp, body),
+        "webhook-signature": " ".join(signature(secret_bytes(s), msg_id, stamp, body) for s in secrets.split()),
         "content-type": "application/json",
     }

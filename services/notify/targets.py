@@ -73,7 +73,7 @@ def subscriptions(settings: Settings) -> dict[str, Subscription]:
         if problem := m.callback_problem(sub.url):
             raise ValueError(f"JETMEDIA_WEBHOOKS: subscription {name}: {problem}")
         try:
-            signing.secret_bytes(sub.secret)
+            signing.check(sub.secret)
         except ValueError as exc:
             raise ValueError(f"JETMEDIA_WEBHOOKS: subscription {name}: {exc}") from None
         named[name] = msgspec.structs.replace(sub, name=name)
@@ -85,7 +85,7 @@ def check(settings: Settings) -> None:
     subscriptions(settings)
     if settings.webhook_secret:
         try:
-            signing.secret_bytes(settings.webhook_secret)
+            signing.check(settings.webhook_secret)
         except ValueError as exc:
             raise ValueError(f"JETMEDIA_WEBHOOK_SECRET: {exc}") from None
     if any(delay < 0 for delay in settings.webhook_retry_schedule):

@@ -45,3 +45,13 @@ def test_unusable_secrets_are_named_without_echoing_them(secret: str, why: str) 
     with pytest.raises(ValueError, match=why) as found:
         signing.secret_bytes(secret)
     assert secret not in str(found.value)
+
+
+def test_two_secrets_while_rotating_sign_twice_and_either_verifies() -> None:
+    new = "whsec_" + base64.b64encode(b"the new secret, 32 bytes long!!!").decode()
+    body = b'{"id":"e1"}'
+    headers = signing.headers(f"{new} {SECRET}", "e1", body)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    assert Webhook(new).verify(body, headers) and Webhook(SECRET).verify(body, headers)
+    with pytest.raises(ValueError):
+        signing.check(f"{new} not-a-secret")
