@@ -10,8 +10,9 @@ Two durable consumers, both shared by every replica:
   410 acks (that receiver said stop), anything else naks with the next delay of
   JETMEDIA_WEBHOOK_RETRY_SCHEDULE; after the last attempt, or when the URL is refused (unsafe,
   no secret), a dead letter in JM_DLQ (stage `notify`) and `term`. Each receiver's deliveries
-  retry on their own, so a slow or dead receiver holds up only its own messages (and at most one
-  handler slot for JETMEDIA_WEBHOOK_TIMEOUT per attempt).
+  retry on their own, and at most PER_RECEIVER attempts run at once to one receiver (the rest
+  wait, heartbeated, neither busy nor spending an attempt), so a slow or dead receiver holds up
+  only its own messages.
 
 Not a runtime `Stage`: the runtime skips messages of jobs that already ended, and every event
 notify handles is one; and its failures would fail the job, while a receiver that is down says
