@@ -7,21 +7,23 @@
           TranscodeRequested, wait for its PartDone; includes the S3 download, the PyAV probes
           (source and every output), the progress pipe and job-record writes, the S3 uploads
 
-Rounds alternate the three paths so both see the same machine load. Wall time on a shared machine is
+Each round runs the three paths back to back on the same input, in the opposite order every other
+round, so both sides see the same machine load. Wall time on a shared machine is
 noisy, so the table also shows CPU seconds, which other processes' load barely changes: ffmpeg's
 (the reaped children's) plus, for the stage, this process's own (runtime, probes, S3 client; the
 bench waits for the PartDone on a subscription, not by polling). The local S3 server's and nats-server's CPU are
 not included. Overhead = stage / the faster direct way - 1: of the medians and bests per column,
 and the headline: the median over rounds of each round's own ratio (paired). Target: <= 5 %.
 
-    .venv/bin/python bench/transcode.py                    # 20 s 720p video, 180 s stereo audio, 5 rounds
-    .venv/bin/python bench/transcode.py --rounds 5 --video-seconds 30
+    .venv/bin/python bench/transcode.py                    # 20 s 720p video, 180 s stereo audio, 9 rounds
+    .venv/bin/python bench/transcode.py --rounds 15 --only audio
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import statistics
 import subprocess
@@ -154,9 +156,13 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
                     run_direct(commands)  # warm the page cache and the binary, once
                     for n in range(rounds):
                         runs = times[case.name]
-                        runs["direct"].append(await asyncio.to_thread(run_direct, commands))
-                        runs["parallel"].append(await asyncio.to_thread(run_direct, commands, True))
-                        runs["stage"].append(await through_stage(case, n))
+                        # The order flips every round: whichever path runs first meets a machine
+                        # that the previous round's last path has just warmed (or loaded).
+                        for path in (PATHS if n % 2 == 0 else reversed(PATHS)):
+                            if path == "stage":
+                                runs[path].append(await through_stage(case, n))
+                            else:
+                                runs[path].append(await asyncio.to_thread(run_direct, commands, path == "parallel"))
                         print(f"  {case.name} round {n + 1}: " + ", ".join(
                             f"{path} {runs[path][-1][0]:.2f} s ({runs[path][-1][1]:.2f} CPU s)" for path in PATHS),
                             flush=True)
@@ -168,7 +174,7 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=9, help="paired rounds (the target needs 9 or more)")
     parser.add_argument("--video-seconds", type=float, default=20.0)
     parser.add_argument("--audio-seconds", type=float, default=180.0)
     parser.add_argument("--cache", default=str(ROOT / ".jetmedia" / "bench-media"))
@@ -178,7 +184,10 @@ def main() -> None:
              if args.only in (None, c.name)]
     times = asyncio.run(bench(cases, args.rounds))
 
-    print(f"\n{args.rounds} rounds each, alternating\n")
+    load = os.getloadavg()
+    print(f"\n{args.rounds} paired rounds each, order flipped every round; load average at the end "
+          f"{load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}\n")
+    notes: list[str] = []
     print("| case | path | wall median s | wall best s | CPU median s | CPU best s |")
     print("|---|---|---:|---:|---:|---:|")
     for case in cases:
@@ -203,6 +212,11 @@ def main() -> None:
               f"| {_ratio(statistics.median(paired[0]))} "
               f"| (best {_ratio(min(paired[0]))}) | {_ratio(statistics.median(paired[1]))} "
               f"| (best {_ratio(min(paired[1]))}) |")
+        notes.append(f"{case.name}: paired wall overhead per round (vs {PATHS[base]}): "
+                     + ", ".join(_ratio(r) for r in paired[0]))
+    print()
+    for note in notes:
+        print(note)
 
 
 def _pct(value: float, base: float) -> str:
