@@ -469,4 +469,5 @@ def create_app(gateway: Gateway) -> Litestar:
             }),
         ),
         debug=False,
+        logging_config=None,  # jetmedia's own log format stays (Litestar's default rewires the root logger)
     )

@@ -79,7 +79,7 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
         gateway = Gateway(settings=settings, services=services, state=state, tokens=tokens)
         config = uvicorn.Config(
             Instrumented(create_app(gateway)), host=settings.gateway_host, port=settings.gateway_port,
-            log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+            log_level="warning", log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
             proxy_headers=False, server_header=False,
         )
         server = _Server(config)
