@@ -53,7 +53,8 @@ def test_authenticate_header_query_and_scopes() -> None:
     assert auth.authenticate(tokens, "Bearer secret", None, query_ok=False).name == "r"
     assert auth.authenticate(tokens, "bearer   secret ", None, query_ok=False).name == "r"
     assert auth.authenticate(tokens, None, "secret", query_ok=True).name == "r"
-    refusals = ((None, "secret", False), ("Bearer nope", None, False), ("Basic secret", None, False), (None, None, True))
+    refusals = ((None, "secret", False), ("Bearer nope", None, False), ("Basic secret", None, False),
+                (None, None, True))
     for header, query, query_ok in refusals:
         with pytest.raises(Problem) as refused:
             auth.authenticate(tokens, header, query, query_ok=query_ok)
