@@ -102,3 +102,4 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
                 await watch.stop()
         stop.cancel()
         await task
+    log.info("gateway: stopped")
