@@ -17,6 +17,7 @@ from collections.abc import Callable, Generator
 import uvicorn
 from botocore.exceptions import ClientError
 
+from shared import metrics
 from shared.config import ConfigError, Settings
 from shared.runtime import Services
 from shared.storage import Storage
@@ -76,6 +77,7 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
         await services.storage.ensure_bucket()
         log.info("gateway: %s", await ensure_bucket_cors(services.storage))
         state = await GatewayState.open(services.js, settings)
+        metrics.mark_ready(lambda: services.nc.is_connected)  # `jetmedia health --url .../metrics` works here too
         gateway = Gateway(settings=settings, services=services, state=state, tokens=tokens)
         config = uvicorn.Config(
             Instrumented(create_app(gateway)), host=settings.gateway_host, port=settings.gateway_port,

@@ -105,6 +105,9 @@ def test_gateway_alone_with_a_token_made_by_the_cli(settings: Settings, tmp_path
         assert answer.status_code == 200 and "dead_letters" in answer.json()
         assert httpx.post(found.group(1) + "/v1/uploads", json={"filename": "a"},
                           headers={"Authorization": f"Bearer {token.group(1)}"}).status_code == 403
+        health = subprocess.run([sys.executable, "-m", "services.cli", "health", "--url", found.group(1) + "/metrics"],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert health.returncode == 0, health.stderr
         gateway.send_signal(signal.SIGTERM)
         assert gateway.wait(30) == 0
         assert token.group(1) not in gateway.stdout.read()  # never in the log
