@@ -140,6 +140,16 @@ class JobStore:
         entry = await self._entry(job_id)
         return None if entry is None else entry[0]
 
+    async def raw_entry(self, job_id: str) -> tuple[bytes, int] | None:
+        """The record as stored, and its revision (shared/recordcache.py decodes it when used)."""
+        try:
+            entry = await self.kv.get(job_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:  # a delete marker
+            return None
+        return entry.value, entry.revision or 0
+
     async def _entry(self, job_id: str) -> tuple[Job, int] | None:
         try:
             entry = await self.kv.get(job_id)
