@@ -185,22 +185,26 @@ class Storage:
 
     async def iter_bytes(self, key: str, bucket: str | None = None, chunk: int = 1024 * 1024) -> AsyncIterator[bytes]:
         """Stream an object without holding it: memory stays at about one chunk. Pieces are
-        gathered up to `chunk` bytes: the socket hands out whatever has arrived (SeaweedFS: 4 KB
-        to 256 KB), and every piece costs the ZIP writer a thread hop and the caller a loop turn."""
+        exactly `chunk` bytes (the last one shorter): the socket hands out whatever has arrived
+        (SeaweedFS: 4 KB to 256 KB), so reads ask only for what the piece still lacks and are
+        joined once; every piece costs the ZIP writer a hop, and whole pieces pass through
+        stream-zip's chunking without being sliced and joined again."""
         resp = await self.client.get_object(Bucket=bucket or self.bucket, Key=key)
         body = resp["Body"]
-        pending = bytearray()
+        pending: list[bytes] = []
+        size = 0
         async with body:  # not `as body`: __aenter__ returns the bare aiohttp response
-            async for piece in body.iter_chunks(chunk):
-                if not pending and len(piece) >= chunk:
+            while piece := await body.read(chunk - size):  # the body checks Content-Length at the end
+                if not pending and len(piece) == chunk:
                     yield piece
                     continue
-                pending += piece
-                if len(pending) >= chunk:
-                    yield bytes(pending)
-                    pending.clear()
+                pending.append(piece)
+                size += len(piece)
+                if size == chunk:
+                    yield b"".join(pending)
+                    pending, size = [], 0
         if pending:
-            yield bytes(pending)
+            yield b"".join(pending)
 
     async def download(self, key: str, path: str, bucket: str | None = None) -> int:
         """Stream an object to a local file (for tools that need a path, like ffmpeg)."""
