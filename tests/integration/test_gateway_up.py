@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -22,19 +23,18 @@ ORIGIN = "http://127.0.0.1:9"  # a page on another origin than the S3 endpoint
 
 
 def read_banner(proc: subprocess.Popen[str], timeout: float = 90.0, marker: str = "Ctrl-C stops everything.") -> str:
-    import select
-    import time
-
+    """The output up to the line with `marker` (blocking reads: pytest-timeout ends a silent hang)."""
     assert proc.stdout is not None
     seen = ""
     deadline = time.monotonic() + timeout
-    while marker not in seen:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            raise AssertionError(f"no {marker!r} from {proc.args}: {seen[-3000:]}")
-        ready, _, _ = select.select([proc.stdout], [], [], 0.5)
-        if ready:
-            seen += proc.stdout.readline()
-    return seen
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"no {marker!r} from {proc.args}: {seen[-3000:]}")
 
 
 def test_up_serves_the_http_api(tmp_path: Path) -> None:
