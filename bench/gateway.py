@@ -171,14 +171,14 @@ async def watch_loop(results: Results, until: float) -> None:
         results.loop_lag_ms.append((time.perf_counter() - started - 0.05) * 1000)
 
 
-async def watch_directly(jobs: JobStore, results: Results, since: float) -> None:
+async def watch_directly(jobs: JobStore, results: Results, since: float, until: float) -> None:
     """The floor under the gateway's lag: the same revisions through a plain KV watch here
     (nats-server -> this process), measured the same way."""
     watcher = await jobs.kv.watchall()
     try:
-        while True:
+        while time.monotonic() < until:  # ends by itself: nats-py's watcher can swallow a cancel
             try:
-                entry = await watcher.updates(timeout=5.0)
+                entry = await watcher.updates(timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             arrived = time.time()
@@ -188,7 +188,8 @@ async def watch_directly(jobs: JobStore, results: Results, since: float) -> None
             if updated >= since:
                 results.direct_lag_ms.append((arrived - updated) * 1000)
     finally:
-        await watcher.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(watcher.stop(), 5)
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             load = Load(client, port, tokens, services.jobs, results, began + args.seconds, args.steps, args.step_every)
             sampler = asyncio.create_task(sample_rss(proc.pid, results, load.until))
             looper = asyncio.create_task(watch_loop(results, load.until))
-            direct = asyncio.create_task(watch_directly(services.jobs, results, time.time()))
+            direct = asyncio.create_task(watch_directly(services.jobs, results, time.time(), load.until))
             submitter = asyncio.create_task(submit_loop(load, args.rate, secrets.token_hex(4)))
             clients = [asyncio.create_task(client_loop(load, tokens[i % len(tokens)])) for i in range(args.clients)]
             await asyncio.sleep(args.seconds * 0.1)
@@ -347,7 +348,7 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             await asyncio.sleep(max(0.0, load.until - time.monotonic()))
             results.rss_kb["end (under load)"] = rss_kb(proc.pid)
             results.cpu_seconds = cpu_seconds(proc.pid) - cpu_before
-            for task in (*clients, submitter, sampler, looper, direct, *load.tasks):
+            for task in (*clients, submitter, sampler, looper, *load.tasks):
                 task.cancel()
             await asyncio.gather(*clients, submitter, sampler, looper, direct, *load.tasks, return_exceptions=True)
             await asyncio.sleep(3.0)
