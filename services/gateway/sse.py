@@ -45,9 +45,9 @@ async def job_events(
     """The SSE byte stream of `job_id` from revision `after` on (0: from the current record).
     `open_watches` holds the watch while the stream runs: stopping the gateway stops them all,
     which ends every stream at once instead of after the next heartbeat."""
-    sse_clients.inc()
     watcher = await jobs.kv.watch(job_id, inactive_threshold=max(60.0, heartbeat * 4))
     open_watches.add(watcher)
+    sse_clients.inc()
     try:
         yield b"retry: %d\n\n" % RETRY_MS
         while True:
