@@ -1,7 +1,8 @@
 """The job page at `/` in a real browser: headless Chromium (Debian's `chromium` and
 `chromium-driver`, installed by `make test`) driven by selenium, against a real gateway and the
-stages in the test's loop. A submitted video shows as running, then as ready with its thumbnail,
-without a reload: the job's SSE stream changed the page. Screenshots go to the test's tmp dir."""
+stages in the test's loop. A refused `?token=` gets the token form with the reason; the token typed
+in is kept. A submitted video shows as running, then as ready with its thumbnail, without a reload:
+the job's SSE stream changed the page. Screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any, Literal
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
 from selenium.webdriver.support.wait import WebDriverWait
 
 from services import stages
@@ -34,6 +36,13 @@ const img = row.querySelector("img.thumb");
 return {...row.dataset, text: row.innerText, thumbWidth: img && img.complete ? img.naturalWidth : 0,
         deadLetters: document.querySelector("#dead-letters b").textContent,
         tokenFormShown: getComputedStyle(document.querySelector("#token-form")).display !== "none"};
+"""
+
+
+# The token form shown, and the message above it (what the page says when it asks).
+ASKING = """
+const form = document.querySelector("#token-form");
+return getComputedStyle(form).display !== "none" && document.querySelector("#message").textContent;
 """
 
 
@@ -72,6 +81,18 @@ def wait_row(driver: webdriver.Chrome, job_id: str, ok: Any, timeout: float) -> 
         raise AssertionError(f"job row not as expected within {timeout}s: {seen[0]!r}") from exc
 
 
+def wait_script(driver: webdriver.Chrome, script: str, timeout: float) -> Any:
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(script))
+    except Exception as exc:
+        raise AssertionError(f"not within {timeout}s: {script}") from exc
+
+
+def type_token(driver: webdriver.Chrome, token: str) -> None:
+    driver.find_element(By.ID, "token-input").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#token-form button[type=submit]").click()
+
+
 async def test_page_shows_a_job_going_from_running_to_ready_without_a_reload(
     services: Services, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
@@ -89,13 +110,18 @@ async def test_page_shows_a_job_going_from_running_to_ready_without_a_reload(
 
         await eventually(routed, timeout=30)
 
-        # the page, loaded once; selenium blocks, so it runs in a thread while the loop serves
-        await asyncio.to_thread(browser.get, f"{gw.url}/?token={gw.tokens['web']}")
+        # the page, loaded once (selenium blocks, so it runs in a thread while the loop serves), with a
+        # token the gateway refuses: it asks for one, saying why; the one typed in is kept
+        await asyncio.to_thread(browser.get, f"{gw.url}/?token=jm_not-a-token")
         await asyncio.to_thread(browser.execute_script, "window.loadedOnce = true")
+        refused = await asyncio.to_thread(wait_script, browser, ASKING, 20)
+        assert "Token refused" in refused and "token=" not in browser.current_url, refused  # out of the address bar
+        await asyncio.to_thread(type_token, browser, gw.tokens["web"])
         row = await asyncio.to_thread(wait_row, browser, job_id,
                                       lambda row: row["status"] == "running" and row["via"] == "sse", 30)
         assert "running" in row["text"] and row["deadLetters"].isdigit() and not row["tokenFormShown"], row
-        assert "token=" not in browser.current_url  # the token left the address bar
+        stored = await asyncio.to_thread(browser.execute_script, "return localStorage.getItem('jetmedia.token')")
+        assert stored == gw.tokens["web"]
         await asyncio.to_thread(browser.save_screenshot, str(tmp_path / "page-running.png"))
 
         async with running(services, later):  # now the job can finish; the open page must follow
