@@ -207,11 +207,11 @@ function progress(view) {
   if (view.status === "ready") {
     bar.value = 100;
     label = "100 %";
+  } else if (FINAL.has(view.status)) {
+    return []; // failed, cancelled, expired: the result column says it
   } else if (typeof view.percent === "number") {
     bar.value = view.percent;
     label = `${view.percent.toFixed(0)} %`;
-  } else if (FINAL.has(view.status)) {
-    return [];
   } // else: no value = an indeterminate bar
   return [bar, el("span", { className: "percent", textContent: label })];
 }
