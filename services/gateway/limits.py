@@ -160,13 +160,11 @@ class GatewayState:
             if job_id in state.jobs:
                 return
             now = time.time()
-            if len(state.jobs) >= principal.max_in_flight:
-                kept: dict[str, float] = {}
-                for job, at in state.jobs.items():
-                    done = await ended(job)
-                    if done is False or (done is None and now - at < FORGET_UNSEEN):
-                        kept[job] = at
-                state.jobs = kept
+            if len(state.jobs) >= principal.max_in_flight:  # full: drop the jobs that ended (read at once)
+                listed = list(state.jobs.items())
+                answers = await asyncio.gather(*(ended(job) for job, _ in listed))
+                state.jobs = {job: at for (job, at), done in zip(listed, answers, strict=True)
+                              if done is False or (done is None and now - at < FORGET_UNSEEN)}
             if len(state.jobs) >= principal.max_in_flight:
                 raise Problem(429, "quota-exceeded",
                               f"token {principal.name!r} has {len(state.jobs)} jobs in flight, its cap is "
