@@ -1,8 +1,10 @@
 """Bus throughput: raw nats-py fetch+ack vs a no-op stage through the jetmedia runtime.
 
 Same embedded nats-server, same message count, measured side by side in one run. The no-op
-stage does what every stage does around its work: decode the CloudEvent, publish the next
-message (with its derived Nats-Msg-Id, awaiting the PubAck), then ack.
+stage does what every stage does around its work: decode the CloudEvent, read its job's record
+(each job has one, created before the run, as upload does), publish the next message (with its
+derived Nats-Msg-Id, awaiting the PubAck), then ack. CPU time of this process per message is
+shown beside the rates: on a shared machine it moves less than wall time does.
 
     .venv/bin/python bench/bus.py [--messages 20000] [--concurrency 256]
 """
@@ -14,7 +16,9 @@ import asyncio
 import logging
 import tempfile
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from nats.js.api import RetentionPolicy, StreamConfig
 from rich.console import Console
@@ -24,36 +28,41 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.devstack import EmbeddedStack
+from shared.jobs import new_job
 from shared.runtime import Context, Emit, Services, Stage, run_stages
 
 
-async def fill(services: Services, subject: str, count: int, job_prefix: str) -> None:
+async def fill(services: Services, subject: str, count: int, job_prefix: str, records: bool = False) -> None:
+    """`count` variant requests; with `records`, each job gets its KV record first (as every real
+    job has: upload creates it), after the stage's process started watching the bucket."""
     window = 500
     for start in range(0, count, window):
-        batch = []
+        batch: list[Coroutine[Any, Any, object]] = []
         for i in range(start, min(start + window, count)):
             job = f"{job_prefix}{i}"
+            if records:
+                batch.append(services.jobs.create(new_job(job, "asset", status="running")))
             event = m.VariantRequested(id=m.derived_id(job, "variant"), subject=job, time=m.now(),
                                        data=m.VariantRequestedData(job=job, asset=job, bucket="b", key="k"))
             batch.append(bus.publish(services.js, subject, event))
         await asyncio.gather(*batch)
 
 
-async def raw_fetch_ack(services: Services, count: int) -> float:
+async def raw_fetch_ack(services: Services, count: int) -> tuple[float, float]:
     js = services.js
     await js.add_stream(StreamConfig(name="BENCH_RAW", subjects=["jetmedia.bench.raw"],
                                      retention=RetentionPolicy.WORK_QUEUE))
     await fill(services, "jetmedia.bench.raw", count, "raw")
     sub = await js.pull_subscribe("jetmedia.bench.raw", durable="raw", stream="BENCH_RAW")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     seen = 0
     while seen < count:
         for msg in await sub.fetch(500, timeout=5):
             await msg.ack()
             seen += 1
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     await js.delete_stream("BENCH_RAW")
-    return elapsed
+    return elapsed, cpu
 
 
 async def noop_stage(event: m.VariantRequested, ctx: Context) -> list[Emit]:
@@ -62,25 +71,25 @@ async def noop_stage(event: m.VariantRequested, ctx: Context) -> list[Emit]:
     return [Emit(m.FINALIZE_ASSET, part)]
 
 
-async def through_runtime(services: Services, count: int, cancellable: bool) -> float:
+async def through_runtime(services: Services, count: int, cancellable: bool) -> tuple[float, float]:
     await services.js.purge_stream("JM_FINALIZE")
-    await fill(services, m.VARIANT, count, f"rt{int(cancellable)}-")
+    await fill(services, m.VARIANT, count, f"rt{int(cancellable)}-", records=True)
     stage = Stage(name="variant", stream="JM_VARIANT", handle=noop_stage, accepts=(m.VariantRequested,),
                   cancellable=cancellable)
     stopping = asyncio.Event()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     task = asyncio.create_task(run_stages(services, [stage], stopping))
     while True:
         info = await services.js.consumer_info("JM_VARIANT", "variant")
         if info.num_pending == 0 and info.num_ack_pending == 0:
             break
         await asyncio.sleep(0.02)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     stopping.set()
     await task
     emitted = (await services.js.stream_info("JM_FINALIZE")).state.messages
     assert emitted == count, f"expected {count} emitted, found {emitted}"
-    return elapsed
+    return elapsed, cpu
 
 
 async def main() -> None:
@@ -96,18 +105,19 @@ async def main() -> None:
         async with Services.open(settings, name="bench") as services:
             rows = [
                 ("raw nats-py fetch(500)+ack", await raw_fetch_ack(services, args.messages)),
-                ("no-op stage via runtime (decode, publish next, ack)",
+                ("no-op stage via runtime (decode, job record, publish next, ack)",
                  await through_runtime(services, args.messages, cancellable=False)),
-                ("same, plus KV cancellation check per message",
+                ("same, stage cancellable (skips cancelled jobs' work)",
                  await through_runtime(services, args.messages, cancellable=True)),
             ]
     table = Table(title=f"bus throughput, {args.messages} messages, one process, concurrency {args.concurrency}")
-    for column in ("path", "seconds", "msgs/s", "vs raw"):
+    for column in ("path", "seconds", "msgs/s", "vs raw", "CPU µs/msg (this process)"):
         table.add_column(column, justify="right")
-    raw_rate = args.messages / rows[0][1]
-    for name, seconds in rows:
+    raw_rate = args.messages / rows[0][1][0]
+    for name, (seconds, cpu) in rows:
         rate = args.messages / seconds
-        table.add_row(name, f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / raw_rate:.2f}x")
+        table.add_row(name, f"{seconds:.2f}", f"{rate:,.0f}", f"{rate / raw_rate:.2f}x",
+                      f"{cpu / args.messages * 1e6:.0f}")
     Console(width=120).print(table)
 
 

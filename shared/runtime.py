@@ -51,6 +51,8 @@ from .bus import BULK, INTERACTIVE
 from .config import ConfigError, Settings
 from .jobs import RERUNNABLE, Job, JobKind, JobStore
 from .lanes import BulkShare, PriorityPool, Puller
+from .puback import Publisher
+from .recordcache import RecordCache
 from .storage import Storage
 
 log = logging.getLogger("jetmedia.runtime")
@@ -133,6 +135,8 @@ class Services:
         threads = settings.cpu_threads or os.cpu_count() or 2
         self.cpu = PriorityPool(threads, settings.bulk_share)
         self.workers: list[Worker] = []
+        self.records = RecordCache(jobs, js)  # serves only once started (Services.open starts it)
+        self.publisher = Publisher(nc)  # likewise; until then publish() uses js.publish
         self._cancel_sub: Any = None
         self.breakers = Breakers({"s3": s3_probe(settings), "nats": nats_probe(nc, js)})
 
@@ -149,6 +153,8 @@ class Services:
             async with Storage(settings) as storage:
                 services = cls(settings, nc, js, jobs, storage)
                 await services._listen_for_cancels()
+                await services.records.start()
+                await services.publisher.start()
                 try:
                     yield services
                 finally:
@@ -159,6 +165,8 @@ class Services:
 
     async def close(self) -> None:
         """What the services own beyond the connections: the breakers' probes, the CPU pool."""
+        await self.records.close()
+        await self.publisher.close()
         await self.breakers.close()
         self.cpu.shutdown()
 
@@ -178,20 +186,30 @@ class Services:
         return bus.lane_subject(emit.subject, emit.lane or lane)
 
     async def publish(self, emit: Emit, attempt: int = 1, lane: str = INTERACTIVE) -> bool:
+        """Publish and wait for the PubAck (shared/puback.py once started); False: a duplicate."""
         subject = self.subject_for(emit, lane)
-        if attempt <= 1 or emit.announces is not None:
-            return await bus.publish(self.js, subject, emit.event)
-        # a re-run's work repeats the first attempt's derived ids: the duplicate window must not drop it
-        ack = await self.js.publish(subject, m.encode(emit.event), timeout=5.0,
-                                    headers={bus.MSG_ID: f"{emit.event.id}#{attempt}"})
+        msg_id = emit.event.id
+        if attempt > 1 and emit.announces is None:
+            # a re-run's work repeats the first attempt's derived ids: the duplicate window must not drop it
+            msg_id = f"{msg_id}#{attempt}"
+        if self.publisher.started:
+            return await self.publisher.publish(subject, m.encode(emit.event), {bus.MSG_ID: msg_id})
+        ack = await self.js.publish(subject, m.encode(emit.event), timeout=5.0, headers={bus.MSG_ID: msg_id})
         return not ack.duplicate
 
     async def send(self, emits: Sequence[Emit], attempt: int = 1, lane: str = INTERACTIVE) -> None:
-        """Publish in order; an announcement is marked on its job's record only once it is out."""
+        """Publish the work first, all at once (written in order, PubAcks awaited together), then
+        the announcements one by one, each marked on its job's record only once it is out."""
+        work = [emit for emit in emits if emit.announces is None]
+        if len(work) == 1:
+            await self.publish(work[0], attempt, lane)
+        elif work:
+            await asyncio.gather(*(self.publish(emit, attempt, lane) for emit in work))
         for emit in emits:
-            await self.publish(emit, attempt, lane)
-            if emit.announces is not None and emit.event.subject:
-                await self.jobs.mark_announced(emit.event.subject, emit.announces)
+            if emit.announces is not None:
+                await self.publish(emit, attempt, lane)
+                if emit.event.subject:
+                    await self.jobs.mark_announced(emit.event.subject, emit.announces)
 
     async def cancel(self, job_id: str, reason: str | None = None) -> bool:
         """Mark a job cancelled, announce it (`job.cancelled`, once: shared/outbox.py) and tell
@@ -282,6 +300,7 @@ class Worker:
         self.share = BulkShare(self.settings.bulk_share)
         self._wake = asyncio.Event()
         metrics.prime(stage.name)
+        self._series = _Series(stage.name, self)
         services.workers.append(self)
 
     # --- the loop ---------------------------------------------------------------------
@@ -345,6 +364,7 @@ class Worker:
             for sub_ in (*pullers, *advisories):
                 with contextlib.suppress(Exception):
                     await (sub_.close() if isinstance(sub_, Puller) else sub_.unsubscribe())
+            _Series.forget(self.stage.name, self)
             log.info("stage %s: stopped", self.stage.name)
 
     def _consumers(self) -> list[tuple[str, str]]:
@@ -491,13 +511,13 @@ class Worker:
         stage = self.stage.name
         delivery = _delivery(msg)
         started = time.perf_counter()
-        metrics.queue_wait_seconds.labels(stage, flight.lane).observe(_waited(msg))
-        metrics.in_progress.labels(stage).inc()
+        series = self._series
+        series.waited[flight.lane].observe(_waited(msg))
         outcome = "ok"
         try:
             event = self._decode(msg)
             flight.job = _job_named(event)
-            record = await self.services.jobs.get(flight.job) if flight.job else None
+            record = await self._record(flight.job, event, msg) if flight.job else None
             seq = _stream_seq(msg)
             if record is not None and record.final and (record.status != "cancelled" or self.stage.cancellable) \
                     and not self._reruns(event, record, seq):
@@ -512,7 +532,7 @@ class Worker:
                 outcome = "retry"  # a dependency outage outlasted this worker: handed back
                 return
             await msg.ack()
-            metrics.last_success.labels(stage).set_to_current_time()
+            series.succeeded()
         except asyncio.CancelledError:
             if flight.job_cancelled:
                 outcome = "skipped"
@@ -526,11 +546,23 @@ class Worker:
             outcome = await self._failed(msg, flight.job, exc, delivery)
         finally:
             elapsed = time.perf_counter() - started
-            metrics.in_progress.labels(stage).dec()
-            metrics.processing_seconds.labels(stage).observe(elapsed)
-            metrics.messages_total.labels(stage, outcome).inc()
+            series.processing.observe(elapsed)
+            series.outcomes[outcome].inc()
             log.info("stage=%s job=%s outcome=%s delivery=%d seconds=%.3f",
                      stage, flight.job, outcome, delivery, elapsed)
+
+    async def _record(self, job: str, event: m.AnyEvent, msg: Msg) -> Job | None:
+        """The job's record, from the process's watched cache (shared/recordcache.py) unless it
+        matters that it is the bucket's latest: a producer's request (it may start a re-run), a
+        message of a later attempt than the cached record knows, a final record (the skip path
+        publishes what the record has not announced yet)."""
+        records = self.services.records
+        fresh = isinstance(event, (m.AssetUploaded, m.ExportRequested, *self.stage.reruns))
+        record = await records.get(job, fresh=fresh)
+        if not fresh and (_attempt_of(msg) > (record.attempt if record is not None else 1)
+                          or (record is not None and record.final)):
+            record = await records.get(job, fresh=True)
+        return record
 
     def _decode(self, msg: Msg) -> m.AnyEvent:
         """The event, or `Refused` with the reason in a producer's terms (m.explain: `not JSON`,
@@ -720,6 +752,42 @@ def _delivery(msg: Msg) -> int:
         return int(msg.metadata.num_delivered or 1)
     except Exception:
         return 1
+
+
+class _Series:
+    """A stage's metric series, looked up once (labels() takes a lock per call). Handlers in
+    progress and the last success are read when scraped, not written per message."""
+
+    _workers: dict[str, list[Worker]] = {}  # stage -> this process's workers of it
+
+    def __init__(self, stage: str, worker: Worker) -> None:
+        self.waited = {lane: metrics.queue_wait_seconds.labels(stage, lane) for lane in bus.LANES}
+        self.processing = metrics.processing_seconds.labels(stage)
+        self.outcomes = {outcome: metrics.messages_total.labels(stage, outcome) for outcome in metrics.OUTCOMES}
+        self.last_ok = 0.0
+        workers = self._workers.setdefault(stage, [])
+        workers.append(worker)
+        if len(workers) > 1:  # the stage's series read every worker of it in this process already
+            return
+        metrics.in_progress.labels(stage).set_function(lambda: float(sum(len(w.inflight) for w in workers)))
+        metrics.last_success.labels(stage).set_function(lambda: max(w._series.last_ok for w in workers))
+
+    def succeeded(self) -> None:
+        self.last_ok = time.time()
+
+    @classmethod
+    def forget(cls, stage: str, worker: Worker) -> None:
+        """A stopped worker no longer counts (its last success stays until the stage has another)."""
+        workers = cls._workers.get(stage, [])
+        if worker in workers and len(workers) > 1:
+            workers.remove(worker)
+
+
+def _attempt_of(msg: Msg) -> int:
+    """The job attempt a message belongs to: a re-run's messages carry `Nats-Msg-Id` `{id}#{attempt}`."""
+    msg_id = (msg.headers or {}).get(bus.MSG_ID, "")
+    _, mark, number = msg_id.rpartition("#")
+    return int(number) if mark and number.isdigit() else 1
 
 
 def _waited(msg: Msg) -> float:
