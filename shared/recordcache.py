@@ -67,6 +67,10 @@ class RecordCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
+    def forget(self, job: str) -> None:
+        """Drop a job's entry (a cancel was broadcast: its next message reads the bucket)."""
+        self._entries.pop(job, None)
+
     async def get(self, job: str, *, fresh: bool = False) -> Job | None:
         """The job's record: cached, or read from the bucket (always, with `fresh`)."""
         if not fresh and self._sub is not None:  # without the watch nothing would keep it current

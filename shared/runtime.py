@@ -228,6 +228,7 @@ class Services:
     async def _listen_for_cancels(self) -> None:
         async def on_cancel(msg: Msg) -> None:
             job_id = msg.data.decode(errors="replace")
+            self.records.forget(job_id)  # its next message reads the record itself, not the watch's copy
             for worker in self.workers:
                 worker.cancel_job(job_id)
 
