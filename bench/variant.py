@@ -649,7 +649,7 @@ def main() -> None:
     )
     if args.all:
         print(f"\nresize kernel after JPEG shrink-on-load, 1600 px WebP q{display.q} effort {display.e} "
-              f"(first {QUALITY_SAMPLES} photos):")
+              f"(first {min(QUALITY_SAMPLES, len(paths))} photos):")
         print("| kernel | mean display | PSNR vs own resize | PSNR vs full-size reference |")
         print("|---|---:|---:|---:|")
         for k in kernels(paths, display.e, display.q):
