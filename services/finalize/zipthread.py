@@ -10,7 +10,8 @@ writer thread only waits when its inbox is empty or its outbox is full:
 - the thread hashes them (`seen`: the manifest's sha256) and lets stream-zip check the CRC-32
   it was given (or deflate): hashlib and zlib release the GIL, so this runs beside the loop, on
   the other core;
-- the loop takes the output from a bounded outbox (a few pieces) into the multipart upload.
+- the loop takes the output into the multipart upload in batches of ~4 MiB (one wake-up each:
+  on a loaded machine every hand-over between threads can wait for the scheduler).
 
 The ZIP itself is stream-zip's, unchanged. A `Built` entry (the manifest) is made in the thread
 when the writer reaches it, after every member before it has been hashed.
@@ -72,14 +73,15 @@ class ZipThread:
     at most (shorter where a member starts)."""
 
     def __init__(self, entries: AsyncIterator[Streamed | Built], *, chunk: int, inbox_pieces: int = 4,
-                 outbox_pieces: int = 4) -> None:
+                 batch_bytes: int = 4 * 1024 * 1024) -> None:
         self.entries = entries
         self.chunk = chunk
+        self.batch_bytes = batch_bytes
         self.current: Any = None  # the tag of the member the thread is writing (for error messages)
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._room = asyncio.Semaphore(inbox_pieces)
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._out_slots = threading.Semaphore(outbox_pieces)
+        self._out_slots = threading.Semaphore(1)  # one batch waiting for the loop, one being gathered
         self._stopping = False
         self._loop = asyncio.get_running_loop()
 
@@ -94,8 +96,9 @@ class ZipThread:
                     return
                 if isinstance(item, _Failed):
                     raise item.error
-                yield item
-                self._out_slots.release()  # only now: the caller has handed the piece on (memory)
+                for block in item:
+                    yield block
+                self._out_slots.release()  # only now: the caller has handed the batch on (memory)
         finally:
             self._stopping = True
             self._inbox.put(_STOP)
@@ -131,8 +134,16 @@ class ZipThread:
 
     def _write(self) -> None:
         try:
+            batch: list[bytes] = []
+            size = 0
             for block in stream_zip(self._members(), chunk_size=self.chunk):
-                self._emit(block)
+                batch.append(block)
+                size += len(block)
+                if size >= self.batch_bytes:  # one wake-up of the loop per batch, not per block
+                    self._emit(batch)
+                    batch, size = [], 0
+            if batch:
+                self._emit(batch)
             self._emit(_END)
         except _Stopped:
             pass
