@@ -154,7 +154,9 @@ class PriorityPool:
     encode would wait behind every bulk encode already queued. Here a free thread takes queued
     interactive work first, and while interactive work runs it starts no bulk work (a thread may
     stay idle: the person's job gets the cores, the event loop and S3 to itself as far as we can
-    give them); bulk keeps its share (BulkShare) of the starts, so it is never starved."""
+    give them); bulk keeps its share (BulkShare) of the starts, so it is never starved. `threads`
+    run at once, plus one more for interactive work while bulk work runs: a photo never waits
+    for a running bulk encode to end (it shares the cores with it instead)."""
 
     def __init__(self, threads: int, share: float = 0.25, name: str = "jetmedia-cpu") -> None:
         self._lock = threading.Condition()
@@ -162,8 +164,9 @@ class PriorityPool:
         self._running = {INTERACTIVE: 0, BULK: 0}
         self._share = BulkShare(share)
         self._closed = False
+        self._bulk_threads = max(threads, 1)
         self._threads = [threading.Thread(target=self._run, name=f"{name}_{n}", daemon=True)
-                         for n in range(max(threads, 1))]
+                         for n in range(self._bulk_threads + 1)]
         for thread in self._threads:
             thread.start()
 
@@ -179,9 +182,14 @@ class PriorityPool:
     def _next(self) -> tuple[str, Callable[[], Any], Future[Any]] | None:
         """Under the lock: the lane and work a free thread runs now, None to wait."""
         interactive, bulk = self._queues[INTERACTIVE], self._queues[BULK]
-        if bulk and ((not interactive and not self._running[INTERACTIVE]) or self._share.quota(1)):
+        running = self._running[INTERACTIVE] + self._running[BULK]
+        bulk_may = bool(bulk) and running < self._bulk_threads
+        # the extra thread is interactive work's only while bulk work holds the others
+        interactive_may = bool(interactive) and (running < self._bulk_threads or (
+            self._running[BULK] > 0 and running <= self._bulk_threads))
+        if bulk_may and ((not interactive and not self._running[INTERACTIVE]) or self._share.quota(1)):
             lane = BULK
-        elif interactive:
+        elif interactive_may:
             lane = INTERACTIVE
         else:
             return None
