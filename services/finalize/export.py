@@ -1,8 +1,11 @@
 """finalize (exports): stream every source from S3 into a ZIP and the ZIP straight into S3.
 
 No temporary file and no whole object in memory: stream-zip pulls each source chunk by chunk and
-its output goes into a multipart upload, so memory stays at about one upload part (8 MiB) plus a
-read buffer whatever the export size. Per member:
+its output goes into a multipart upload. Three things overlap (a plain copy's speed needs all
+three): the next sources are read ahead (readahead.py, 8 MiB budget), stream-zip runs in a
+writer thread of its own that also hashes (zipthread.py), and four upload parts are in flight.
+Memory stays flat whatever the export size, at about five parts (8 MiB below ~8 GB of archive,
+bigger only as S3's 10,000-part limit needs) plus the read-ahead: ~60 MB. Per member:
 
 - sources that do not compress (JPEG, MP4, MP3, ZIP: judged from their first 64 KiB) are stored,
   using the CRC-32 S3 already holds, so nothing is read twice; without one they become level-0
