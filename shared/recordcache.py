@@ -5,7 +5,8 @@ attempt a re-run's ids carry). One KV get per message was the largest cost of th
 (docs/benchmarks.md, "Bus"); records change far less often than messages pass. So each
 process watches the jobs bucket (an ordered push consumer from "now on": updates only, nothing
 replayed) and keeps the latest raw value (decoded only when used) of every record it has read or
-seen change: the 10,000 most recently touched, each for at most `ttl` seconds without news.
+seen change: the 50,000 most recently touched (tens of MB at most), each for at most `ttl`
+seconds without news.
 
 What a cached record may be: a few milliseconds behind the bucket (the watch is asynchronous).
 That is the window the check always had (the record can change right after a get), and the
@@ -33,7 +34,7 @@ _DELETES = ("DEL", "PURGE")
 
 
 class RecordCache:
-    def __init__(self, jobs: JobStore, js: JetStreamContext, size: int = 10_000, ttl: float = 60.0) -> None:
+    def __init__(self, jobs: JobStore, js: JetStreamContext, size: int = 50_000, ttl: float = 60.0) -> None:
         self.jobs = jobs
         self.js = js
         self.size = size

@@ -299,6 +299,7 @@ class Worker:
         self.subscription: Any = None  # the interactive lane's puller while run() runs
         self.pullers: list[Puller] = []
         self.share = BulkShare(self.settings.bulk_share)
+        self._bulk_busy = 0  # bulk messages in flight
         self._wake = asyncio.Event()
         metrics.prime(stage.name)
         self._series = _Series(stage.name, self)
@@ -324,8 +325,11 @@ class Worker:
                 if not await self.services.breakers.wait_closed(stopping):
                     continue  # S3 or NATS is down: pull nothing new until it answers
                 free = self.concurrency - len(self.inflight)
-                if free <= 0:
-                    await asyncio.wait(list(self.inflight), timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if free <= 0:  # every slot taken: a finishing handler sets _wake
+                    self._wake.clear()
+                    if len(self.inflight) >= self.concurrency:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), 1.0)
                     continue
                 if self._start_ready(free):
                     continue
@@ -403,8 +407,7 @@ class Worker:
         """Slots bulk work may still take: all but one (kept for interactive work, so a photo never
         waits for a bulk handler to end) when the stage runs at least 4 at once, else all."""
         limit = self.concurrency - 1 if self.concurrency >= 4 else self.concurrency
-        busy = sum(1 for flight in self.inflight.values() if flight.lane == BULK)
-        return limit - busy - (len(self.pullers[1].ready) if len(self.pullers) > 1 else 0)
+        return limit - self._bulk_busy - (len(self.pullers[1].ready) if len(self.pullers) > 1 else 0)
 
     def _start_ready(self, free: int) -> int:
         """Start delivered messages: interactive first, bulk for its share (and when interactive
@@ -449,10 +452,13 @@ class Worker:
         task = asyncio.create_task(self._process(flight))
         flight.task = task
         self.inflight[task] = flight
+        self._bulk_busy += lane == BULK
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self.inflight.pop(task, None)
+        flight = self.inflight.pop(task, None)
+        if flight is not None and flight.lane == BULK:
+            self._bulk_busy -= 1
         self._wake.set()  # a slot is free: a loop waiting for work the bulk room held back can take it
 
     async def _drain(self) -> None:
@@ -759,29 +765,29 @@ class _Series:
     """A stage's metric series, looked up once (labels() takes a lock per call). Handlers in
     progress and the last success are read when scraped, not written per message."""
 
-    _workers: dict[str, list[Worker]] = {}  # stage -> this process's workers of it
+    _workers: dict[str, list[Worker]] = {}  # stage -> this process's running workers of it
+    _last_ok: dict[str, float] = {}  # stage -> when a message of it was last handled OK here
 
     def __init__(self, stage: str, worker: Worker) -> None:
+        self.stage = stage
         self.waited = {lane: metrics.queue_wait_seconds.labels(stage, lane) for lane in bus.LANES}
         self.processing = metrics.processing_seconds.labels(stage)
         self.outcomes = {outcome: metrics.messages_total.labels(stage, outcome) for outcome in metrics.OUTCOMES}
-        self.last_ok = 0.0
-        workers = self._workers.setdefault(stage, [])
-        workers.append(worker)
-        if len(workers) > 1:  # the stage's series read every worker of it in this process already
-            return
-        metrics.in_progress.labels(stage).set_function(lambda: float(sum(len(w.inflight) for w in workers)))
-        metrics.last_success.labels(stage).set_function(lambda: max(w._series.last_ok for w in workers))
+        if stage not in self._workers:
+            workers = self._workers[stage] = []
+            last_ok = self._last_ok
+            metrics.in_progress.labels(stage).set_function(lambda: float(sum(len(w.inflight) for w in workers)))
+            metrics.last_success.labels(stage).set_function(lambda: last_ok.get(stage, 0.0))
+        self._workers[stage].append(worker)
 
     def succeeded(self) -> None:
-        self.last_ok = time.time()
+        self._last_ok[self.stage] = time.time()
 
     @classmethod
     def forget(cls, stage: str, worker: Worker) -> None:
-        """A stopped worker no longer counts (its last success stays until the stage has another)."""
-        workers = cls._workers.get(stage, [])
-        if worker in workers and len(workers) > 1:
-            workers.remove(worker)
+        """A stopped worker no longer counts in progress (the stage's last success stays)."""
+        with contextlib.suppress(ValueError):
+            cls._workers.get(stage, []).remove(worker)
 
 
 def _attempt_of(msg: Msg) -> int:
