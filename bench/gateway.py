@@ -89,6 +89,7 @@ class Results:
     events: int = 0
     connects: int = 0
     connect_refused: Counter[str] = field(default_factory=Counter)
+    stream_errors: Counter[str] = field(default_factory=Counter)  # a stream broken off (client side sees)
     ended_on_final: int = 0
     out_of_order: int = 0  # an `id:` (KV revision) not above the previous one on the same stream
     percent_down: int = 0  # a percent below the previous one on the same stream
@@ -139,8 +140,8 @@ async def wait_ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes], l
     raise SystemExit(f"gateway not ready in 60 s:\n{tail(log)}")
 
 
-def tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
+def tail(log: Path, size: int = 3000) -> str:
+    return log.read_text(errors="replace")[-size:]
 
 
 def rss_kb(pid: int) -> int:
@@ -243,7 +244,11 @@ async def client_loop(load: Load, token: str) -> None:
         if not load.running:
             await asyncio.sleep(0.05)
             continue
-        await follow(load, random.choice(load.running), token)
+        try:
+            await follow(load, random.choice(load.running), token)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
+            load.results.stream_errors[type(exc).__name__] += 1
+            await asyncio.sleep(2.0)  # as EventSource does (the gateway's `retry: 2000`)
 
 
 async def follow(load: Load, job_id: str, token: str) -> None:
@@ -266,7 +271,10 @@ async def follow(load: Load, job_id: str, token: str) -> None:
         first, last_id, last_percent, pending = True, -1, -1.0, b""
         while True:
             if chunked:
-                size = int((await reader.readline()).split(b";")[0], 16)
+                size_line = await reader.readline()
+                if not size_line:
+                    raise ConnectionResetError("the gateway closed the stream mid-response")
+                size = int(size_line.split(b";")[0], 16)
                 if size == 0:
                     return
                 data = (await reader.readexactly(size + 2))[:-2]
@@ -319,7 +327,7 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             "name": f"bench-{i}", "sha256": hashlib.sha256(token.encode()).hexdigest(),
             "scopes": ["submit", "read", "cancel", "admin"]} for i, token in enumerate(tokens)]),
         "JETMEDIA_GATEWAY_RATE": "1000000", "JETMEDIA_GATEWAY_BURST": "1000000",  # counted, never refused
-        "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING",
+        "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "INFO",
     }
     results = Results()
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
@@ -353,6 +361,9 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             await asyncio.gather(*clients, submitter, sampler, looper, direct, *load.tasks, return_exceptions=True)
             await asyncio.sleep(3.0)
             results.rss_kb["3 s after (idle)"] = rss_kb(proc.pid)
+            if results.stream_errors or results.connect_refused or results.submit_refused:
+                errors = [line for line in tail(log, 200_000).splitlines() if "rror" in line or "xception" in line]
+                print("gateway log, errors (last 15):", *errors[-15:], sep="\n", file=sys.stderr)
         finally:
             proc.terminate()
             try:
@@ -377,6 +388,8 @@ def report(args: argparse.Namespace, results: Results, load_before: float, load_
                   f"{percentile(submits, 0.5):.1f} / {percentile(submits, 0.95):.1f} ms", "")
     table.add_row("SSE connections / refused", f"{results.connects} / "
                   f"{', '.join(f'{k}: {v}' for k, v in results.connect_refused.items()) or 0}", "")
+    table.add_row("SSE streams broken off", ", ".join(f"{k}: {v}" for k, v in results.stream_errors.items()) or "0",
+                  "0")
     table.add_row("SSE events received / streams ended on the final state",
                   f"{results.events} / {results.ended_on_final}", "")
     table.add_row("out of order (revision or percent going back)",
