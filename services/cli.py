@@ -162,7 +162,7 @@ async def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _producer_line(stack: EmbeddedStack) -> str:
-    """The NATS credentials for systems that submit media (may publish jetmedia.upload.>, read
+    """The NATS credentials for systems that submit media (may publish jetmedia.upload.* and its lanes, read
     events and job records; shared/natsauth.py)."""
     from shared.natsauth import PRODUCER_USER
 
