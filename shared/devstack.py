@@ -11,6 +11,7 @@ import ctypes
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -51,10 +52,49 @@ def bundled_binary(name: str, configured: str | None, setting: str) -> str:
     raise FileNotFoundError(f"{name} not found: install the project (pip install -e .) or set {setting}")
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports, taken below the kernel's ephemeral range: a port the
+    kernel hands out with bind(0) can be given to any outgoing connection (an S3 client, a NATS
+    reconnect) before the server we meant it for binds it, which CI saw as "address already in use"
+    for a cluster started after its workers. Random within the range, so parallel test workers
+    rarely pick the same one; each is bound once to check it is free."""
+    ports: list[int] = []
+    low, high = 20000, _EPHEMERAL_LOW - 1
+    for _ in range(count * 200):
+        if len(ports) == count:
+            return ports
+        if high - low < 1000:  # no room below the ephemeral range: let the kernel choose
+            with socket.socket() as sock:
+                sock.bind((LOCAL, 0))
+                port = int(sock.getsockname()[1])
+        else:
+            port = random.randint(low, high)
+            if port in _handed_out:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind((LOCAL, port))
+                except OSError:
+                    continue
+        if port not in ports:
+            ports.append(port)
+            _handed_out.add(port)
+    raise RuntimeError(f"found only {len(ports)} of {count} free loopback ports")
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCAL, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def _resolve_prctl() -> Callable[..., int] | None:

@@ -763,10 +763,10 @@ def _delivery(msg: Msg) -> int:
 
 class _Series:
     """A stage's metric series, looked up once (labels() takes a lock per call). Handlers in
-    progress and the last success are read when scraped, not written per message."""
+    progress are read when scraped, not written per message; the last success is set (a plain
+    gauge: a CI run once scraped 0 from the read-at-scrape version, cause not found)."""
 
     _workers: dict[str, list[Worker]] = {}  # stage -> this process's running workers of it
-    _last_ok: dict[str, float] = {}  # stage -> when a message of it was last handled OK here
 
     def __init__(self, stage: str, worker: Worker) -> None:
         self.stage = stage
@@ -775,13 +775,12 @@ class _Series:
         self.outcomes = {outcome: metrics.messages_total.labels(stage, outcome) for outcome in metrics.OUTCOMES}
         if stage not in self._workers:
             workers = self._workers[stage] = []
-            last_ok = self._last_ok
             metrics.in_progress.labels(stage).set_function(lambda: float(sum(len(w.inflight) for w in workers)))
-            metrics.last_success.labels(stage).set_function(lambda: last_ok.get(stage, 0.0))
         self._workers[stage].append(worker)
+        self.last_ok = metrics.last_success.labels(stage)
 
     def succeeded(self) -> None:
-        self._last_ok[self.stage] = time.time()
+        self.last_ok.set(time.time())
 
     @classmethod
     def forget(cls, stage: str, worker: Worker) -> None:

