@@ -297,6 +297,7 @@ async def cmd_submit(args: argparse.Namespace) -> int:
     return await submit_files(
         _settings(args), [Path(p) for p in args.files], wait=args.wait, as_json=args.json,
         presets=args.preset or None, job_id=args.job_id, key=args.key, bucket=args.bucket,
+        priority=args.priority, callback_url=args.callback_url,
     )
 
 
@@ -306,6 +307,7 @@ async def cmd_export(args: argparse.Namespace) -> int:
     return await start_export(
         _settings(args), args.keys, prefix=args.prefix, name=args.name, transform=args.transform,
         job_id=args.job_id, bucket=args.bucket, wait=args.wait, as_json=args.json,
+        priority=args.priority, callback_url=args.callback_url,
     )
 
 
@@ -473,7 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     people = [as_json, debug]
-    submit = sub.add_parser("submit", parents=people, help="upload files to S3 and start an asset job for each")
+    routing = argparse.ArgumentParser(add_help=False)
+    routing.add_argument("--priority", choices=["interactive", "bulk"],
+                         help="the job's lane (default: interactive for assets, bulk for exports)")
+    routing.add_argument("--callback-url", metavar="URL",
+                         help="POST the job's final event here, signed (README: Webhooks)")
+    submit = sub.add_parser("submit", parents=[*people, routing],
+                            help="upload files to S3 and start an asset job for each")
     submit.add_argument("files", nargs="+", metavar="FILE")
     submit.add_argument("--wait", action="store_true", help="draw progress until every job ends (exit 1 if one fails)")
     submit.add_argument("--preset", action="append", metavar="NAME",
@@ -483,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--bucket", help="the bucket to upload to (default: JETMEDIA_BUCKET)")
     submit.set_defaults(run=cmd_submit)
 
-    export = sub.add_parser("export", parents=people, help="start an export: one ZIP of many objects")
+    export = sub.add_parser("export", parents=[*people, routing], help="start an export: one ZIP of many objects")
     export.add_argument("keys", nargs="*", metavar="KEY", help="objects to export, in this order")
     export.add_argument("--prefix", help="also every object under this prefix")
     export.add_argument("--name", help="archive file name without .zip (default: export-<job>)")

@@ -233,11 +233,13 @@ def check_files(files: Sequence[Path]) -> None:
 
 
 async def publish_asset(services: Services, key: str, *, event_id: str | None = None, bucket: str | None = None,
-                        job_id: str | None = None, presets: list[str] | None = None) -> str:
+                        job_id: str | None = None, presets: list[str] | None = None,
+                        priority: m.Priority | None = None, callback_url: str | None = None) -> str:
     """Start an asset job for an object already in S3; returns the job id."""
     event = m.AssetUploaded(
         id=event_id or m.new_id(), source="jetmedia-cli", time=m.now(),
-        data=m.AssetUploadedData(key=key, bucket=bucket, job_id=job_id, presets=presets),
+        data=m.AssetUploadedData(key=key, bucket=bucket, job_id=job_id, presets=presets, priority=priority,
+                                 callback_url=callback_url),
     )
     await bus.publish(services.js, m.UPLOAD_ASSET, event)
     job = m.job_of(event)
@@ -248,6 +250,7 @@ async def publish_asset(services: Services, key: str, *, event_id: str | None = 
 async def submit_files(
     settings: Settings, files: Sequence[Path], *, wait: bool, as_json: bool = False, presets: list[str] | None = None,
     job_id: str | None = None, key: str | None = None, bucket: str | None = None,
+    priority: m.Priority | None = None, callback_url: str | None = None,
 ) -> int:
     check_files(files)
     if len(files) > 1 and (job_id or key):
@@ -261,7 +264,8 @@ async def submit_files(
         for path in files:
             object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
             await services.storage.upload_file(object_key, str(path))
-            job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets)
+            job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets,
+                                      priority=priority, callback_url=callback_url)
             submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
             if not as_json:
                 print(f"{path}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
@@ -280,6 +284,7 @@ async def submit_files(
 async def start_export(
     settings: Settings, keys: Sequence[str], *, prefix: str | None, name: str | None, transform: str,
     job_id: str | None, bucket: str | None, wait: bool, as_json: bool,
+    priority: m.Priority | None = None, callback_url: str | None = None,
 ) -> int:
     if not keys and not prefix:
         raise UsageError("name the objects to export: KEY... and/or --prefix PREFIX")
@@ -288,7 +293,7 @@ async def start_export(
     event = m.ExportRequested(
         id=m.new_id(), source="jetmedia-cli", time=m.now(),
         data=m.ExportRequestedData(keys=list(keys), prefix=prefix, name=name, transform=transform, job_id=job_id,
-                                   bucket=bucket),
+                                   bucket=bucket, priority=priority, callback_url=callback_url),
     )
     job = m.job_of(event)
     assert job is not None

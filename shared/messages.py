@@ -62,6 +62,8 @@ def now() -> datetime:
 # --- envelope ----------------------------------------------------------------------------
 
 
+Priority = Literal["interactive", "bulk"]  # README "Priority lanes"
+
 class Event(Struct, kw_only=True, frozen=True, tag_field="type", omit_defaults=False):
     """CloudEvents 1.0 attributes shared by every message; `type` is the tag."""
 
@@ -89,7 +91,7 @@ class AssetUploadedData(Struct, kw_only=True, frozen=True):
     asset_id: JobId | None = None  # default: the job id
     presets: list[str] | None = None  # variant presets to make; default: all configured
     # priority lane of every step of this job (README "Priority lanes"); default: interactive
-    priority: Literal["interactive", "bulk"] | None = None
+    priority: Priority | None = None
     callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 
@@ -224,7 +226,7 @@ class ExportRequestedData(Struct, kw_only=True, frozen=True):
     transform: str = "original"
     compression: Literal["auto", "store", "deflate"] = "auto"  # auto: store what does not compress
     # priority lane of every step of this job (README "Priority lanes"); default: bulk
-    priority: Literal["interactive", "bulk"] | None = None
+    priority: Priority | None = None
     callback_url: CallbackUrl | None = None  # POSTed each final event, signed (README "Webhooks")
 
 

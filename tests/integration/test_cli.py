@@ -426,3 +426,19 @@ def test_up_log_at_info_has_no_libvips_chatter(up: Up, submitted: dict[str, Any]
     log = up.log.read_text()
     assert "logger=jetmedia.runtime" in log  # INFO lines are there ...
     assert "logger=pyvips" not in log  # ... but not libvips' ~50 per image
+
+
+def test_submit_with_priority_and_callback_url(up: Up, tmp_path: Path) -> None:
+    """Last in the module: the callback's receiver does not exist, so notify keeps retrying it."""
+    photo = tmp_path / "lane.jpg"
+    photo.write_bytes(samples.photo(320, 240, seed=7))
+    hook = "https://hooks.example.invalid/jetmedia"
+    done = jetmedia("submit", str(photo), "--wait", "--json", "--priority", "bulk", "--callback-url", hook,
+                    "--job-id", "cli-lane", env=up.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    job = as_job(json.loads(done.stdout)[0]["record"])
+    assert (job.status, job.callback_url) == ("ready", hook)
+    log = up.log.read_text()
+    assert re.search(r"stage=upload job=cli-lane .*outcome=ok", log), log[-2000:]
+    bad = jetmedia("submit", str(photo), "--priority", "urgent", env=up.env)
+    assert bad.returncode == 2 and "invalid choice: 'urgent'" in bad.stderr
