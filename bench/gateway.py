@@ -20,6 +20,8 @@
             nats-server and this loop cost without the gateway (side by side, same machine load)
   RSS       the gateway's VmRSS before any load, after the warm-up (the first 10 % of the run; every
             client connected) and at the end; flat = end within ±10 % of after-warm-up
+  consumers the jobs bucket stream's consumer count, sampled each second: the gateway holds one
+            watch for all its SSE streams, so it stays constant however many streams come and go
 
 The clients, the submitter and the progress writer share this process's event loop (the table says
 how late that loop ran), and on a 2-core machine all of it shares the cores with the gateway,
@@ -54,6 +56,7 @@ from pathlib import Path
 import httpx
 import msgspec
 import nats.errors
+from nats.js import JetStreamContext
 from rich.console import Console
 from rich.table import Table
 
@@ -63,7 +66,7 @@ sys.path.insert(0, str(ROOT))
 from services.samples import photo  # noqa: E402
 from shared.config import Settings  # noqa: E402
 from shared.devstack import EmbeddedStack, free_port  # noqa: E402
-from shared.jobs import FINAL_STATUSES, Job, JobStore, decode_job, new_job  # noqa: E402
+from shared.jobs import BUCKET, FINAL_STATUSES, Job, JobStore, decode_job, new_job  # noqa: E402
 from shared.runtime import Services  # noqa: E402
 
 SOURCE_KEY = "bench/gateway/photo.jpg"
@@ -97,6 +100,7 @@ class Results:
     loop_lag_ms: list[float] = field(default_factory=list)  # this process's event loop: 50 ms sleeps' overshoot
     rss_kb: dict[str, int] = field(default_factory=dict)
     rss_max_kb: int = 0
+    consumers: list[int] = field(default_factory=list)  # the jobs bucket stream's consumers, 1 s samples
     cpu_seconds: float = 0.0
 
 
@@ -158,9 +162,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-async def sample_rss(pid: int, results: Results, until: float) -> None:
+async def sample_rss(pid: int, results: Results, until: float, js: JetStreamContext) -> None:
+    """The gateway's RSS, and the consumers on the jobs bucket's stream (the gateway's SSE streams
+    share one watch: the count must not follow the number of streams)."""
     while time.monotonic() < until:
         results.rss_max_kb = max(results.rss_max_kb, rss_kb(pid))
+        with contextlib.suppress(Exception):
+            results.consumers.append((await js.stream_info(f"KV_{BUCKET}")).state.consumer_count)
         await asyncio.sleep(1.0)
 
 
@@ -346,7 +354,7 @@ async def run(args: argparse.Namespace, stack: EmbeddedStack, tmp: Path) -> Resu
             cpu_before = cpu_seconds(proc.pid)
             began = time.monotonic()
             load = Load(client, port, tokens, services.jobs, results, began + args.seconds, args.steps, args.step_every)
-            sampler = asyncio.create_task(sample_rss(proc.pid, results, load.until))
+            sampler = asyncio.create_task(sample_rss(proc.pid, results, load.until, services.js))
             looper = asyncio.create_task(watch_loop(results, load.until))
             direct = asyncio.create_task(watch_directly(services.jobs, results, time.time(), load.until))
             submitter = asyncio.create_task(submit_loop(load, args.rate, secrets.token_hex(4)))
@@ -410,6 +418,9 @@ def report(args: argparse.Namespace, results: Results, load_before: float, load_
     if warm and end:
         table.add_row("gateway RSS end vs after warm-up", f"{(end / warm - 1) * 100:+.1f} %", "±10 %")
     table.add_row("gateway RSS max (1 s samples)", f"{results.rss_max_kb / 1024:.1f} MiB", "")
+    if results.consumers:
+        table.add_row("consumers on the jobs bucket's stream, min / max (1 s samples)",
+                      f"{min(results.consumers)} / {max(results.consumers)}", "constant")
     table.add_row("gateway CPU during the load", f"{results.cpu_seconds:.1f} s "
                   f"({results.cpu_seconds / args.seconds * 100:.0f} % of a core)", "")
     Console(width=140).print(table)

@@ -15,7 +15,7 @@ import hashlib
 import posixpath
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -40,6 +40,7 @@ from shared.jobs import RERUNNABLE, Job, all_jobs
 from shared.runtime import Services
 
 from . import auth, sse
+from .feed import JobFeed
 from .hooks import HookJob, HookResult, S3Notification, event_id, hook_prefixes, object_key
 from .limits import GatewayState, RequestRecord
 from .problems import HANDLERS, MEDIA_TYPE, Problem, ProblemDetails
@@ -61,7 +62,7 @@ class Gateway:
     services: Services
     state: GatewayState
     tokens: dict[str, auth.Principal]
-    streams: set[Any] = field(default_factory=set)  # the KV watches of open SSE streams
+    feed: JobFeed  # the process's one watch of the jobs bucket, fanned out to the SSE streams
 
     @property
     def hook_prefixes(self) -> tuple[str, ...]:
@@ -396,8 +397,10 @@ async def job_events(
     async def render(job: Job) -> JobView:
         return await job_view(job, gateway.services.storage)
 
-    stream = sse.job_events(gateway.services.jobs, job_id, after, gateway.settings.gateway_heartbeat, render,
-                            gateway.streams)
+    if not await gateway.feed.ready(timeout=5.0):
+        raise Problem(503, "unavailable", "the gateway is not watching job records right now; retry shortly")
+    stream = sse.job_events(gateway.feed, gateway.services.jobs, job_id, after, gateway.settings.gateway_heartbeat,
+                            render)
     return Stream(stream, media_type="text/event-stream",
                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -24,6 +24,7 @@ from shared.storage import Storage
 
 from . import auth
 from .app import Gateway, create_app
+from .feed import JobFeed
 from .httpmetrics import Instrumented
 from .limits import GatewayState
 
@@ -78,30 +79,32 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
         log.info("gateway: %s", await ensure_bucket_cors(services.storage))
         state = await GatewayState.open(services.js, settings)
         metrics.mark_ready(lambda: services.nc.is_connected)  # `jetmedia health --url .../metrics` works here too
-        gateway = Gateway(settings=settings, services=services, state=state, tokens=tokens)
-        config = uvicorn.Config(
-            Instrumented(create_app(gateway)), host=settings.gateway_host, port=settings.gateway_port,
-            log_level="warning", log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-            proxy_headers=False, server_header=False,
-        )
-        server = _Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                await task
-                raise ConfigError(f"the gateway could not listen on {settings.gateway_host}:{settings.gateway_port} "
-                                  "(port in use? set JETMEDIA_GATEWAY_PORT)")
-            await asyncio.sleep(0.02)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        url = f"http://{settings.gateway_host}:{port}"
-        if on_ready:
-            on_ready(url)
-        stop = asyncio.create_task(stopping.wait())
-        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        server.should_exit = True
-        for watch in list(gateway.streams):  # ends each SSE stream now (clients reconnect elsewhere)
-            with contextlib.suppress(Exception):
-                await watch.stop()
+        feed = JobFeed(services.nc, services.js)
+        await feed.start()
+        gateway = Gateway(settings=settings, services=services, state=state, tokens=tokens, feed=feed)
+        try:
+            config = uvicorn.Config(
+                Instrumented(create_app(gateway)), host=settings.gateway_host, port=settings.gateway_port,
+                log_level="warning", log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
+                proxy_headers=False, server_header=False,
+            )
+            server = _Server(config)
+            task = asyncio.create_task(server.serve())
+            while not server.started:
+                if task.done():
+                    await task
+                    where = f"{settings.gateway_host}:{settings.gateway_port}"
+                    raise ConfigError(f"the gateway could not listen on {where} (in use? set JETMEDIA_GATEWAY_PORT)")
+                await asyncio.sleep(0.02)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            url = f"http://{settings.gateway_host}:{port}"
+            if on_ready:
+                on_ready(url)
+            stop = asyncio.create_task(stopping.wait())
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            server.should_exit = True
+        finally:
+            await feed.stop()  # ends each SSE stream now (clients reconnect elsewhere)
         stop.cancel()
         await task
     log.info("gateway: stopped")

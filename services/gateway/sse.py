@@ -1,4 +1,4 @@
-"""Server-Sent Events of one job, from a KV watch on its record (no polling).
+"""Server-Sent Events of one job, from the process's KV watch of the jobs bucket (no polling).
 
     event: job
     id: <KV revision of the record>
@@ -13,20 +13,24 @@ it are not sent again, later ones are, none skipped that the bucket still holds.
 The jobs bucket keeps one revision per job (history 1), so a client that was away while the record
 changed several times gets the newest of those revisions, then every later one: the record is the
 whole state, so nothing it says is lost; only intermediate states are folded.
+
+Order of work per stream: register for the job's updates first (feed.py), then read the current
+record and send it if it is newer than Last-Event-ID, then each update with a higher revision than
+the last one sent. An update lands in the record read, in the queue, or in both; the revision
+dedupes, so nothing is lost or repeated. When the feed ends a stream (client too slow, the watch
+restarted or stopped), the response ends cleanly and EventSource resumes with Last-Event-ID.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import msgspec
-import nats.errors
-from nats.js.kv import KV_DEL, KV_PURGE
 
-from shared.jobs import JobStore, decode_job
+from shared.jobs import Job, JobStore, decode_job
 
+from .feed import JobFeed
 from .httpmetrics import sse_clients
 from .views import JobView
 
@@ -39,38 +43,40 @@ def message(view: JobView, revision: int) -> bytes:
 
 
 async def job_events(
-    jobs: JobStore, job_id: str, after: int, heartbeat: float, render: Callable[..., Awaitable[JobView]],
-    open_watches: set[Any],
+    feed: JobFeed, jobs: JobStore, job_id: str, after: int, heartbeat: float,
+    render: Callable[[Job], Awaitable[JobView]],
 ) -> AsyncIterator[bytes]:
-    """The SSE byte stream of `job_id` from revision `after` on (0: from the current record).
-    `open_watches` holds the watch while the stream runs: stopping the gateway stops them all,
-    which ends every stream at once instead of after the next heartbeat."""
-    watcher = await jobs.kv.watch(job_id, inactive_threshold=max(60.0, heartbeat * 4))
-    open_watches.add(watcher)
+    """The SSE byte stream of `job_id` from revision `after` on (0: from the current record)."""
+    listener = feed.listen(job_id)
     sse_clients.inc()
     try:
         yield b"retry: %d\n\n" % RETRY_MS
-        while True:
-            try:
-                entry = await watcher.updates(timeout=heartbeat)
-            except (nats.errors.TimeoutError, TimeoutError):
-                yield b": heartbeat\n\n"
-                continue
-            if entry is None or not hasattr(entry, "revision"):  # end of the initial values (or the watch stopped)
-                if entry is None:
-                    continue
-                return
-            if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
-                continue
-            job = decode_job(entry.value)
-            revision = entry.revision or 0
+        current = await jobs.raw_entry(job_id)
+        if current is not None:
+            raw, revision = current
+            job = decode_job(raw)
             if revision > after:
                 yield message(await render(job), revision)
                 after = revision
             if job.final:
                 return
+        while not listener.ended:
+            try:
+                async with asyncio.timeout(heartbeat):
+                    update = await listener.queue.get()
+            except TimeoutError:
+                yield b": heartbeat\n\n"
+                continue
+            if update is None or listener.ended:
+                return
+            revision, raw = update
+            if revision <= after:  # already sent (it was the current record)
+                continue
+            job = decode_job(raw)
+            yield message(await render(job), revision)
+            after = revision
+            if job.final:
+                return
     finally:
         sse_clients.dec()
-        open_watches.discard(watcher)
-        with contextlib.suppress(Exception):
-            await watcher.stop()
+        feed.leave(listener)

@@ -1,19 +1,24 @@
-"""Live progress over Server-Sent Events: the gateway relays a KV watch on the job record, one
-`job` event per revision (id = the revision), and a reconnect with Last-Event-ID resumes."""
+"""Live progress over Server-Sent Events: the gateway relays its one KV watch of the jobs bucket,
+one `job` event per revision of the record (id = the revision), and a reconnect with Last-Event-ID
+resumes."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
 from services import stages
+from services.gateway.feed import JobFeed
 from services.transcode.samples import lavfi
 from shared.config import Settings
+from shared.jobs import BUCKET, Job, new_job
 from shared.runtime import Services
 from tests.gatewaykit import RunningGateway, gateway, sse_events
 from tests.helpers import eventually, running
@@ -124,3 +129,82 @@ async def test_heartbeats_and_sse_metrics(services: Services) -> None:
         metrics = (await http.get("/metrics")).text
         assert 'jetmedia_http_requests_total{method="POST",route="/v1/assets",status="202"}' in metrics
         assert 'route="/v1/jobs/{job_id}/events"' in metrics and "jetmedia_http_request_duration_seconds" in metrics
+
+
+async def consumers(services: Services) -> int:
+    return (await services.js.stream_info(f"KV_{BUCKET}")).state.consumer_count
+
+
+async def test_streams_share_one_watch_of_the_bucket(services: Services) -> None:
+    """However many streams are open or have been, the jobs bucket's stream holds no consumer per
+    stream (nats-server caps a stream at 1,000 consumers; one watch per stream broke streams off
+    past ~1,000 a minute): the gateway's one watch fans each update out to every stream of the job."""
+    async with gateway(services.settings, gateway_heartbeat=30) as gw, \
+            httpx.AsyncClient(base_url=gw.url, headers=gw.headers("crowd"), timeout=60,
+                              limits=httpx.Limits(max_connections=None)) as http:
+        live, done = f"sse-fan-{secrets.token_hex(4)}", f"sse-done-{secrets.token_hex(4)}"
+        await services.jobs.create(new_job(live, "asset", status="running", stage="transcode"))
+        first = (await services.jobs.kv.get(live)).revision
+        await services.jobs.create(new_job(done, "asset", status="ready", stage="finalize", percent=100.0))
+        before = await consumers(services)
+
+        opened = 0
+        all_open = asyncio.Event()
+        n = 120
+
+        async def follow_live() -> list[int]:
+            nonlocal opened
+            revs: list[int] = []
+            async with http.stream("GET", f"/v1/jobs/{live}/events") as response:
+                assert response.status_code == 200
+                async for event in sse_events(response):
+                    if event.get("event") == "job":
+                        revs.append(int(event["id"]))
+                        if len(revs) == 1:
+                            opened += 1
+                            if opened == n:
+                                all_open.set()
+            return revs
+
+        streams = [asyncio.create_task(follow_live()) for _ in range(n)]
+        await asyncio.wait_for(all_open.wait(), 60)
+        assert await consumers(services) <= before + 2  # one watch per stream: before + 120
+        await services.jobs.update(live, lambda job: msgspec.structs.replace(job, percent=50.0))
+        last = await services.jobs.update(live, lambda job: msgspec.structs.replace(job, status="ready"))
+        results = await asyncio.wait_for(asyncio.gather(*streams), 60)
+        final_rev = (await services.jobs.kv.get(live)).revision
+        assert final_rev is not None and last.status == "ready"
+        for revs in results:  # every stream: the record it opened on, then each update, in order, once
+            assert len(revs) == 3 and revs[0] == first and revs == sorted(set(revs)) and revs[-1] == final_rev, revs
+
+        async def open_and_close() -> int:  # a final job: one event, then the gateway ends the stream
+            async with http.stream("GET", f"/v1/jobs/{done}/events") as response:
+                return len([e async for e in sse_events(response) if e.get("event") == "job"])
+
+        for _ in range(10):  # 300 more streams opened and closed in a burst
+            assert await asyncio.gather(*(open_and_close() for _ in range(30))) == [1] * 30
+        assert await consumers(services) <= before + 2
+
+
+async def test_a_slow_stream_is_ended_not_buffered_and_stop_ends_the_rest(services: Services) -> None:
+    feed = JobFeed(services.nc, services.js, queue_size=2)
+    await feed.start()
+    try:
+        job_id = f"sse-slow-{secrets.token_hex(4)}"
+        await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
+        slow, other = feed.listen(job_id), feed.listen(job_id)
+        for percent in (10.0, 20.0, 30.0, 40.0):
+            def progress(job: Job, percent: float = percent) -> Job:
+                return msgspec.structs.replace(job, percent=percent)
+
+            await services.jobs.update(job_id, progress)
+            assert await asyncio.wait_for(other.queue.get(), 10) is not None  # this one keeps up
+
+        async def dropped() -> bool:
+            return slow.ended and feed.dropped == 1
+
+        await eventually(dropped, timeout=10)
+        assert slow.queue.qsize() <= 2 and not other.ended and feed.listeners == 1
+    finally:
+        await feed.stop()
+    assert other.ended and await asyncio.wait_for(other.queue.get(), 1) is None  # stopping ends every stream
