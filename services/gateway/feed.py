@@ -97,6 +97,10 @@ class JobFeed:
             if not waiting:
                 del self._listeners[listener.job]
 
+    async def consumer(self) -> str | None:
+        """The name of the watch's consumer on the bucket's stream (None: no watch right now)."""
+        return None if self._sub is None else (await self._sub.consumer_info()).name
+
     @property
     def listeners(self) -> int:
         return sum(len(s) for s in self._listeners.values())

@@ -208,3 +208,28 @@ async def test_a_slow_stream_is_ended_not_buffered_and_stop_ends_the_rest(servic
     finally:
         await feed.stop()
     assert other.ended and await asyncio.wait_for(other.queue.get(), 1) is None  # stopping ends every stream
+
+
+async def test_a_lost_watch_ends_the_streams_cleanly_and_is_made_anew(services: Services) -> None:
+    feed = JobFeed(services.nc, services.js, check_every=0.2)
+    await feed.start()
+    try:
+        job_id = f"sse-lost-{secrets.token_hex(4)}"
+        await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
+        cut_off = feed.listen(job_id)
+        name = await feed.consumer()
+        assert name is not None
+        await services.js.delete_consumer(f"KV_{BUCKET}", name)  # as if the server lost it
+
+        async def restarted() -> bool:
+            return cut_off.ended and feed.restarts == 1 and await feed.ready(0.1)
+
+        await eventually(restarted, timeout=20)
+        assert await asyncio.wait_for(cut_off.queue.get(), 1) is None  # its stream ends (the client resumes)
+        assert await feed.consumer() not in (None, name)
+        anew = feed.listen(job_id)
+        await services.jobs.update(job_id, lambda job: msgspec.structs.replace(job, status="ready"))
+        update = await asyncio.wait_for(anew.queue.get(), 10)
+        assert update is not None and b'"ready"' in update[1]
+    finally:
+        await feed.stop()
