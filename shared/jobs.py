@@ -151,13 +151,8 @@ class JobStore:
         return entry.value, entry.revision or 0
 
     async def _entry(self, job_id: str) -> tuple[Job, int] | None:
-        try:
-            entry = await self.kv.get(job_id)
-        except KeyNotFoundError:
-            return None
-        if not entry.value:  # a delete marker
-            return None
-        return _decoder.decode(entry.value), entry.revision or 0
+        raw = await self.raw_entry(job_id)
+        return None if raw is None else (_decoder.decode(raw[0]), raw[1])
 
     async def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; if it already exists (a redelivery), return the stored one."""

@@ -114,3 +114,19 @@ def zip_tools_accept(path: str) -> None:
     for command in ([sys.executable, "-m", "zipfile", "-t", path], ["unzip", "-tqq", path], ["bsdtar", "-tf", path]):
         done = subprocess.run(command, capture_output=True, timeout=600)
         assert done.returncode == 0, f"{command[0]} rejected {path}: {done.stdout[-2000:]!r} {done.stderr[-2000:]!r}"
+
+
+def read_until(proc: subprocess.Popen[str], marker: str = "Ctrl-C stops everything.", timeout: float = 90.0) -> str:
+    """A process's output up to the line holding `marker` (blocking reads: pytest-timeout ends a
+    silent hang); fails with the tail of what it said otherwise."""
+    assert proc.stdout is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+        if marker in line:
+            return seen
+    raise AssertionError(f"no {marker!r} from {proc.args}: {seen[-3000:]}")

@@ -10,38 +10,23 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from services import samples
 from shared.config import Settings
+from tests.helpers import read_until
 
 ENV = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_GATEWAY_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
 ORIGIN = "http://127.0.0.1:9"  # a page on another origin than the S3 endpoint
-
-
-def read_banner(proc: subprocess.Popen[str], timeout: float = 90.0, marker: str = "Ctrl-C stops everything.") -> str:
-    """The output up to the line with `marker` (blocking reads: pytest-timeout ends a silent hang)."""
-    assert proc.stdout is not None
-    seen = ""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if marker in line:
-            return seen
-    raise AssertionError(f"no {marker!r} from {proc.args}: {seen[-3000:]}")
 
 
 def test_up_serves_the_http_api(tmp_path: Path) -> None:
     up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
                           env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        banner = read_banner(up)
+        banner = read_until(up)
         found = re.search(r"gateway\s+(http://127\.0\.0\.1:\d+)\s.*token (jm_\S+) ", banner)
         assert found, banner
         url, token = found.groups()
@@ -99,7 +84,7 @@ def test_gateway_alone_with_a_token_made_by_the_cli(settings: Settings, tmp_path
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert gateway.stdout is not None
-        found = re.search(r"gateway ready on (http://127\.0\.0\.1:\d+)", read_banner(gateway, marker="ready on"))
+        found = re.search(r"gateway ready on (http://127\.0\.0\.1:\d+)", read_until(gateway, marker="ready on"))
         assert found
         answer = httpx.get(found.group(1) + "/v1/jobs", headers={"Authorization": f"Bearer {token.group(1)}"})
         assert answer.status_code == 200 and "dead_letters" in answer.json()

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from services import samples
+from tests.helpers import read_until
 
 ENV = {**os.environ, "JETMEDIA_METRICS_PORT": "0", "JETMEDIA_LOG_LEVEL": "WARNING"}
 
@@ -26,7 +27,7 @@ def jetmedia_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        yield up, _read_until(up, "Ctrl-C stops everything.", timeout=60)
+        yield up, read_until(up, "Ctrl-C stops everything.", timeout=60)
     finally:
         if up.poll() is None:
             up.kill()
@@ -56,20 +57,6 @@ def test_up_serves_a_submitted_file_then_stops_on_ctrl_c(tmp_path: Path) -> None
         up.send_signal(signal.SIGINT)
         assert up.wait(60) == 0
     assert not list((tmp_path / "stack").rglob("*.ports")), "nats-server left running"
-
-
-def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    seen = ""
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-        if marker in line:
-            return seen
-    raise AssertionError(f"`jetmedia up` did not get ready:\n{seen[-3000:]}")
 
 
 def test_servers_do_not_outlive_a_killed_up(tmp_path: Path) -> None:
