@@ -1,15 +1,21 @@
 """`jetmedia demo`: a fresh embedded stack, sample media through every stage, the results.
 
 Exits 0 when every sample ended the way it should: photos, a song and a video `ready` with their
-variants and transcodes in S3, and the deliberately broken file `failed` with a clear reason (and
-a dead letter).
+variants and transcodes in S3, the deliberately broken file `failed` with a clear reason (and
+a dead letter), the export `ready`, and its `export.ready` delivered by the notify stage as a
+signed webhook to a receiver on 127.0.0.1 that checks the signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hmac
+import secrets
 import shutil
 from pathlib import Path
+
+from aiohttp import web
 
 from shared import bus
 from shared import messages as m
@@ -19,6 +25,7 @@ from shared.runtime import Services, run_stages
 from . import samples, stages
 from .cli import embedded
 from .client import output_console, print_jobs, publish_asset, read_dead_letters, wait_for_jobs
+from .notify import signing
 from .transcode.samples import lavfi
 
 console = output_console()
@@ -43,9 +50,12 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
         assert stack.nats and stack.s3
         console.print(f"  NATS {stack.nats.url}   S3 {stack.s3.url}")
         stopping = asyncio.Event()
+        receiver = await Receiver.start()
+        local = local.replace(webhook_secret=receiver.secret, webhook_allow_networks=("127.0.0.1/32",))
         async with Services.open(local, name="jetmedia-demo") as services:
             await services.storage.ensure_bucket()
             workers = asyncio.create_task(run_stages(services, stages.load_all(), stopping))
+            notify = asyncio.create_task(stages.load_periodic("notify")(services, stopping))
             try:
                 expected: dict[str, str] = {}
                 for name, (data, outcome) in sample_files().items():
@@ -66,18 +76,21 @@ async def run_demo(settings: Settings, data_dir: Path) -> int:
                                   f"{letter.data.error_class}: {letter.data.error}")
                 statuses = {record.id: str(record.status) for record in jobs}
                 ok = all(statuses.get(job_id) == want for job_id, want in expected.items())
-                ok = await export_uploads(services) and ok
+                ok = await export_uploads(services, receiver.url) and ok
+                ok = await receiver.report() and ok
                 console.print("[green]demo OK[/]" if ok else f"[red]demo FAILED[/]: {statuses} != {expected}")
                 return 0 if ok else 1
             finally:
                 stopping.set()
-                await workers
+                await asyncio.gather(workers, notify)
+                await receiver.stop()
 
 
-async def export_uploads(services: Services) -> bool:
+async def export_uploads(services: Services, callback_url: str) -> bool:
     """The export flow: every demo upload (a missing one on purpose) into one ZIP, and its URL."""
     request = m.ExportRequested(id="demo-export", source="jetmedia-demo", time=m.now(), data=m.ExportRequestedData(
-        prefix="uploads/demo/", keys=["uploads/demo/deleted-before-export.jpg"], name="jetmedia-demo"))
+        prefix="uploads/demo/", keys=["uploads/demo/deleted-before-export.jpg"], name="jetmedia-demo",
+        callback_url=callback_url))
     await bus.publish(services.js, m.UPLOAD_EXPORT, request)
     [job] = await wait_for_jobs(services.jobs, ["demo-export"], timeout=300, label="export")
     if job.status != "ready":
@@ -88,3 +101,52 @@ async def export_uploads(services: Services) -> bool:
                   f"{size:,} B zip, download until {job.expires:%Y-%m-%d %H:%M} UTC:")
     console.print(f"  {job.url}", soft_wrap=True)
     return True
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1, as a user's back-end would run one: it verifies each
+    delivery's Standard Webhooks signature with the shared secret and keeps what arrived."""
+
+    def __init__(self) -> None:
+        self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode("ascii")
+        self.app = web.Application()
+        self.app.router.add_post("/hooks/jetmedia", self.handle)
+        self.runner = web.AppRunner(self.app, access_log=None)
+        self.url = ""
+        self.verified: list[tuple[str, str]] = []  # (webhook-id, event type)
+        self.refused = 0
+        self.arrived = asyncio.Event()
+
+    @classmethod
+    async def start(cls) -> Receiver:
+        receiver = cls()
+        await receiver.runner.setup()
+        site = web.TCPSite(receiver.runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        receiver.url = f"http://127.0.0.1:{port}/hooks/jetmedia"
+        return receiver
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        msg_id, stamp = request.headers.get("webhook-id", ""), request.headers.get("webhook-timestamp", "0")
+        want = signing.signature(signing.secret_bytes(self.secret), msg_id, int(stamp), body)
+        if not any(hmac.compare_digest(want, sig) for sig in request.headers.get("webhook-signature", "").split()):
+            self.refused += 1
+            return web.Response(status=401)
+        self.verified.append((msg_id, str(type(m.decode(body)).__struct_config__.tag)))
+        self.arrived.set()
+        return web.Response(status=204)
+
+    async def report(self, timeout: float = 30.0) -> bool:
+        try:
+            await asyncio.wait_for(self.arrived.wait(), timeout)
+        except TimeoutError:
+            console.print(f"[red]no webhook arrived at {self.url} within {timeout:.0f} s[/]")
+            return False
+        for msg_id, kind in self.verified:
+            console.print(f"  webhook: {kind} (webhook-id {msg_id}) delivered to {self.url}, signature verified")
+        return self.refused == 0
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()

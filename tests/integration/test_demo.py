@@ -17,4 +17,6 @@ def test_demo_runs_every_sample_to_its_expected_end(tmp_path: Path) -> None:
     assert "demo OK" in output
     assert "variants/demo-landscape/thumb.webp" in output  # the download URL of a variant
     assert "unsupported file type" in output  # the broken sample failed, with its reason
+    assert "webhook: jetmedia.export.ready.v1 (webhook-id demo-export:ready) delivered" in output  # notify, signed
+    assert "signature verified" in output
     assert not list((tmp_path / "demo").rglob("*.ports")), "nats-server left running"
