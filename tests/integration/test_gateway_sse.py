@@ -187,11 +187,12 @@ async def test_streams_share_one_watch_of_the_bucket(services: Services) -> None
 
 
 async def test_a_slow_stream_is_ended_not_buffered_and_stop_ends_the_rest(services: Services) -> None:
+    job_id = f"sse-slow-{secrets.token_hex(4)}"
+    # created before the watch starts (updates only), so each listener sees exactly the 4 updates
+    await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
     feed = JobFeed(services.nc, services.js, queue_size=2)
     await feed.start()
     try:
-        job_id = f"sse-slow-{secrets.token_hex(4)}"
-        await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
         slow, other = feed.listen(job_id), feed.listen(job_id)
         for percent in (10.0, 20.0, 30.0, 40.0):
             def progress(job: Job, percent: float = percent) -> Job:
@@ -211,11 +212,12 @@ async def test_a_slow_stream_is_ended_not_buffered_and_stop_ends_the_rest(servic
 
 
 async def test_a_lost_watch_ends_the_streams_cleanly_and_is_made_anew(services: Services) -> None:
+    job_id = f"sse-lost-{secrets.token_hex(4)}"
+    # created before the watch starts (updates only): nothing but the end marker reaches the listener
+    await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
     feed = JobFeed(services.nc, services.js, check_every=0.2)
     await feed.start()
     try:
-        job_id = f"sse-lost-{secrets.token_hex(4)}"
-        await services.jobs.create(new_job(job_id, "asset", status="running", stage="transcode"))
         cut_off = feed.listen(job_id)
         name = await feed.consumer()
         assert name is not None
