@@ -516,7 +516,7 @@ class Worker:
     async def _process(self, flight: InFlight) -> None:
         msg = flight.msg
         stage = self.stage.name
-        delivery = _delivery(msg)
+        delivery = delivery_count(msg)
         started = time.perf_counter()
         series = self._series
         series.waited[flight.lane].observe(_waited(msg))
@@ -754,7 +754,8 @@ def _stream_seq(msg: Msg) -> int | None:
         return None
 
 
-def _delivery(msg: Msg) -> int:
+def delivery_count(msg: Msg) -> int:
+    """Which delivery of its message this is (1 when the metadata cannot say)."""
     try:
         return int(msg.metadata.num_delivered or 1)
     except Exception:

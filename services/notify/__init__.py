@@ -48,7 +48,7 @@ from nats.js.errors import NotFoundError
 from shared import bus, metrics
 from shared import messages as m
 from shared.config import ConfigError, Settings
-from shared.runtime import DLQ_ENVELOPE, MAX_ERROR_TEXT, Services
+from shared.runtime import DLQ_ENVELOPE, MAX_ERROR_TEXT, Services, delivery_count
 
 from . import safety, send, signing, targets
 from .records import Attempt, Delivery, Records, shown
@@ -172,17 +172,10 @@ async def _guarded(handle: Callable[[Msg], Awaitable[None]], msg: Msg, settings:
             await msg.nak()
         raise
     except Exception as exc:
-        delivery = _delivered(msg)
+        delivery = delivery_count(msg)
         log.warning("notify: %s failed (%s: %s); handed back", msg.subject, type(exc).__name__, exc)
         with contextlib.suppress(Exception):
             await msg.nak(delay=settings.backoff_for(delivery))
-
-
-def _delivered(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered or 1)
-    except Exception:
-        return 1
 
 
 class Notifier:
@@ -224,7 +217,7 @@ class Notifier:
             log.error("notify: unreadable delivery on %s (%s); dropped", msg.subject, exc)
             await msg.term()
             return
-        attempt = _delivered(msg)
+        attempt = delivery_count(msg)
         secret = targets.secret_for(delivery.target, self.settings, self.subscriptions)
         if secret is None:
             why = ("JETMEDIA_WEBHOOK_SECRET is not set" if delivery.target == targets.CALLBACK
