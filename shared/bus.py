@@ -38,7 +38,8 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
 
 from . import messages as m
 from .config import ConfigError, Settings, _strip_userinfo
@@ -297,6 +298,20 @@ async def retrying(what: str, call: Callable[[], Awaitable[T]], wait: float = ST
             log.warning("%s: %s; retrying in %.1fs", what, str(exc) or type(exc).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def kept_bucket(js: JetStreamContext, name: str, settings: Settings) -> KeyValue:
+    """A KV bucket of records kept as long as events are (one revision per key), created when
+    missing; start-up retries as for the streams. The gateway's and notify's buckets."""
+
+    async def open_or_create() -> KeyValue:
+        try:
+            return await js.key_value(name)
+        except BucketNotFoundError:
+            return await js.create_key_value(bucket=name, history=1, ttl=settings.events_max_age,
+                                             replicas=settings.replicas)
+
+    return await retrying(f"KV {name}", open_or_create)
 
 
 def stream_config(spec: StreamSpec, settings: Settings) -> StreamConfig:

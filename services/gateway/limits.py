@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import bus
@@ -69,14 +69,7 @@ class GatewayState:
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> GatewayState:
-        async def open_or_create() -> KeyValue:
-            try:
-                return await js.key_value(GATEWAY_BUCKET)
-            except BucketNotFoundError:
-                return await js.create_key_value(bucket=GATEWAY_BUCKET, history=1, ttl=settings.events_max_age,
-                                                 replicas=settings.replicas)
-
-        return cls(await bus.retrying("gateway KV", open_or_create))
+        return cls(await bus.kept_bucket(js, GATEWAY_BUCKET, settings))
 
     async def _read(self, key: str) -> tuple[bytes | None, int | None]:
         try:

@@ -12,7 +12,6 @@ from urllib.parse import urlsplit
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 
 from shared import bus
@@ -75,14 +74,7 @@ class Records:
 
     @classmethod
     async def open(cls, js: JetStreamContext, settings: Settings) -> Records:
-        async def bucket() -> KeyValue:
-            try:
-                return await js.key_value(BUCKET)
-            except BucketNotFoundError:
-                return await js.create_key_value(bucket=BUCKET, history=1, ttl=settings.events_max_age,
-                                                 replicas=settings.replicas)
-
-        return cls(await bus.retrying(f"KV {BUCKET}", bucket))
+        return cls(await bus.kept_bucket(js, BUCKET, settings))
 
     async def put(self, record: Attempt, delivery: Delivery) -> None:
         """Best effort: a KV hiccup must not turn a delivered webhook into a retried one."""
