@@ -92,6 +92,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def minor_faults() -> int:
+    """Minor page faults of this process so far: each is a fresh page touched (a new mmap'd
+    buffer is faulted in and zeroed page by page), which is CPU a copy of the data costs."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) of a server process we started, from
+    /proc/<pid>/stat: the S3 server and nats-server share the 2 cores with the paths measured."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def peak_rss() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -116,7 +132,7 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
         workers = asyncio.create_task(run_stages(services, [stages.load(n) for n in ("upload", "chunk", "finalize")],
                                                  stopping))
         job_id = f"bench-{run}"
-        started, cpu = time.perf_counter(), cpu_seconds()
+        started, cpu, faults = time.perf_counter(), cpu_seconds(), minor_faults()
         event = m.ExportRequested(id=job_id, source="bench", time=m.now(), data=m.ExportRequestedData(
             keys=keys, name="bench"))
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
@@ -125,14 +141,15 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
             if job is not None and job.final:
                 break
             await asyncio.sleep(0.05)
-        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        elapsed, cpu, faults = time.perf_counter() - started, cpu_seconds() - cpu, minor_faults() - faults
         stopping.set()
         await workers
         if job.status != "ready":
             raise SystemExit(f"export ended {job.status}: {job.errors}")
         for part in job.exports:
             await services.storage.delete(part.key)
-        return {"seconds": elapsed, "cpu": cpu, "in": job.bytes, "out": sum(p.bytes for p in job.exports)}
+        return {"seconds": elapsed, "cpu": cpu, "faults": faults, "in": job.bytes,
+                "out": sum(p.bytes for p in job.exports)}
 
 
 async def child_copy(keys: list[str], run: str) -> dict[str, float]:
@@ -148,7 +165,7 @@ async def child_copy(keys: list[str], run: str) -> dict[str, float]:
     async with session.client("s3", endpoint_url=env["JETMEDIA_S3_ENDPOINT"], region_name=env.get(
             "JETMEDIA_S3_REGION", "us-east-1"), aws_access_key_id=env["JETMEDIA_S3_ACCESS_KEY"],
             aws_secret_access_key=env["JETMEDIA_S3_SECRET_KEY"], config=config) as s3:
-        started, cpu = time.perf_counter(), cpu_seconds()
+        started, cpu, faults = time.perf_counter(), cpu_seconds(), minor_faults()
         upload_id = (await s3.create_multipart_upload(Bucket=bucket, Key=key))["UploadId"]
         parts: list[dict[str, Any]] = []
         slots = asyncio.Semaphore(COPY_QUEUE)
@@ -185,9 +202,9 @@ async def child_copy(keys: list[str], run: str) -> dict[str, float]:
         except BaseException:
             await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
-        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu
+        elapsed, cpu, faults = time.perf_counter() - started, cpu_seconds() - cpu, minor_faults() - faults
         await s3.delete_object(Bucket=bucket, Key=key)
-    return {"seconds": elapsed, "cpu": cpu, "in": size, "out": size}
+    return {"seconds": elapsed, "cpu": cpu, "faults": faults, "in": size, "out": size}
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -225,12 +242,18 @@ async def delete_sources(settings: Any) -> None:
                 "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
 
 
-def run_child(kind: str, dataset: str, size: float, run: str, env: dict[str, str]) -> dict[str, float]:
+def run_child(kind: str, dataset: str, size: float, run: str, env: dict[str, str],
+              servers: dict[str, int | None]) -> dict[str, float]:
+    """One path in a fresh child; the servers' CPU is read before and after it (the child's
+    start-up and teardown included: a few tenths of a second of nats-server, next to nothing of S3)."""
+    before = {name: server_cpu(pid) for name, pid in servers.items()}
     done = subprocess.run([sys.executable, __file__, "--child", kind, "--dataset", dataset, "--size", str(size),
                            "--run", run], env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stdout}\n{done.stderr[-3000:]}")
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    for name, pid in servers.items():
+        result[name] = server_cpu(pid) - before[name]
     return result
 
 
@@ -255,6 +278,8 @@ def parent_main(args: argparse.Namespace) -> None:
             env = {**os.environ, **(stack.env() if stack else {}), "JETMEDIA_BUCKET": args.bucket,
                    "JETMEDIA_LOG_LEVEL": "WARNING", "JETMEDIA_METRICS_PORT": "0",
                    "JETMEDIA_S3_REGION": settings.s3_region}
+            servers = {"weed": stack.s3.proc.pid if stack and stack.s3 and stack.s3.proc else None,
+                       "nats": stack.nats.proc.pid if stack and stack.nats and stack.nats.proc else None}
             try:
                 for dataset in datasets:
                     keys = source_keys(dataset, max(sizes))
@@ -264,11 +289,12 @@ def parent_main(args: argparse.Namespace) -> None:
                     for r in range(args.repeat):
                         for dataset in datasets:
                             for kind in ("copy", "export"):
-                                result = run_child(kind, dataset, size, f"{dataset}-{size:g}-{r}", env)
+                                result = run_child(kind, dataset, size, f"{dataset}-{size:g}-{r}", env, servers)
                                 rows.append((dataset, size, len(source_keys(dataset, size)), kind, result))
                                 console.print(
                                     f"  {dataset:<5} {size:g} GB {kind:<6} {result['in'] / MB / result['seconds']:7.1f}"
-                                    f" MB/s  CPU {result['cpu']:5.1f} s  peak RSS {result['peak_rss'] / MB:6.1f} MB"
+                                    f" MB/s  CPU {result['cpu']:5.1f} s  weed {result['weed']:5.1f} s"
+                                    f"  peak RSS {result['peak_rss'] / MB:6.1f} MB"
                                     f"  (load {load_average()})")
             finally:
                 if stack is None and not args.keep:
@@ -281,7 +307,8 @@ def parent_main(args: argparse.Namespace) -> None:
 
 def report(console: Console, rows: list[tuple[str, float, int, str, dict[str, float]]], external: bool) -> None:
     table = Table(title=f"export vs plain copy (S3 {'external' if external else 'SeaweedFS'})")
-    for column in ("data set", "size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "peak RSS MB"):
+    for column in ("data set", "size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "weed s/GB",
+                   "nats s/GB", "faults k/GB", "peak RSS MB"):
         table.add_column(column, justify="right")
     ratios: dict[tuple[str, float], list[float]] = {}
     copy_rate = 0.0
@@ -294,7 +321,8 @@ def report(console: Console, rows: list[tuple[str, float, int, str, dict[str, fl
         table.add_row(dataset, f"{size:g} GB", str(count), "S3 -> ZIP -> S3" if kind == "export" else "plain copy",
                       f"{result['seconds']:.1f}", f"{rate / MB:.1f}",
                       "" if kind == "copy" else f"{rate / copy_rate:.2f}",
-                      f"{result['cpu'] / (result['in'] / 1e9):.1f}", f"{result['peak_rss'] / MB:.0f}")
+                      *(f"{result[k] / (result['in'] / 1e9):.1f}" for k in ("cpu", "weed", "nats")),
+                      f"{result['faults'] / 1000 / (result['in'] / 1e9):.0f}", f"{result['peak_rss'] / MB:.0f}")
     console.print(table)
     for (dataset, size), values in ratios.items():
         rss = max(r["peak_rss"] for d, s, _c, k, r in rows if (d, s, k) == (dataset, size, "export"))
