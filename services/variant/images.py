@@ -32,12 +32,12 @@ from .presets import Preset
 
 FAIL_ON = "error"  # truncated or corrupt data fails the load instead of coming out grey
 LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else is refused
-    "jpegload_buffer": "jpeg",
-    "pngload_buffer": "png",
-    "webpload_buffer": "webp",
-    "gifload_buffer": "gif",
-    "tiffload_buffer": "tiff",
-    "heifload_buffer": "heif",
+    "jpegload_source": "jpeg",
+    "pngload_source": "png",
+    "webpload_source": "webp",
+    "gifload_source": "gif",
+    "tiffload_source": "tiff",
+    "heifload_source": "heif",
 }
 ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 KERNEL = "cubic"  # resize kernel: chosen on bytes and PSNR in bench/variant.py (see docs/benchmarks.md)
@@ -96,13 +96,13 @@ def probe(source: bytes, limits: Limits) -> Header:
     if not source:
         raise Reject("source image is empty (0 bytes)")
     try:
-        image = pyvips.Image.new_from_buffer(source, "", access="sequential", fail_on=FAIL_ON)
+        image = pyvips.Image.new_from_source(_memory(source), "", access="sequential", fail_on=FAIL_ON)
         loader = str(image.get("vips-loader"))
     except pyvips.Error as exc:
         raise Reject(f"not a supported image (unknown format or corrupt header): {_first_line(exc)}") from None
     fmt = LOADERS.get(loader)
     if fmt is None:
-        raise Reject(f"unsupported image format ({loader.removesuffix('_buffer')})")
+        raise Reject(f"unsupported image format ({loader.removesuffix('_source')})")
     fields = set(image.get_fields())
     if fmt == "heif" and "heif-compression" in fields and str(image.get("heif-compression")) == "av1":
         fmt = "avif"
@@ -169,13 +169,20 @@ def _decode(source: bytes, size: int, header: Header) -> pyvips.Image:
     if header.format == "jpeg":
         long_edge = max(header.width, header.height)
         shrink = next(s for s in (8, 4, 2, 1) if s == 1 or long_edge / s >= size)
-        image = pyvips.Image.jpegload_buffer(source, shrink=shrink, **options)
+        image = pyvips.Image.jpegload_source(_memory(source), shrink=shrink, **options)
     else:
-        image = pyvips.Image.new_from_buffer(source, "", **options)
+        image = pyvips.Image.new_from_source(_memory(source), "", **options)
     image = _resize(image, size).copy_memory()  # the decode happens here, streamed
     if header.orientation != 1:
         image = image.autorot()
     return _to_srgb(image, header).copy_memory()
+
+
+def _memory(source: bytes) -> pyvips.Source:
+    """The bytes we hold, as a libvips source that reads them in place. A `*_buffer` load copies
+    the whole file into a new blob first (pyvips memmoves it while holding the GIL): 2.4 MB twice
+    per photo (probe, decode), ~2 ms of a CPU thread the event loop then waits for."""
+    return pyvips.Source.new_from_memory(source)
 
 
 def _resize(image: pyvips.Image, size: int) -> pyvips.Image:

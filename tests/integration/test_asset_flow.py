@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import pyvips
 
 from services import samples, stages
@@ -51,6 +52,22 @@ async def test_missing_source_object_fails_clearly(services: Services) -> None:
         job = await eventually(lambda: _final(services, "ghost"))
     assert job.status == "failed"
     assert "does not exist" in job.errors[-1].reason
+
+
+@pytest.mark.parametrize(("case", "data", "reason"), [
+    ("empty", b"", "is empty (0 bytes)"),  # S3 answers a range of an empty object with 416
+    ("big", b"\xff\xd8\xff\xe0" + bytes(20_000), "source is 20004 bytes, over the limit of 20000"),
+])
+async def test_empty_or_too_big_source_fails_at_upload_from_one_ranged_get(
+        services: Services, case: str, data: bytes, reason: str) -> None:
+    """The upload reads the size from its sniffing GET's Content-Range (no HEAD first)."""
+    services.settings = services.settings.replace(max_source_bytes=20_000)
+    await services.storage.put_bytes(f"uploads/{case}.jpg", data)
+    async with running(services, [stages.load("upload")]):
+        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(f"uploads/{case}.jpg", event_id=f"up-{case}"))
+        job = await eventually(lambda: _final(services, f"up-{case}"))
+    assert job.status == "failed" and job.errors[-1].stage == "upload"
+    assert reason in job.errors[-1].reason
 
 
 async def _final(services: Services, job_id: str):  # type: ignore[no-untyped-def]
