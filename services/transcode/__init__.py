@@ -28,13 +28,14 @@ from shared.jobs import Job
 from shared.runtime import Context, Emit, Stage
 
 from . import presets
+from .probe import Probe
 from .work import (
     Encoded,
     JobPercent,
+    check_output,
     encode,
     fetch,
     forget,
-    inspect,
     output_key,
     poster,
     store,
@@ -64,12 +65,11 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         return await export_item(data, data.export, ctx)
     deadline = time.monotonic() + ctx.settings.transcode_time_limit
     async with workspace(ctx) as folder:
-        source, size = await fetch(ctx, data.bucket, data.key, folder)
-        facts = await inspect(ctx, source, size)
+        source, facts = await fetch(ctx, data.bucket, data.key, folder)
         chosen = presets.choose(facts.media, data.presets, ctx.settings)
         progress = JobPercent(ctx, data.job, facts.duration * len(chosen))
         seconds_done = [0.0] * len(chosen)
-
+        checked: set[int] = set()
         uploaded: list[str] = []
 
         async def make(n: int, preset: presets.Preset) -> m.OutputFile:
@@ -77,11 +77,18 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
                 seconds_done[n] = seconds
                 await progress.at(sum(seconds_done))
 
+            async def check(complaints: list[str]) -> Probe:
+                made = await check_output(ctx, out, facts, preset, complaints)
+                checked.add(n)
+                if len(checked) == len(chosen):  # every encode is done and whole: 100 %, beside the last upload
+                    await progress.at(progress.total, force=True)
+                return made
+
             out = os.path.join(folder, f"{preset.name}.{preset.ext}")
-            made = await encode(ctx, source, facts, preset, out, report, deadline)
+            complaints = await encode(ctx, source, facts, preset, out, report, deadline)
             item = Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
-                           preset.content_type, preset.ext, made)
-            return await store(ctx, item, uploaded)
+                           preset.content_type, preset.ext)
+            return await store(ctx, item, uploaded, check(complaints))
 
         async def make_poster() -> m.OutputFile:
             frame = os.path.join(folder, "poster.jpg")
@@ -92,17 +99,20 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         # The encodes run side by side (audio encoders use one core each, the poster is a single
         # frame; x264 uses every core either way), and each output is uploaded as soon as it is
         # made, while the others still encode. One fails or the job is cancelled: the rest are
-        # stopped and what was uploaded is removed.
+        # stopped and what was uploaded is removed. The job record learns what the probe found
+        # (its parts) meanwhile, so no record write waits for the last upload.
+        aligned = asyncio.ensure_future(_poster_needed(ctx, data.job, facts.media))
         work = [make(n, preset) for n, preset in enumerate(chosen)]
         try:
             outputs = await all_or_none([*work, make_poster()] if facts.video is not None else work)
+            needs_poster = await aligned
         except BaseException:
+            aligned.cancel()
+            await asyncio.gather(aligned, return_exceptions=True)
             await forget(ctx, uploaded)
             raise
-    await progress.at(facts.duration * len(chosen), force=True)
 
     emits = [_part(ctx, data, "transcode", outputs, facts.info())]
-    needs_poster = await _poster_needed(ctx, data.job, facts.media)
     if facts.video is not None:
         frame_key = output_key(data.asset, "poster", "jpg")
         request = m.VariantRequested(

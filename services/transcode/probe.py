@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from io import RawIOBase
 from typing import Literal
 
 import av
@@ -89,17 +90,22 @@ def _mostly_text(data: bytes) -> bool:
     return printable / len(data) > 0.95
 
 
-def probe(path: str, size: int | None = None) -> Probe:
+def probe(path: str, size: int | None = None, *, reader: RawIOBase | None = None) -> Probe:
     """Facts about a local file; `Reject` when it is not media we accept. Synchronous: run it
-    in the CPU pool."""
-    with open(path, "rb") as f:
-        head = f.read(PROBE_BYTES)
+    in the CPU pool. `reader`: read the file's bytes through it instead of opening `path` (a
+    source that is still being downloaded: work.Arriving); the same checks and options apply."""
+    if reader is None:
+        with open(path, "rb") as f:
+            head = f.read(PROBE_BYTES)
+    else:
+        head = reader.read(PROBE_BYTES)
+        reader.seek(0)
     refuse_playlists(head)
     # threads=1: libavformat opens decoders to read stream parameters; frame threading would start
     # a thread per core for the few frames it decodes (measured: ~2x the wall time of a 720p probe).
     options = {"protocol_whitelist": "file", "format_whitelist": ",".join(_all_accepted()), "threads": "1"}
     try:
-        container = av.open(path, options=options)
+        container = av.open(reader if reader is not None else path, "r", options=options)
     except av.error.FFmpegError as exc:
         raise Reject(f"not a readable audio/video file in an accepted container ({HUMAN_FORMATS}): "
                      f"{exc.strerror}") from None

@@ -1,7 +1,8 @@
 """The steps of a transcode, shared by the asset stage and the export's per-item transform.
 
-fetch (S3 object -> local temp file, byte limit) -> probe + limits -> encode each preset with
-ffmpeg (progress -> job percent) -> probe each output (facts) -> upload at deterministic keys.
+fetch (S3 object -> local temp file, byte limit; probed while it arrives) + limits -> encode
+each preset with ffmpeg (progress -> job percent) -> upload at deterministic keys, and beside
+each upload the probe of that output (its facts; a damaged source shows as a short output).
 Everything local lives in one temp directory that is removed whatever happens; an output that is
 uploaded while another encode still runs is deleted again if that encode fails or the job is
 cancelled, so a job that does not finish leaves no outputs. A SIGKILLed worker runs no `finally`:
@@ -11,18 +12,24 @@ owner is gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import io
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
+from botocore.exceptions import ClientError
 
 from shared import messages as m
 from shared.jobs import Job
@@ -34,6 +41,7 @@ from .probe import Probe, check_limits, probe
 
 log = logging.getLogger("jetmedia.transcode")
 PERCENT_EVERY = 1.0  # seconds between job-record progress writes
+READ_SIZE = 4 * 1024 * 1024  # bytes asked of the source's body at a time (it answers with what has arrived)
 WORKSPACE_PREFIX = "jetmedia-transcode-"
 UNOWNED_AGE = 24 * 3600.0  # seconds after which a workspace without an owner (older naming) is removed
 _reaped: set[str] = set()  # temp roots this process has already swept
@@ -109,30 +117,106 @@ def _stale(entry: os.DirEntry[str], host: str) -> bool:
     return False
 
 
-async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, int]:
-    """Download the source to a local file (ffmpeg only ever reads local files)."""
+async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, Probe]:
+    """Download the source to a local file (ffmpeg only ever reads local files) and probe it while
+    it arrives; the facts are checked against the limits. One GET, no HEAD before it: the answer's
+    Content-Length is checked against the byte limit before any of the body is read, and a
+    404/403 means the object is not there (as a HEAD would say, one round trip later). A failed
+    download wins over what the probe made of the bytes it saw, as if the probe had waited."""
     limit = ctx.settings.max_source_bytes
-    info = await ctx.storage.head(key, bucket)
-    if info is None:
-        raise Reject(f"source object s3://{bucket}/{key} does not exist")
-    if info.size > limit:
-        raise Reject(f"source is {info.size} bytes, over the limit of {limit}")
+    try:
+        resp = await ctx.storage.client.get_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if _missing(exc):
+            raise Reject(f"source object s3://{bucket}/{key} does not exist") from None
+        raise
+    body = resp["Body"]
     path = os.path.join(folder, "source")
-    size = 0
-    with open(path, "wb") as out:
-        async for piece in ctx.storage.iter_bytes(key, bucket):
-            size += len(piece)
-            if size > limit:  # the object changed under us
-                raise Reject(f"source is over the limit of {limit} bytes")
-            out.write(piece)
+    async with body:  # not `as body`: __aenter__ returns the bare aiohttp response
+        size = int(resp.get("ContentLength") or 0)
+        if size > limit:
+            raise Reject(f"source is {size} bytes, over the limit of {limit}")
+        with open(path, "wb", buffering=0) as out, Arriving(path, size) as arriving:
+            # Its own thread, not the CPU pool: it mostly waits for bytes (all of them for an MP4
+            # whose index is at the end), and its CPU work is a few milliseconds.
+            probing = asyncio.ensure_future(asyncio.to_thread(probe, path, size, reader=arriving))
+            done = 0
+            try:
+                while piece := await body.read(READ_SIZE):  # the body checks Content-Length at the end
+                    done += len(piece)
+                    if done > size:  # more than announced
+                        raise Reject(f"source is over the limit of {limit} bytes")
+                    view = memoryview(piece)
+                    while view:
+                        view = view[out.write(view) or 0:]
+                    arriving.wrote(done)
+            except BaseException:
+                arriving.end(failed=True)
+                await asyncio.gather(probing, return_exceptions=True)
+                raise
+            arriving.end(failed=False)
+            facts = await probing
     ctx.count_bytes("in", size)
-    return path, size
-
-
-async def inspect(ctx: Context, path: str, size: int) -> Probe:
-    facts = await ctx.run_cpu(probe, path, size)
     check_limits(facts, ctx.settings)
-    return facts
+    return path, facts
+
+
+class Arriving(io.RawIOBase):
+    """The source as its download writes it, read by the probe: a read waits until the bytes it
+    asks for are written (or the download ended), so the probe reads the head of the file while
+    the rest still arrives. Most files need a few hundred KB (headers, a few frames); an MP4 with
+    its index at the end waits for the end. A failed download fails the reads."""
+
+    def __init__(self, path: str, size: int) -> None:
+        super().__init__()
+        self.size = size
+        self._file = open(path, "rb")  # closed by close()
+        self._arrived = threading.Condition()
+        self._written = 0
+        self._ended = False
+        self._failed = False
+
+    def wrote(self, total: int) -> None:
+        with self._arrived:
+            self._written = total
+            self._arrived.notify_all()
+
+    def end(self, *, failed: bool) -> None:
+        with self._arrived:
+            self._ended, self._failed = True, failed
+            self._arrived.notify_all()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:  # the announced size, not what has arrived so far
+            offset, whence = self.size + offset, os.SEEK_SET
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        want = min(self._file.tell() + len(buffer), self.size)
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._written >= want or self._ended)
+            if self._failed:
+                raise OSError("the download of the source failed")
+        return self._file.readinto(buffer)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _missing(exc: ClientError) -> bool:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = exc.response.get("Error", {}).get("Code")
+    return status in (404, 403) or code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 class JobPercent:
@@ -145,6 +229,7 @@ class JobPercent:
         self.total = max(total_seconds, 1e-3)
         self.written = 0.0
         self.last_write = 0.0
+        self.writing = asyncio.Lock()  # one write at a time, in order: a late 99 % never follows the 100 %
 
     def step(self, done_before: float) -> ProgressCallback:
         async def report(seconds: float) -> None:
@@ -164,28 +249,31 @@ class JobPercent:
                 return job
             return msgspec.structs.replace(job, percent=percent)
 
-        try:
-            await self.ctx.jobs.update(self.job, change)
-        except KeyError:  # no job record (a direct request): nothing to report into
-            self.job = None
+        async with self.writing:
+            if self.job is None or percent < self.written:  # gone meanwhile, or a higher one was asked for
+                return
+            try:
+                await self.ctx.jobs.update(self.job, change)
+            except KeyError:  # no job record (a direct request): nothing to report into
+                self.job = None
 
 
 async def encode(ctx: Context, source: str, facts: Probe, preset: p.Preset, out: str,
-                 progress: ProgressCallback | None, deadline: float) -> Probe:
-    """Encode one preset; returns the output's probe (its facts, already checked)."""
+                 progress: ProgressCallback | None, deadline: float) -> list[str]:
+    """Encode one preset; returns the error lines ffmpeg printed although it succeeded, for
+    `check_output` (which `store` runs beside the upload)."""
     settings = ctx.settings
     args = [*INPUT_GUARD, "-f", facts.demuxer, "-i", f"file:{source}",
             *p.output_args(preset, facts, settings), "-y", f"file:{out}"]
-    complaints = await run_ffmpeg(ffmpeg_exe(settings.ffmpeg), args, on_progress=progress,
-                                  stall_timeout=settings.transcode_stall_timeout, deadline=deadline,
-                                  time_limit=settings.transcode_time_limit)
-    return await _check_output(ctx, out, facts, preset, complaints)
+    return await run_ffmpeg(ffmpeg_exe(settings.ffmpeg), args, on_progress=progress,
+                            stall_timeout=settings.transcode_stall_timeout, deadline=deadline,
+                            time_limit=settings.transcode_time_limit)
 
 
-async def _check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, complaints: list[str]) -> Probe:
-    """ffmpeg skips undecodable data and exits 0: an output clearly shorter than the streams it
-    was made from means the source is damaged (a truncated upload), and must not pass as a
-    transcode."""
+async def check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, complaints: list[str]) -> Probe:
+    """The output's own probe (its facts). ffmpeg skips undecodable data and exits 0: an output
+    clearly shorter than the streams it was made from means the source is damaged (a truncated
+    upload), and must not pass as a transcode."""
     made = await ctx.run_cpu(probe, out, _size(out))
     used = [facts.audio] if preset.media == "audio" else [facts.video, facts.audio]
     expected = max((s.duration for s in used if s is not None and s.duration), default=facts.duration)
@@ -205,12 +293,25 @@ async def poster(ctx: Context, source: str, facts: Probe, out: str, deadline: fl
         raise Reject("could not extract a poster frame: no picture decoded")
 
 
-async def store(ctx: Context, item: Encoded, uploaded: list[str]) -> m.OutputFile:
-    """Upload one output and describe it from its own probe. The key is noted before the PUT
+async def store(ctx: Context, item: Encoded, uploaded: list[str],
+                check: Awaitable[Probe] | None = None) -> m.OutputFile:
+    """Upload one output and describe it from its own probe. `check` (the probe that checks an
+    encode, `check_output`) runs beside the PUT, not before it: the last output's upload is the
+    job's tail. A failed check is raised once the PUT has ended, in place of the upload's own
+    outcome, and the caller's `forget` removes the object. The key is noted before the PUT
     starts, so a cancel that lands mid-request still knows what to remove."""
     size = _size(item.path)
     uploaded.append(item.key)
-    await ctx.storage.upload_file(item.key, item.path, content_type=item.content_type)
+    put = ctx.storage.upload_file(item.key, item.path, content_type=item.content_type)
+    if check is None:
+        await put
+    else:
+        made, sent = await asyncio.gather(check, put, return_exceptions=True)
+        if isinstance(made, BaseException):
+            raise made
+        if isinstance(sent, BaseException):
+            raise sent
+        item = dataclasses.replace(item, facts=made)
     ctx.count_bytes("out", size)
     return await describe(ctx, item, size)
 
@@ -264,18 +365,17 @@ async def transcode_file(ctx: Context, src_key: str, preset: str, *, bucket: str
     bucket = bucket or ctx.settings.bucket
     deadline = time.monotonic() + ctx.settings.transcode_time_limit
     async with workspace(ctx) as folder:
-        source, size = await fetch(ctx, bucket, src_key, folder)
-        facts = await inspect(ctx, source, size)
+        source, facts = await fetch(ctx, bucket, src_key, folder)
         [chosen] = p.choose(facts.media, [preset], ctx.settings)
         tag = "src-" + hashlib.sha256(f"{bucket}/{src_key}".encode()).hexdigest()[:20]
         out = os.path.join(folder, f"{chosen.name}.{chosen.ext}")
         progress = JobPercent(ctx, None, facts.duration)
-        made = await encode(ctx, source, facts, chosen, out, progress.step(0.0), deadline)
+        complaints = await encode(ctx, source, facts, chosen, out, progress.step(0.0), deadline)
         item = Encoded(chosen.name, out, key or output_key(tag, chosen.name, chosen.ext), chosen.content_type,
-                       chosen.ext, made)
+                       chosen.ext)
         uploaded: list[str] = []
         try:
-            return await store(ctx, item, uploaded)
-        except BaseException:  # cancelled mid-upload: leave no output
+            return await store(ctx, item, uploaded, check_output(ctx, out, facts, chosen, complaints))
+        except BaseException:  # a damaged source, or cancelled mid-upload: leave no output
             await forget(ctx, uploaded)
             raise

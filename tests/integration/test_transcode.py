@@ -135,6 +135,21 @@ async def test_limits_are_permanent_and_specific(services: Services) -> None:
         await transcode_file(Context(services, "transcode", None, 1), "uploads/long.wav", "mp4")
 
 
+async def test_a_missing_or_oversized_source_is_refused_by_its_get(services: Services) -> None:
+    """One GET, no HEAD before it: the answer's status and Content-Length decide."""
+    wav = lavfi("wav", 1.0)
+    await services.storage.put_bytes("uploads/tone.wav", wav)
+    strict = services.settings.replace(max_source_bytes=len(wav) - 1)
+    with pytest.raises(Reject, match=f"source is {len(wav)} bytes, over the limit of {len(wav) - 1}"):
+        await transcode_file(Context(_with_settings(services, strict), "transcode", None, 1), "uploads/tone.wav", "mp3")
+    ctx = Context(services, "transcode", None, 1)
+    with pytest.raises(Reject, match=r"source object s3://.*/uploads/nothing\.wav does not exist"):
+        await transcode_file(ctx, "uploads/nothing.wav", "mp3")
+    with pytest.raises(Reject, match="does not exist"):
+        await transcode_file(ctx, "uploads/tone.wav", "mp3", bucket="jetmedia-no-such-bucket")
+    assert (await transcode_file(ctx, "uploads/tone.wav", "mp3")).duration == pytest.approx(1.0, abs=0.1)
+
+
 @pytest.mark.parametrize(
     ("name", "content", "reason"),
     [

@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from services.transcode.ffmpeg import INPUT_GUARD, Stalled, ffmpeg_exe, run_ffmp
 from services.transcode.presets import PRESETS, choose, output_args
 from services.transcode.probe import Probe, StreamFacts, probe, refuse_playlists
 from services.transcode.samples import lavfi
+from services.transcode.work import Arriving
 from shared.config import Settings
 from shared.runtime import Reject, Retry
 from tests.helpers import processes_with
@@ -136,6 +138,38 @@ def test_probe_facts_of_a_video(tmp_path: Path) -> None:
     assert facts.video.fps == 30.0
     assert facts.audio is not None and facts.audio.codec == "opus"
     assert facts.duration == pytest.approx(1.0, abs=0.1) and facts.bitrate
+
+
+@pytest.mark.parametrize("container", ["mkv", "mp4"])  # mp4 without faststart: its index is at the end
+def test_a_source_is_probed_while_it_arrives_with_the_same_facts(tmp_path: Path, container: str) -> None:
+    data = lavfi(container, 1.0, size="160x120")
+    whole = tmp_path / f"whole.{container}"
+    whole.write_bytes(data)
+    path = str(tmp_path / "arriving")
+    with open(path, "wb", buffering=0) as out, Arriving(path, len(data)) as arriving:
+        with ThreadPoolExecutor(1) as pool:
+            probing = pool.submit(probe, path, len(data), reader=arriving)
+            for start in range(0, len(data), 4096):
+                out.write(data[start:start + 4096])
+                arriving.wrote(min(start + 4096, len(data)))
+                assert start + 4096 >= len(data) or container == "mkv" or not probing.done()  # waits for the end
+            arriving.end(failed=False)
+            assert probing.result(timeout=30) == probe(str(whole), len(data))
+
+
+def test_a_failed_download_fails_the_probe_that_waits_for_it(tmp_path: Path) -> None:
+    data = lavfi("mp4", 1.0, size="160x120")
+    path = str(tmp_path / "arriving")
+    with open(path, "wb", buffering=0) as out, Arriving(path, len(data)) as arriving:
+        out.write(data[:len(data) // 2])
+        arriving.wrote(len(data) // 2)
+        with ThreadPoolExecutor(1) as pool:
+            probing = pool.submit(probe, path, len(data), reader=arriving)
+            time.sleep(0.2)
+            assert not probing.done()  # the index (at the end) has not arrived
+            arriving.end(failed=True)
+            with pytest.raises(OSError, match="download of the source failed"):
+                probing.result(timeout=30)
 
 
 def _facts(*, fps: float = 25, channels: int = 2, audio: bool = True, video: bool = True) -> Probe:
