@@ -136,11 +136,11 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
         event = m.ExportRequested(id=job_id, source="bench", time=m.now(), data=m.ExportRequestedData(
             keys=keys, name="bench"))
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
-        stages: dict[str, float] = {}  # when the job record first showed each stage (polled: ±20 ms)
+        seen: dict[str, float] = {}  # when the job record first showed each stage (polled: ±20 ms)
         while True:
             job = await services.jobs.get(job_id)
             if job is not None:
-                stages.setdefault(job.stage, time.perf_counter() - started)
+                seen.setdefault(job.stage, time.perf_counter() - started)
                 if job.final:
                     break
             await asyncio.sleep(0.02)
@@ -153,7 +153,7 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
         for part in job.exports:
             await services.storage.delete(part.key)
         return {"seconds": elapsed, "cpu": cpu, "loop": loop, "faults": faults, "in": job.bytes,
-                **{f"{stage}_from": at for stage, at in stages.items()}, "ready_at": elapsed,
+                **{f"{stage}_from": at for stage, at in seen.items()}, "ready_at": elapsed,
                 "out": sum(p.bytes for p in job.exports)}
 
 
