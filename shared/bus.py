@@ -22,7 +22,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import msgspec
 import nats.errors
@@ -100,6 +100,30 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 STREAM_BY_NAME = {spec.name: spec for spec in STREAMS}
 MSG_ID = "Nats-Msg-Id"
+
+
+class Delivered(NamedTuple):
+    """What a JetStream message's reply subject says about this delivery of it."""
+
+    delivery: int  # 1 for the first
+    stream_seq: int
+    stored_ns: int  # when the server stored the message, ns since the epoch
+
+
+def delivered(reply: str | None) -> Delivered | None:
+    """Read from the reply subject (`$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+    seq>.<ns>.<pending>`, or the form with domain and account hash after `ACK`), as nats-py's
+    `msg.metadata` reads it, at a tenth of the cost: that builds a datetime and three objects
+    (~3 µs, at bus speed several % of a message's CPU). None: no JetStream delivery."""
+    tokens = reply.split(".") if reply else []
+    count = len(tokens)
+    if not (count == 9 or count >= 11) or tokens[0] != "$JS" or tokens[1] != "ACK":
+        return None
+    at = 4 if count == 9 else 6
+    try:
+        return Delivered(int(tokens[at]) or 1, int(tokens[at + 1]), int(tokens[at + 3]))
+    except ValueError:
+        return None
 
 
 def _matches(pattern: str, subject: str) -> bool:
