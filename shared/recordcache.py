@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
+from .bus import delivered
 from .jobs import BUCKET, Job, JobStore, decode_job
 
 log = logging.getLogger("jetmedia.recordcache")
@@ -57,7 +58,9 @@ class RecordCache:
     async def _changed(self, msg: Msg) -> None:
         job = msg.subject[len(_PREFIX):]
         deleted = bool(msg.headers) and (msg.headers or {}).get("KV-Operation") in _DELETES
-        self._store(job, msg.metadata.sequence.stream, None if deleted else msg.data)
+        got = delivered(msg.reply)  # the revision (cheaper than msg.metadata)
+        revision = got.stream_seq if got is not None else msg.metadata.sequence.stream
+        self._store(job, revision, None if deleted else msg.data)
 
     def _store(self, job: str, revision: int, raw: bytes | None) -> None:
         known = self._entries.get(job)
