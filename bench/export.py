@@ -19,6 +19,11 @@ Paths, each in its own child process (so "peak RSS" is that run's high-water mar
 Copy and export alternate (copy, export, copy, export...) so each export has a copy measured
 right beside it; "x copy" is that pair's ratio, which is what to read on a loaded machine.
 
+Besides the path's own CPU (all threads of its process), each row shows what the embedded servers
+spent meanwhile (`weed`, nats-server: /proc/<pid>/stat before and after the child) and the path's
+minor page faults per GB: on 2 cores with SeaweedFS taking most of one, client CPU per GB is
+throughput, and a buffer mapped afresh costs a page fault per 4 KiB.
+
     .venv/bin/python bench/export.py [--size 0.5|2] [--datasets files,large] [--repeat 2]
 
 0.5 GB takes ~2 minutes against the embedded S3 (SeaweedFS), 2 GB ~8. Any other S3 + NATS: set
@@ -300,8 +305,9 @@ def parent_main(args: argparse.Namespace) -> None:
                                     f"  {dataset:<5} {size:g} GB {kind:<6} {result['in'] / MB / result['seconds']:7.1f}"
                                     f" MB/s  CPU {result['cpu']:5.1f} s (loop {result['loop']:4.1f})"
                                     f"  weed {result['weed']:5.1f} s"
-                                    f"  peak RSS {result['peak_rss'] / MB:6.1f} MB"
-                                    f"  (load {load_average()})")
+                                    f"  peak RSS {result['peak_rss'] / MB:6.1f} MB  (load {load_average()})"
+                                    + (f"  finalize from {result['finalize_from']:.2f} s" if "finalize_from" in result
+                                       else ""))
             finally:
                 if stack is None and not args.keep:
                     asyncio.run(delete_sources(settings))
