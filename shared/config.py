@@ -84,7 +84,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     export_chunk_files: int = 100  # sources per chunk message
     export_chunk_bytes: int = 50_000_000  # source bytes per chunk message (when sizes are known)
     export_part_bytes: int = 4_000_000_000  # archives above this are split into numbered parts
-    export_deflate_level: int = 1  # zlib level for members that compress (never 9 by default)
+    export_deflate_level: int = 2  # zlib-ng level for members that compress (2: stdlib level 1's speed x1.8, smaller)
     export_max_files: int = 100_000  # sources one export may name
     cleanup_interval: float = 60.0  # seconds between sweeps for expired exports
 

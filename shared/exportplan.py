@@ -15,10 +15,10 @@ from __future__ import annotations
 import posixpath
 import re
 import unicodedata
-import zlib
 from collections.abc import Iterable, Sequence
 
 from msgspec import Struct
+from zlib_ng import zlib_ng
 
 from .messages import ExportItem
 
@@ -233,7 +233,7 @@ def compresses(sample: bytes, level: int = 1, threshold: float = 0.95) -> bool:
     sample = sample[:PROBE_BYTES]
     if len(sample) < 256:
         return len(sample) > 0 and sample.isascii()
-    return len(zlib.compress(sample, level)) < threshold * len(sample)
+    return len(zlib_ng.compress(sample, level)) < threshold * len(sample)
 
 
 # --- KV side records ------------------------------------------------------------------

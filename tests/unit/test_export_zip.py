@@ -116,3 +116,21 @@ async def test_archive_bound_holds_and_parts_stay_within_s3s_limit(tmp_path: Pat
         assert part % mib == 0 and part >= 8 * mib
         assert -(-size // part) <= MAX_UPLOAD_PARTS, size
     assert upload_part_size(10**11) < 11 * mib  # no bigger than it needs to be: memory is parts in flight
+
+
+async def test_a_stored_member_whose_bytes_do_not_match_its_crc_fails_the_archive(tmp_path: Path) -> None:
+    """The one CRC-32 check of a stored member (S3's CRC, verified by stream-zip on zlib-ng's
+    crc32) still catches a single flipped bit, and a JSON member still deflates well."""
+    from stream_zip import CRC32IntegrityError
+
+    data = os.urandom(200_000)
+    bad = bytearray(data)
+    bad[123_456] ^= 0x01
+    with pytest.raises(CRC32IntegrityError):
+        await write_zip(tmp_path / "bad.zip", [("photo.jpg", len(data), zlib.crc32(data), bytes(bad), data[:65536])])
+    text = b'{"id": 1, "name": "a json record", "tags": ["x", "y"]}\n' * 4000
+    path = tmp_path / "good.zip"
+    assert await write_zip(path, [("rows.json", len(text), zlib.crc32(text), text, text[:65536])]) == ["deflated"]
+    with zipfile.ZipFile(path) as archive:
+        assert archive.read("rows.json") == text
+        assert archive.getinfo("rows.json").compress_size < len(text) // 20
