@@ -33,6 +33,7 @@ from .work import (
     Encoded,
     JobPercent,
     check_output,
+    discard,
     encode,
     fetch,
     forget,
@@ -71,6 +72,15 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         seconds_done = [0.0] * len(chosen)
         checked: set[int] = set()
         uploaded: list[str] = []
+        reading = [len(chosen) + (facts.video is not None)]  # ffmpeg runs that still read the source
+        removing: list[asyncio.Future[None]] = []
+
+        def read() -> None:
+            """One ffmpeg that read the source is done; after the last, the source (most of the
+            workspace's removal time) is removed in a thread beside the uploads."""
+            reading[0] -= 1
+            if reading[0] == 0:
+                removing.append(asyncio.ensure_future(asyncio.to_thread(discard, source)))
 
         async def make(n: int, preset: presets.Preset) -> m.OutputFile:
             async def report(seconds: float) -> None:
@@ -86,6 +96,7 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
 
             out = os.path.join(folder, f"{preset.name}.{preset.ext}")
             complaints = await encode(ctx, source, facts, preset, out, report, deadline)
+            read()
             item = Encoded(preset.name, out, output_key(data.asset, preset.name, preset.ext),
                            preset.content_type, preset.ext)
             return await store(ctx, item, uploaded, check(complaints))
@@ -93,6 +104,7 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
         async def make_poster() -> m.OutputFile:
             frame = os.path.join(folder, "poster.jpg")
             await poster(ctx, source, facts, frame, deadline)
+            read()
             item = Encoded("poster", frame, output_key(data.asset, "poster", "jpg"), "image/jpeg", "jpeg")
             return await store(ctx, item, uploaded)
 
@@ -111,6 +123,8 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
             await asyncio.gather(aligned, return_exceptions=True)
             await forget(ctx, uploaded)
             raise
+        finally:
+            await asyncio.gather(*removing, return_exceptions=True)
 
     emits = [_part(ctx, data, "transcode", outputs, facts.info())]
     if facts.video is not None:

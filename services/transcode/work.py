@@ -338,6 +338,12 @@ async def describe(ctx: Context, item: Encoded, size: int) -> m.OutputFile:
     )
 
 
+def discard(path: str) -> None:
+    """Remove a file that is no longer needed, if it is still there (blocking: run in a thread)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+
+
 def _size(path: str) -> int:
     try:
         return os.stat(path).st_size
