@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import hashlib
 import logging
 import stat
@@ -65,6 +63,7 @@ from shared.exportplan import (
     upload_part_size,
 )
 from shared.jobs import Job
+from shared.malloc import reuse_big_buffers
 from shared.runtime import Context, Emit, Reject, Retry, announcements
 from shared.storage import Storage
 
@@ -82,25 +81,7 @@ ZIP32_LIMIT = 0xFFFFFFFF
 _decoder = msgspec.json.Decoder(ChunkRecord)
 
 
-def _malloc_for_streaming() -> None:
-    """Fixed glibc malloc thresholds for a process that streams gigabytes in 0.25-1 MiB pieces.
-
-    By default glibc's mmap threshold follows the biggest block freed (up to 32 MiB), so the
-    1-8 MiB buffers of an export, allocated in the writer thread and freed on the loop, piled up
-    in per-thread heaps: ~40 MB more peak RSS at 0.1 GB. A fixed 256 KiB threshold cured that but
-    mapped every socket read (asyncio reads 256 KiB at a time) and every 1 MiB piece afresh: each
-    page faulted in and zeroed, ~1 µs per 4 KiB, 0.3 s of CPU per GB for each copy of the data
-    (1.2 million faults per GB exported). Now blocks up to 4 MiB come from the heaps and are
-    reused (the part buffers, 8 MiB and more, are mapped once per upload and reused by it), and
-    the heaps are not trimmed below 64 MiB of free top: the pieces in flight are bounded (the
-    read-ahead budget, the writer's queues), so RSS stays flat at their high-water mark."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 4 * 1024 * 1024)  # M_MMAP_THRESHOLD (absent outside glibc: suppressed)
-        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
-
-
-_malloc_for_streaming()
+reuse_big_buffers()  # gigabytes in 0.25-1 MiB pieces (shared/malloc.py)
 
 # stream-zip's CRC-32 check of every stored member and its deflate run on zlib-ng (SIMD, the
 # same formats): CRC-32 0.05 instead of 0.3 s/GB, and level 2 deflates JSON ~1.8x faster than

@@ -20,14 +20,12 @@ by `max_image_bytes` and the preset sizes, not by the source's pixel count.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import functools
 from dataclasses import dataclass
 
 import pyvips
 
+from shared.malloc import reuse_big_buffers
 from shared.runtime import Reject
 
 from . import colours, thumbhash
@@ -93,27 +91,7 @@ def configure(threads: int) -> None:
     pyvips.cache_set_max_files(0)
     pyvips.block_untrusted_set(True)
     _quiet_info()
-    _malloc_for_images()
-
-
-MMAP_THRESHOLD = 8 * 1024 * 1024  # bytes: smaller blocks come from malloc's heaps and are reused
-TRIM_THRESHOLD = 64 * 1024 * 1024  # bytes of free heap top kept mapped
-
-
-def _malloc_for_images() -> None:
-    """Fixed glibc malloc thresholds, so an image's big buffers are reused, not mapped afresh.
-
-    A 1600 px variant in memory is 5-7 MB. Above glibc's mmap threshold (the export stage fixes
-    it at 4 MiB, services/finalize/export.py; by default it moves with what was freed and the
-    heap top is trimmed at twice that) each one was mapped anew and every page faulted in and
-    zeroed: ~3,000 minor faults and ~5 ms of kernel CPU per photo (bench/variant.py's render
-    loop: 110-117 ms CPU per photo, ~200-1,000 faults and 107-113 ms at 8 MiB). 8 MiB keeps the
-    export's rule intact for its 8 MiB and bigger part buffers (still mapped once per upload),
-    and its smaller pieces already came from the heaps. Peak RSS of the render loop: +~10 MB."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (absent outside glibc: suppressed)
-        libc.mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+    reuse_big_buffers()  # a 1600 px image in memory is 5-7 MB (shared/malloc.py)
 
 
 def _quiet_info() -> None:
