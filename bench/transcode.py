@@ -42,6 +42,8 @@ from services.transcode.probe import probe  # noqa: E402
 from services.transcode.samples import lavfi  # noqa: E402
 from shared.config import Settings  # noqa: E402
 
+NO_VACUUM = 24 * 3600  # s: the S3 server compacts nothing mid-run (see bench/export.py)
+
 
 @dataclass
 class Case:
@@ -115,7 +117,8 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
     from shared.runtime import Services, run_stages
 
     times: dict[str, dict[str, list[Timing]]] = {c.name: {path: [] for path in PATHS} for c in cases}
-    with tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp, EmbeddedStack(Path(tmp)) as stack:
+    with (tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp,
+          EmbeddedStack(Path(tmp), s3_vacuum_interval=NO_VACUUM) as stack):
         env = {k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()}
         settings = Settings.from_env({}, **env, bucket="bench", metrics_port=0, data_dir=tmp)
         async with Services.open(settings, name="bench") as services:

@@ -45,6 +45,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+NO_VACUUM = 24 * 3600  # s: the S3 server compacts nothing mid-run (see bench/export.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -414,7 +416,8 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
     from shared.runtime import Services, run_stages
 
     presets = preset_spec(effort, quality)
-    with tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp, EmbeddedStack(Path(tmp)) as stack:
+    with (tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp,
+          EmbeddedStack(Path(tmp), s3_vacuum_interval=NO_VACUUM) as stack):
         env = {k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()}
         settings = Settings.from_env({}, **env, bucket="bench", variant_presets=presets, metrics_port=0,
                                      data_dir=tmp)

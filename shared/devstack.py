@@ -224,6 +224,7 @@ class EmbeddedStack:
     weed_binary: str | None = None
     nats: NatsServer | None = None
     s3: SeaweedS3 | None = None
+    s3_vacuum_interval: int | None = None  # seconds; None: SeaweedS3's default (benchmarks set it long)
 
     def start(self) -> EmbeddedStack:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -234,7 +235,10 @@ class EmbeddedStack:
         try:
             from .seaweed import SeaweedS3  # imported here: seaweed uses this module's helpers
 
-            self.s3 = SeaweedS3(self.data_dir / "s3", binary=self.weed_binary).start()
+            s3 = SeaweedS3(self.data_dir / "s3", binary=self.weed_binary)
+            if self.s3_vacuum_interval is not None:
+                s3.vacuum_interval = self.s3_vacuum_interval
+            self.s3 = s3.start()
         except Exception:
             self.nats.stop()
             raise
