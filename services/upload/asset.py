@@ -13,10 +13,10 @@ import msgspec
 from botocore.exceptions import ClientError
 
 from shared import messages as m
-from shared.errors import is_transient
 from shared.jobs import Job, new_job
 from shared.runtime import Context, Emit, Reject
 from shared.sniff import SNIFF_BYTES, rejection, sniff
+from shared.sources import explain_failed_get
 
 PARTS_BY_MEDIA = {"image": ["variant"], "audio": ["transcode"], "video": ["transcode", "poster"]}
 
@@ -80,14 +80,7 @@ async def first_bytes(ctx: Context, bucket: str, key: str) -> tuple[bytes, int]:
         async with resp["Body"] as body:
             head: bytes = await body.read()
     except ClientError as exc:
-        if is_transient(exc):
-            raise
-        info = await ctx.storage.head(key, bucket)
-        if info is None:
-            raise Reject(f"source object {where} does not exist") from None
-        if info.size == 0:
-            raise Reject(f"source object {where} is empty (0 bytes)") from None
-        raise
+        await explain_failed_get(ctx, exc, bucket, key)
     size = total_size(resp.get("ContentRange"), len(head))
     if size is None:  # a total the server did not know: ask for it
         info = await ctx.storage.head(key, bucket)

@@ -23,8 +23,8 @@ from botocore.exceptions import ClientError
 from shared import exportitems
 from shared import messages as m
 from shared.config import Settings
-from shared.errors import is_transient
 from shared.runtime import Context, Emit, Reject, Stage
+from shared.sources import explain_failed_get
 
 from . import presets
 from .images import Encoded, Limits, render
@@ -57,14 +57,7 @@ async def fetch(ctx: Context, bucket: str, key: str) -> bytes:
     try:
         source = await ctx.storage.get_bytes(key, bucket, first=limit + 1)
     except ClientError as exc:
-        if is_transient(exc):
-            raise
-        info = await ctx.storage.head(key, bucket)
-        if info is None:
-            raise Reject(f"source object {where} does not exist") from None
-        if info.size == 0:
-            raise Reject(f"source object {where} is empty (0 bytes)") from None
-        raise
+        await explain_failed_get(ctx, exc, bucket, key)
     if not source:
         raise Reject(f"source object {where} is empty (0 bytes)")
     if len(source) > limit:
