@@ -285,17 +285,30 @@ def fraction(job: Job) -> float:
 
 async def all_jobs(jobs: JobStore) -> list[Job]:
     """Every job record (not the export chunk side records), newest first: one watch of the whole
-    bucket delivers the latest value of every key (a stream, not a get per key)."""
-    watcher = await jobs.kv.watchall(ignore_deletes=True)
-    found: list[Job] = []
+    bucket delivers the latest value of every key (a stream, not a get per key).
+
+    The end is the bucket stream's last sequence, read before the watch starts (the message at it,
+    or a newer value of its key, is always delivered), not nats-py's "no more current values"
+    marker: that one is decided from the consumer's pending count when the watch starts and came
+    first on a busy machine (CI: an empty listing with two jobs in the bucket)."""
+    state = (await jobs.kv.status()).stream_info.state
+    if not state.messages:  # empty, or every record expired (the last sequence stays behind)
+        return []
+    last = state.last_seq
+    watcher = await jobs.kv.watchall()
+    found: dict[str, Job] = {}
     try:
         while True:
             entry = await watcher.updates(timeout=30.0)
-            if entry is None or not hasattr(entry, "key"):  # the end of the current values
-                break
-            if ".chunk." in entry.key or not entry.value:
+            if entry is None or not hasattr(entry, "key"):  # the marker: the sequence decides
                 continue
-            found.append(_decoder.decode(entry.value))
+            if ".chunk." not in entry.key:
+                if entry.value:
+                    found[entry.key] = _decoder.decode(entry.value)
+                else:  # deleted or purged
+                    found.pop(entry.key, None)
+            if (entry.revision or 0) >= last:
+                break
     finally:
         await watcher.stop()
-    return sorted(found, key=lambda job: job.created, reverse=True)
+    return sorted(found.values(), key=lambda job: job.created, reverse=True)
