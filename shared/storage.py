@@ -167,7 +167,7 @@ class Storage:
         try:
             resp = await self.client.head_object(Bucket=bucket or self.bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as exc:
-            if _status(exc) in (404, 403) or _code(exc) in ("404", "NoSuchKey", "NotFound"):
+            if is_missing(exc):
                 return None
             raise
         crc = resp.get("ChecksumCRC32")
@@ -495,6 +495,12 @@ def content_disposition(filename: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def is_missing(exc: ClientError) -> bool:
+    """The object (or its bucket) is not there. A 403 counts: without s3:ListBucket, S3 answers
+    a missing key with 403, not 404."""
+    return _status(exc) in (404, 403) or _code(exc) in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 def _status(exc: ClientError) -> int:

@@ -34,6 +34,7 @@ from botocore.exceptions import ClientError
 from shared import messages as m
 from shared.jobs import Job
 from shared.runtime import Context, Reject
+from shared.storage import is_missing
 
 from . import presets as p
 from .ffmpeg import INPUT_GUARD, ProgressCallback, ffmpeg_exe, run_ffmpeg
@@ -127,7 +128,7 @@ async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, 
     try:
         resp = await ctx.storage.client.get_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if _missing(exc):
+        if is_missing(exc):
             raise Reject(f"source object s3://{bucket}/{key} does not exist") from None
         raise
     body = resp["Body"]
@@ -211,12 +212,6 @@ class Arriving(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
-
-
-def _missing(exc: ClientError) -> bool:
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    code = exc.response.get("Error", {}).get("Code")
-    return status in (404, 403) or code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound")
 
 
 class JobPercent:
