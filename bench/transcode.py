@@ -10,9 +10,12 @@
 Each round runs the three paths back to back on the same input, in the opposite order every other
 round, so both sides see the same machine load. Wall time on a shared machine is
 noisy, so the table also shows CPU seconds, which other processes' load barely changes: ffmpeg's
-(the reaped children's) plus, for the stage, this process's own (runtime, probes, S3 client; the
-bench waits for the PartDone on a subscription, not by polling). The local S3 server's and nats-server's CPU are
-not included. Overhead = stage / the faster direct way - 1: of the medians and bests per column,
+(the reaped children's) plus this process's own (for the stage: runtime, probes, S3 client; the
+bench waits for the PartDone on a subscription, not by polling). A second table splits each
+path's CPU per job: ffmpeg (reaped children), this process, and the embedded S3 server (`weed`)
+and nats-server from /proc/<pid>/stat (as bench/export.py does), which the CPU column leaves out;
+on 2 cores the encodes saturate, CPU spent anywhere else is wall lost.
+Overhead = stage / the faster direct way - 1: of the medians and bests per column,
 and the headline: the median over rounds of each round's own ratio (paired). Target: <= 5 %.
 
     .venv/bin/python bench/transcode.py                    # 20 s 720p video, 180 s stereo audio, 9 rounds
@@ -88,6 +91,30 @@ def cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system, all threads) of a server we started, from /proc/<pid>/stat."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+SPLIT = ("ffmpeg", "self", "weed", "nats")  # where a job's CPU went (see split_now)
+SPLIT_NAMES = {"ffmpeg": "ffmpeg (children)", "self": "this process", "weed": "S3 server (weed)",
+               "nats": "nats-server"}
+
+
+def split_now(servers: dict[str, int | None]) -> dict[str, float]:
+    return {"ffmpeg": cpu_seconds(resource.RUSAGE_CHILDREN), "self": cpu_seconds(resource.RUSAGE_SELF),
+            **{name: server_cpu(pid) for name, pid in servers.items()}}
+
+
+def split_since(before: dict[str, float], servers: dict[str, int | None]) -> dict[str, float]:
+    after = split_now(servers)
+    return {name: after[name] - before[name] for name in SPLIT}
+
+
 def run_direct(commands: list[list[str]], side_by_side: bool = False) -> tuple[float, float]:
     """One after another, as a script would; or all at once, as the stage runs a job's encodes."""
     started, cpu = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
@@ -101,12 +128,13 @@ def run_direct(commands: list[list[str]], side_by_side: bool = False) -> tuple[f
     return time.perf_counter() - started, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
-Timing = tuple[float, float]  # wall seconds, CPU seconds
+Timing = tuple[float, float]  # wall seconds, CPU seconds (ffmpeg + this process)
 PATHS = {"direct": "direct ffmpeg, one after another", "parallel": "direct ffmpeg, side by side",
          "stage": "transcode stage"}
 
 
-async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timing]]]:
+async def bench(cases: list[Case], rounds: int) -> tuple[dict[str, dict[str, list[Timing]]],
+                                                          dict[str, dict[str, list[dict[str, float]]]]]:
     from nats.aio.msg import Msg
 
     from services import stages
@@ -117,8 +145,11 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
     from shared.runtime import Services, run_stages
 
     times: dict[str, dict[str, list[Timing]]] = {c.name: {path: [] for path in PATHS} for c in cases}
+    splits: dict[str, dict[str, list[dict[str, float]]]] = {c.name: {path: [] for path in PATHS} for c in cases}
     with (tempfile.TemporaryDirectory(prefix="jm-bench-") as tmp,
           EmbeddedStack(Path(tmp), s3_vacuum_interval=NO_VACUUM) as stack):
+        servers = {"weed": stack.s3.proc.pid if stack.s3 and stack.s3.proc else None,
+                   "nats": stack.nats.proc.pid if stack.nats and stack.nats.proc else None}
         env = {k.removeprefix("JETMEDIA_").lower(): v for k, v in stack.env().items()}
         settings = Settings.from_env({}, **env, bucket="bench", metrics_port=0, data_dir=tmp)
         async with Services.open(settings, name="bench") as services:
@@ -142,7 +173,7 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
                 await services.jobs.create(new_job(job, "asset", status="running", stage="transcode",
                                                    parts_needed=["transcode"], total=1))
                 started = time.perf_counter()
-                cpu = cpu_seconds(resource.RUSAGE_CHILDREN) + cpu_seconds(resource.RUSAGE_SELF)
+                before = split_now(servers)
                 await bus.publish(services.js, m.TRANSCODE, m.TranscodeRequested(
                     id=m.derived_id(job, "transcode", job), subject=job,
                     data=m.TranscodeRequestedData(job=job, asset=job, bucket="bench",
@@ -151,7 +182,16 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
                 while await done.get() != job:
                     pass
                 wall = time.perf_counter() - started
-                return wall, cpu_seconds(resource.RUSAGE_CHILDREN) + cpu_seconds(resource.RUSAGE_SELF) - cpu
+                split = split_since(before, servers)
+                splits[case.name]["stage"].append(split)
+                return wall, split["ffmpeg"] + split["self"]
+
+            async def direct(commands: list[list[str]], side_by_side: bool) -> Timing:
+                before = split_now(servers)
+                wall, _ = await asyncio.to_thread(run_direct, commands, side_by_side)
+                split = split_since(before, servers)
+                splits[case.name]["parallel" if side_by_side else "direct"].append(split)
+                return wall, split["ffmpeg"] + split["self"]
 
             with tempfile.TemporaryDirectory(prefix="jm-bench-direct-") as out:
                 for case in cases:
@@ -165,14 +205,14 @@ async def bench(cases: list[Case], rounds: int) -> dict[str, dict[str, list[Timi
                             if path == "stage":
                                 runs[path].append(await through_stage(case, n))
                             else:
-                                runs[path].append(await asyncio.to_thread(run_direct, commands, path == "parallel"))
+                                runs[path].append(await direct(commands, path == "parallel"))
                         print(f"  {case.name} round {n + 1}: " + ", ".join(
                             f"{path} {runs[path][-1][0]:.2f} s ({runs[path][-1][1]:.2f} CPU s)" for path in PATHS),
                             flush=True)
             await subscription.unsubscribe()
             stopping.set()
             await workers
-    return times
+    return times, splits
 
 
 def main() -> None:
@@ -185,7 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = [c for c in make_cases(args.video_seconds, args.audio_seconds, Path(args.cache))
              if args.only in (None, c.name)]
-    times = asyncio.run(bench(cases, args.rounds))
+    times, splits = asyncio.run(bench(cases, args.rounds))
 
     load = os.getloadavg()
     print(f"\n{args.rounds} paired rounds each, order flipped every round; load average at the end "
@@ -217,6 +257,15 @@ def main() -> None:
               f"| (best {_ratio(min(paired[1]))}) |")
         notes.append(f"{case.name}: paired wall overhead per round (vs {PATHS[base]}): "
                      + ", ".join(_ratio(r) for r in paired[0]))
+    print("\nCPU seconds per job, median over rounds, by process:\n")
+    print("| case | path | " + " | ".join(SPLIT_NAMES.values()) + " | all |")
+    print("|---|---|" + "---:|" * (len(SPLIT) + 1))
+    for case in cases:
+        for path in PATHS:
+            rows = splits[case.name][path]
+            medians = [statistics.median(row[name] for row in rows) for name in SPLIT]
+            total = statistics.median(sum(row.values()) for row in rows)
+            print(f"| {case.name} | {PATHS[path]} | " + " | ".join(f"{v:.3f}" for v in medians) + f" | {total:.2f} |")
     print()
     for note in notes:
         print(note)
