@@ -30,6 +30,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import functools
+import importlib
 import io
 import json
 import math
@@ -429,6 +430,9 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
                 await services.storage.put_bytes(f"photos/{i}.jpg", path.read_bytes(), content_type="image/jpeg")
 
             real = stages.load("variant")
+            renders = RenderClock()  # when each render ran, on which thread (bench/variant.py only)
+            variant_module = importlib.import_module(real.handle.__module__)
+            setattr(variant_module, "render", renders.wrap(variant_module.render))  # noqa: B010
             per_image: list[float] = []
             parts: list[m.PartData] = []
 
@@ -475,13 +479,19 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
             assert stack.s3 and stack.s3.proc and stack.nats and stack.nats.proc
             pids = {"pipeline": os.getpid(), "s3": stack.s3.proc.pid, "nats": stack.nats.proc.pid}
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            threads_before, machine_before = thread_cpu(), machine_cpu()
+            renders.clear()
+            print("timed batch begins", file=sys.stderr, flush=True)  # for a profiler to attach now
             started = time.perf_counter()
             for i in range(len(paths)):
                 await publish(f"bench-{i}", f"photos/{i}.jpg")
             await finished(warm + len(paths))
             wall = time.perf_counter() - started
+            threads_after, machine_after = thread_cpu(), machine_cpu()
             rss.__exit__()
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+            timeline = renders.summary(started, wall, threads_before, threads_after, len(paths))
+            timeline["machine_busy"] = [(a - b) / wall for a, b in zip(machine_after, machine_before, strict=True)]
             await subscription.unsubscribe()
             stopping.set()
             await workers
@@ -497,7 +507,75 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
     out = result("pipeline (upload→variant→finalize)", f"{preset_label(effort, quality)}, {in_flight} in flight", wall,
                  per_image, sizes, scores, rss.mb)
     out["cpu_ms_per_image"] = {name: 1000 * seconds / len(paths) for name, seconds in cpu.items()}
+    out["timeline"] = timeline
     return out
+
+
+class RenderClock:
+    """Where the pipeline's two cores went in one batch: each render's start and end on its CPU
+    thread, and every thread's CPU time. Tells a slow round's cause (a late first render, a long
+    tail, the CPU threads waiting) from a slow machine."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[int, float, float]] = []  # (native thread id, start, end)
+
+    def wrap(self, render: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            began = time.perf_counter()
+            try:
+                return render(*args, **kwargs)
+            finally:
+                self.spans.append((threading.get_native_id(), began, time.perf_counter()))
+        return timed
+
+    def clear(self) -> None:
+        self.spans.clear()
+
+    def summary(self, started: float, wall: float, before: dict[int, tuple[str, float, float]],
+                after: dict[int, tuple[str, float, float]], images: int) -> dict[str, Any]:
+        """ms from the first publish: first render start, each CPU thread's last render end and
+        busy time; CPU ms per image by thread kind (event loop, CPU threads' Python, libvips)."""
+        by_thread: dict[int, list[tuple[float, float]]] = {}
+        for tid, began, ended in self.spans:
+            by_thread.setdefault(tid, []).append((began - started, ended - started))
+        kinds: dict[str, float] = {}
+        for tid, (comm, seconds, system) in after.items():
+            kind = ("loop" if tid == os.getpid() else "cpu-threads" if tid in by_thread
+                    else "libvips" if "vips" in comm or "worker" in comm else "other")
+            kinds[kind] = kinds.get(kind, 0.0) + seconds - before.get(tid, (comm, 0.0, 0.0))[1]
+            if kind == "loop":
+                kinds["loop-sys"] = system - before.get(tid, (comm, 0.0, 0.0))[2]
+        ends = sorted(max(e for _, e in spans) for spans in by_thread.values())
+        busy = sum(e - b for spans in by_thread.values() for b, e in spans)
+        return {
+            "wall_ms": 1000 * wall,
+            "first_render_ms": 1000 * min((b for spans in by_thread.values() for b, _ in spans), default=0.0),
+            "first_starts_ms": sorted(1000 * min(b for b, _ in spans) for spans in by_thread.values()),
+            "last_ends_ms": [1000 * e for e in ends],
+            "renders_per_thread": sorted(len(spans) for spans in by_thread.values()),
+            "render_busy": busy / (max(len(by_thread), 1) * wall),
+            "cpu_ms_per_image": {k: 1000 * v / images for k, v in sorted(kinds.items())},
+        }
+
+
+def thread_cpu() -> dict[int, tuple[str, float, float]]:
+    """This process's threads: native id -> (name, user + system CPU seconds, system seconds)."""
+    out: dict[int, tuple[str, float, float]] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            out[int(task.name)] = ((task / "comm").read_text().strip(), (int(fields[11]) + int(fields[12])) / tick,
+                                   int(fields[12]) / tick)
+    return out
+
+
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy (all but idle and iowait), and of it stolen by
+    the hypervisor, so far (/proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - fields[3] - fields[4]) / tick, fields[7] / tick
 
 
 def cpu_seconds(pid: int) -> float:
@@ -563,6 +641,15 @@ def contender(kind: str, paths: list[Path], effort: int, quality: int = QUALITY,
     cpu = out["cpu_ms_per_image"]
     detail = "   CPU per image: " + ", ".join(f"{k} {v:.0f} ms" for k, v in cpu.items())
     print(f"  {out['name']:<28} {out['settings']:<42} {out['per_s']:5.2f} images/s{detail}", flush=True)
+    if "timeline" in out:
+        t = out["timeline"]
+        threads = ", ".join(f"{k} {v:.1f}" for k, v in t["cpu_ms_per_image"].items())
+        print(f"    CPU threads' first render starts {' / '.join(f'{e:.0f}' for e in t['first_starts_ms'])} ms, "
+              "last render ends "
+              f"{' / '.join(f'{e:.0f}' for e in t['last_ends_ms'])} of {t['wall_ms']:.0f} ms "
+              f"(renders {'/'.join(map(str, t['renders_per_thread']))}), rendering {100 * t['render_busy']:.0f} % "
+              f"of the time; process CPU ms/image: {threads}; machine busy {t['machine_busy'][0]:.2f} cores "
+              f"(stolen {t['machine_busy'][1]:.2f}); load {os.getloadavg()[0]:.1f}", flush=True)
     return out
 
 

@@ -50,6 +50,7 @@ from .breaker import NATS as NATS_DOWN
 from .breaker import Breakers, nats_probe, s3_probe
 from .bus import BULK, INTERACTIVE
 from .config import ConfigError, Settings
+from .fasts3 import FastS3
 from .jobs import RERUNNABLE, Job, JobKind, JobStore
 from .lanes import BulkShare, PriorityPool, Puller
 from .puback import Publisher
@@ -133,6 +134,7 @@ class Services:
         self.js = js
         self.jobs = jobs
         self.storage = storage
+        self.fast_s3 = FastS3(settings)  # whole-object GET/PUT for a photo's hot path (shared/fasts3.py)
         threads = settings.cpu_threads or os.cpu_count() or 2
         self.cpu = PriorityPool(threads, settings.bulk_share)
         self.workers: list[Worker] = []
@@ -170,6 +172,7 @@ class Services:
         await self.records.close()
         await self.publisher.close()
         await self.breakers.close()
+        await self.fast_s3.close()
         self.cpu.shutdown()
 
     async def run_cpu(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -50,12 +50,14 @@ def output_key(asset: str, preset: presets.Preset) -> str:
 async def fetch(ctx: Context, bucket: str, key: str) -> bytes:
     """The source in one request. A ranged GET of at most limit + 1 bytes tells "too big" without
     downloading more than the limit, and saves a HEAD round trip per image (through the local S3
-    endpoint a request costs ~45 ms of latency, as much as the WebP encode). Only when the GET
-    fails does a HEAD tell missing from empty from transient."""
+    endpoint a request costs ~45 ms of latency, as much as the WebP encode). Sent on the fast
+    path (shared/fasts3.py); only when that does not succeed does botocore repeat it, and only
+    when its GET fails does a HEAD tell missing from empty from transient."""
     where = f"s3://{bucket}/{key}"
     limit = min(ctx.settings.max_image_bytes, ctx.settings.max_source_bytes)
+    got = await ctx.services.fast_s3.get(bucket, key, first=limit + 1)
     try:
-        source = await ctx.storage.get_bytes(key, bucket, first=limit + 1)
+        source = got[0] if got is not None else await ctx.storage.get_bytes(key, bucket, first=limit + 1)
     except ClientError as exc:
         await explain_failed_get(ctx, exc, bucket, key)
     if not source:
@@ -63,6 +65,13 @@ async def fetch(ctx: Context, bucket: str, key: str) -> bytes:
     if len(source) > limit:
         raise Reject(f"source image is over the limit of {limit} bytes")
     return source
+
+
+async def put(ctx: Context, key: str, data: bytes, content_type: str) -> None:
+    """Storage.put_bytes (CRC-32 included), sent on the fast path, repeated by botocore when that
+    does not succeed (shared/fasts3.py)."""
+    if not await ctx.services.fast_s3.put(ctx.storage.bucket, key, data, content_type):
+        await ctx.storage.put_bytes(key, data, content_type=content_type)
 
 
 async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:
@@ -85,7 +94,7 @@ async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:
 
     async def store(variant: Encoded) -> m.OutputFile:
         key = output_key(data.asset, variant.preset)
-        await ctx.storage.put_bytes(key, variant.data, content_type=variant.preset.content_type)
+        await put(ctx, key, variant.data, variant.preset.content_type)
         ctx.count_bytes("out", len(variant.data))
         return m.OutputFile(
             preset=variant.preset.name, key=key, format=variant.preset.format, bytes=len(variant.data),
@@ -125,7 +134,7 @@ async def export_item(data: m.VariantRequestedData, ref: m.ExportItemRef, ctx: C
         [variant] = rendered.variants
         tag = "src-" + hashlib.sha256(f"{data.bucket}/{data.key}".encode()).hexdigest()[:20]
         key = f"variants/{tag}/{preset.name}.{preset.extension}"
-        await ctx.storage.put_bytes(key, variant.data, content_type=preset.content_type)
+        await put(ctx, key, variant.data, preset.content_type)
         ctx.count_bytes("out", len(variant.data))
         return ctx.storage.bucket, key
 

@@ -1,0 +1,129 @@
+"""Whole-object GET and PUT on the hot path of a photo, without botocore's per-request machinery.
+
+Through aiobotocore one request costs the event loop ~2.1-2.4 ms of Python (endpoint rules,
+event hooks, parsers, retry handlers, cookie jar), whatever its size: a photo's sniffing GET,
+source GET and two variant PUTs were ~9 ms of the ~30 ms the pipeline's event loop spends per
+photo, on a 2-core machine where that time is taken from the image work (docs/benchmarks.md,
+"Variant"). Here a request is signed with SigV4 by hand and sent on a plain aiohttp session:
+~0.3 ms.
+
+Only the success path is ours. Anything else (an error status, a connection or timeout error)
+returns None, and the caller repeats the request through `Storage` (botocore): its retries,
+errors (`ClientError`), outage detection (shared/breaker.py) and messages stay the only ones
+there are. The requests are idempotent (a GET, a PUT of the same bytes to the same key), so the
+repeat is safe. Used only for a configured endpoint with static keys (SeaweedFS, MinIO, R2, ...);
+with AWS' default endpoint or credentials from the environment `FastS3.usable` is False.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import logging
+import urllib.parse
+import zlib
+
+import aiohttp
+import yarl
+
+from .config import Settings
+
+log = logging.getLogger("jetmedia.fasts3")
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=60, sock_read=60)  # botocore's defaults
+
+
+class FastS3:
+    def __init__(self, settings: Settings) -> None:
+        self.endpoint = (settings.s3_endpoint or "").rstrip("/")
+        self.region = settings.s3_region
+        self.access_key = settings.s3_access_key or ""
+        self.secret_key = settings.s3_secret_key or ""
+        self.usable = bool(self.endpoint and self.access_key and self.secret_key)
+        self.host = urllib.parse.urlsplit(self.endpoint).netloc
+        self._session: aiohttp.ClientSession | None = None
+        self._keys: tuple[str, bytes] = ("", b"")  # (date, signing key of that date)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64, ttl_dns_cache=None), timeout=TIMEOUT,
+                cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def get(self, bucket: str, key: str, *, first: int | None = None) -> tuple[bytes, str | None] | None:
+        """The object (or its `first` bytes) and its Content-Range; None: ask botocore."""
+        if not self.usable:
+            return None
+        extra = {"Range": f"bytes=0-{first - 1}"} if first else {}
+        try:
+            async with self._http().get(self._url(bucket, key), headers=self._sign("GET", bucket, key, EMPTY_SHA256,
+                                                                                   extra)) as resp:
+                if resp.status not in (200, 206):
+                    return None
+                body = await resp.read()
+                if resp.content_length is not None and len(body) != resp.content_length:
+                    return None
+                return body, resp.headers.get("Content-Range")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("fast GET s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            return None
+
+    async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
+        """PUT with a CRC-32 checksum, like Storage.put_bytes; False: ask botocore."""
+        if not self.usable:
+            return False
+        crc = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+        extra = {"Content-Type": content_type, "x-amz-checksum-crc32": crc, "x-amz-sdk-checksum-algorithm": "CRC32"}
+        try:
+            async with self._http().put(self._url(bucket, key), data=data, headers=self._sign(
+                    "PUT", bucket, key, hashlib.sha256(data).hexdigest(), extra)) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            log.debug("fast PUT s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            return False
+
+    def _url(self, bucket: str, key: str) -> yarl.URL:
+        """Already encoded: yarl would otherwise resolve `.` and `..` segments (S3 keys may hold
+        them, and `a/../b.jpg` would name another object, `b.jpg`)."""
+        return yarl.URL(f"{self.endpoint}{self._path(bucket, key)}", encoded=True)
+
+    @staticmethod
+    def _path(bucket: str, key: str) -> str:
+        """The key percent-encoded as botocore sends it (safe: `/` and `~`), the same bytes in the
+        URL and in the signature (S3 signs the path as sent, without normalising it)."""
+        return "/" + urllib.parse.quote(bucket, safe="") + "/" + urllib.parse.quote(key, safe="/~")
+
+    def _signing_key(self, date: str) -> bytes:
+        if self._keys[0] != date:
+            key = ("AWS4" + self.secret_key).encode()
+            for part in (date, self.region, "s3", "aws4_request"):
+                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+            self._keys = (date, key)
+        return self._keys[1]
+
+    def _sign(self, method: str, bucket: str, key: str, payload: str, extra: dict[str, str]) -> dict[str, str]:
+        """SigV4 headers (AWS' "Signature Version 4" for S3, path-style, no query string); every
+        x-amz-* header is signed, as S3 requires."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        date = stamp[:8]
+        headers = {**extra, "x-amz-content-sha256": payload, "x-amz-date": stamp}
+        signed = {"host": self.host, **{k.lower(): v for k, v in headers.items() if k.lower().startswith("x-amz-")}}
+        names = ";".join(sorted(signed))
+        canonical = "\n".join((method, self._path(bucket, key), "", *(f"{k}:{signed[k]}" for k in sorted(signed)),
+                               "", names, payload))
+        scope = f"{date}/{self.region}/s3/aws4_request"
+        to_sign = f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = hmac.new(self._signing_key(date), to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, SignedHeaders={names}, "
+                                    f"Signature={signature}")
+        return headers
