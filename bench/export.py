@@ -16,8 +16,10 @@ Paths, each in its own child process (so "peak RSS" is that run's high-water mar
   into 8 MiB parts and upload them with up to 4 parts in flight (lib-storage's default queue),
   complete. What any client-side S3 -> S3 pass of those bytes costs on this endpoint.
 
-Copy and export alternate (copy, export, copy, export...) so each export has a copy measured
-right beside it; "x copy" is that pair's ratio, which is what to read on a loaded machine.
+Copy and export alternate, each export with a copy measured right beside it, copy first in even
+pairs and export first in odd ones (copy, export, export, copy...: the S3 server's CPU per GB
+drifts from run to run, see `pair_order`); "x copy" is that pair's ratio, which is what to read
+on a loaded machine.
 
 Besides the path's own CPU (all threads of its process), each row shows what the embedded servers
 spent meanwhile (`weed`, nats-server: /proc/<pid>/stat before and after the child) and the path's
@@ -129,6 +131,7 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
     from shared import bus
     from shared import messages as m
     from shared.config import Settings
+    from shared.jobs import decode_job
     from shared.runtime import Services, run_stages
 
     settings = Settings.from_env()
@@ -137,19 +140,24 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
         workers = asyncio.create_task(run_stages(services, [stages.load(n) for n in ("upload", "chunk", "finalize")],
                                                  stopping))
         job_id = f"bench-{run}"
+        # the job's record is watched (pushed on each write), not polled: polling it every 20 ms
+        # cost this process and nats-server ~1,000 reads per 20 s that the copy does not make
+        watcher = await services.jobs.kv.watch(job_id)
         started, cpu, faults, loop = time.perf_counter(), cpu_seconds(), minor_faults(), time.thread_time()
         event = m.ExportRequested(id=job_id, source="bench", time=m.now(), data=m.ExportRequestedData(
             keys=keys, name="bench"))
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
-        seen: dict[str, float] = {}  # when the job record first showed each stage (polled: ±20 ms)
+        seen: dict[str, float] = {}  # when the job record first showed each stage
         while True:
-            job = await services.jobs.get(job_id)
-            if job is not None:
-                seen.setdefault(job.stage, time.perf_counter() - started)
-                if job.final:
-                    break
-            await asyncio.sleep(0.02)
+            entry = await watcher.updates(timeout=3600)
+            if entry is None or not entry.value:  # the end of the (empty) initial values
+                continue
+            job = decode_job(entry.value)
+            seen.setdefault(job.stage, time.perf_counter() - started)
+            if job.final:
+                break
         elapsed, cpu, faults = time.perf_counter() - started, cpu_seconds() - cpu, minor_faults() - faults
+        await watcher.stop()
         loop = time.thread_time() - loop  # the event loop's thread: the rest is the ZIP writer and pools
         stopping.set()
         await workers
@@ -267,6 +275,14 @@ def run_child(kind: str, dataset: str, size: float, run: str, env: dict[str, str
     return result
 
 
+def pair_order(r: int) -> tuple[str, str]:
+    """Copy first in even pairs, export first in odd ones (copy, export, export, copy, ...): the
+    S3 server's CPU per GB drifts up from run to run as its volumes fill (the vacuum is off, the
+    outputs are deleted: 27.4, 29.6, 29.7, 31.9 weed CPU s in four 2 GB runs in a row), so a fixed
+    order charged that drift to whichever path ran second, every time."""
+    return ("copy", "export") if r % 2 == 0 else ("export", "copy")
+
+
 def load_average() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
@@ -300,7 +316,7 @@ def parent_main(args: argparse.Namespace) -> None:
                 for size in sizes:
                     for r in range(args.repeat):
                         for dataset in datasets:
-                            for kind in ("copy", "export"):
+                            for kind in pair_order(r):
                                 result = run_child(kind, dataset, size, f"{dataset}-{size:g}-{r}", env, servers)
                                 rows.append((dataset, size, len(source_keys(dataset, size)), kind, result))
                                 console.print(
@@ -325,12 +341,11 @@ def report(console: Console, rows: list[tuple[str, float, int, str, dict[str, fl
                    "nats s/GB", "faults k/GB", "peak RSS MB"):
         table.add_column(column, justify="right")
     ratios: dict[tuple[str, float], list[float]] = {}
-    copy_rate = 0.0
-    for dataset, size, count, kind, result in rows:
+    for i, (dataset, size, count, kind, result) in enumerate(rows):
         rate = result["in"] / result["seconds"]
-        if kind == "copy":
-            copy_rate = rate
-        else:
+        if kind == "export":  # its pair's copy ran just before or just after it (pair_order)
+            pair = rows[i - 1] if i % 2 else rows[i + 1]
+            copy_rate = pair[4]["in"] / pair[4]["seconds"]
             ratios.setdefault((dataset, size), []).append(rate / copy_rate)
         table.add_row(dataset, f"{size:g} GB", str(count), "S3 -> ZIP -> S3" if kind == "export" else "plain copy",
                       f"{result['seconds']:.1f}", f"{rate / MB:.1f}",
