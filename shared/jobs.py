@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Literal
@@ -125,8 +126,17 @@ class Conflict(Exception):
 class JobStore:
     """Typed access to the jobs bucket. One per process; safe to share between stages."""
 
+    WRITTEN = 1024  # records remembered as last written by this store (see `update`)
+
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
+        self._written: OrderedDict[str, tuple[Job, int]] = OrderedDict()  # job -> (record, revision) we wrote
+
+    def _wrote(self, job: Job, revision: int) -> None:
+        self._written[job.id] = (job, revision)
+        self._written.move_to_end(job.id)
+        while len(self._written) > self.WRITTEN:
+            self._written.popitem(last=False)
 
     @classmethod
     async def open(cls, js: JetStreamContext, replicas: int = 1) -> JobStore:
@@ -157,7 +167,7 @@ class JobStore:
     async def create(self, job: Job) -> tuple[Job, bool]:
         """Store a new job; if it already exists (a redelivery), return the stored one."""
         try:
-            await self.kv.create(job.id, _encoder.encode(job))
+            self._wrote(job, await self.kv.create(job.id, _encoder.encode(job)))
             metrics.jobs_total.labels(job.kind, job.status).inc()
             return job, True
         except KeyWrongLastSequenceError:
@@ -198,25 +208,37 @@ class JobStore:
         return await self.update(job_id, change)
 
     async def update(self, job_id: str, change: Callable[[Job], Job], *, attempts: int = 1000) -> Job:
-        """Apply `change` with compare-and-set, retrying on conflict with a fresh read."""
+        """Apply `change` with compare-and-set, retrying on conflict with a fresh read.
+
+        The first try starts from the record this store wrote last, when it did (a job's next
+        step in the same process: the upload's route after its create, finalize's announcement
+        mark after its merge), instead of reading it back: one KV read fewer per step. The
+        compare-and-set still decides: if anyone wrote since, the write fails and the loop reads
+        the bucket as before; a change that leaves that copy as it is is re-checked on a read
+        (a newer record might need the change)."""
+        known = self._written.pop(job_id, None)
         for attempt in range(attempts):
-            current = await self._entry(job_id)
+            remembered, current = known is not None, known or await self._entry(job_id)
+            known = None
             if current is None:
                 raise UnknownJob(f"job {job_id!r} has no record")
             job, revision = current
             changed = change(job)
             if changed is job:
+                if remembered:
+                    continue
                 return job
             changed = msgspec.structs.replace(changed, updated=now())
             try:
-                await self.kv.update(job_id, _encoder.encode(changed), last=revision)
+                self._wrote(changed, await self.kv.update(job_id, _encoder.encode(changed), last=revision))
                 if changed.status != job.status:
                     metrics.jobs_total.labels(changed.kind, changed.status).inc()
                     if changed.status == "ready":
                         metrics.job_finished(changed.kind, (changed.updated - changed.created).total_seconds())
                 return changed
             except KeyWrongLastSequenceError:
-                await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 10), 0.1)))
+                if not remembered:  # a copy of ours that was out of date is no contention: read now
+                    await asyncio.sleep(random.uniform(0, min(0.001 * 2 ** min(attempt, 10), 0.1)))
         raise RuntimeError(f"job {job_id!r}: gave up after {attempts} conflicting updates")
 
     async def fail(self, job_id: str, stage: str, reason: str, kind: JobKind = "asset", *,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import pyvips
 
 from services import samples, stages
 from shared import bus
 from shared import messages as m
+from shared.jobs import JobStore, new_job
 from shared.runtime import Services
 from tests.helpers import asset_event, eventually, running, stream_events
 
@@ -73,3 +75,21 @@ async def test_empty_or_too_big_source_fails_at_upload_from_one_ranged_get(
 async def _final(services: Services, job_id: str):  # type: ignore[no-untyped-def]
     job = await services.jobs.get(job_id)
     return job if job is not None and job.final else None
+
+
+async def test_a_remembered_record_never_hides_another_writers_change(services: Services) -> None:
+    """JobStore.update starts from the record it wrote last instead of reading it back; another
+    process (here a second store on the same bucket) may have written since: its change stays."""
+    mine, other = services.jobs, JobStore(services.jobs.kv)
+    await mine.create(new_job("memo", "asset", status="running"))  # `mine` remembers this record
+    await other.update("memo", lambda job: msgspec.structs.replace(job, done=job.done + 1))
+
+    job = await mine.update("memo", lambda job: msgspec.structs.replace(job, bytes=job.bytes + 10))
+    assert (job.done, job.bytes) == (1, 10)  # the stale copy's write was refused, the bucket's record used
+
+    await other.update("memo", lambda job: msgspec.structs.replace(job, status="failed"))
+    job = await mine.update(  # a no-op on the remembered copy (still running) is checked on a read
+        "memo", lambda job: job if job.status == "running" else msgspec.structs.replace(job, attempt=2))
+    assert (job.status, job.attempt, job.done, job.bytes) == ("failed", 2, 1, 10)
+    stored = await services.jobs.get("memo")
+    assert stored is not None and (stored.status, stored.attempt) == ("failed", 2)
