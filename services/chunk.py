@@ -97,7 +97,7 @@ async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord
 
     async def head_next() -> None:
         for index, item in todo:  # the iterator is shared: each source is HEADed once
-            infos[index] = await ctx.storage.head(item.key, data.bucket)
+            infos[index] = await head(ctx, data.bucket, item.key)
             ctx.progress()
 
     slots = [asyncio.ensure_future(head_next()) for _ in range(min(HEADS_IN_FLIGHT, len(data.items)))]
@@ -116,6 +116,17 @@ async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord
             found.append(SourceInfo(key=item.key, name=item.name or item.key, size=info.size,
                                     crc32=info.crc32, etag=info.etag))
     return ChunkRecord(chunk=data.chunk, bucket=data.bucket, found=found, missing=missing)
+
+
+async def head(ctx: Context, bucket: str, key: str) -> ObjectInfo | None:
+    """A source's HEAD on the hand-signed path (shared/fasts3.py: ~0.3 ms of the event loop, not
+    ~1.6 through botocore, and the archive cannot start before the last one); anything but a
+    200 there, a missing source included, is asked again through `Storage.head`."""
+    fast = await ctx.services.fast_s3.head(bucket, key)
+    if fast is None:
+        return await ctx.storage.head(key, bucket)
+    size, crc32, etag = fast
+    return ObjectInfo(key=key, size=size, content_type=None, crc32=crc32, etag=etag)
 
 
 async def bucket_exists(ctx: Context, bucket: str) -> bool:

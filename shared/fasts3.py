@@ -92,6 +92,24 @@ class FastS3:
             log.debug("fast PUT s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
             return False
 
+    async def head(self, bucket: str, key: str) -> tuple[int, int | None, str | None] | None:
+        """Size, CRC-32 (when S3 holds a whole-object one) and ETag, as `Storage.head` reads them,
+        for the export's chunk stage (a HEAD per source: ~1.6 ms of botocore each, 720 of them
+        before a 2 GB export of 2.8 MiB files can start). None: ask botocore, a 404 included."""
+        if not self.usable:
+            return None
+        try:
+            async with self._http().head(self._url(bucket, key), headers=self._sign(
+                    "HEAD", bucket, key, EMPTY_SHA256, {"x-amz-checksum-mode": "ENABLED"})) as resp:
+                if resp.status != 200 or resp.content_length is None:
+                    return None
+                crc = resp.headers.get("x-amz-checksum-crc32")
+                crc32 = int.from_bytes(base64.b64decode(crc), "big") if crc and "-" not in crc else None
+                return resp.content_length, crc32, resp.headers.get("ETag")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            log.debug("fast HEAD s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            return None
+
     def _url(self, bucket: str, key: str) -> yarl.URL:
         """Already encoded: yarl would otherwise resolve `.` and `..` segments (S3 keys may hold
         them, and `a/../b.jpg` would name another object, `b.jpg`)."""

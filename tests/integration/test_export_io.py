@@ -23,6 +23,7 @@ from services.finalize.export import choose_method
 from services.finalize.readahead import ReadAhead
 from services.finalize.zipthread import Built, Streamed, ZipThread
 from shared.config import Settings
+from shared.fasts3 import FastS3
 from shared.storage import PartBody, Storage
 from tests.helpers import zip_tools_accept
 
@@ -60,6 +61,31 @@ class PartsInFlight:
             return await self.real(**kwargs)
         finally:
             self.now -= 1
+
+
+async def test_the_fast_head_reads_what_botocore_reads(storage: Storage) -> None:
+    """The chunk stage's HEAD of a source (shared/fasts3.py): size, whole-object CRC-32 and ETag
+    as `Storage.head` has them; no CRC for a multipart object (S3's is a CRC of CRCs, "-N");
+    a missing key is left to botocore (None), which says "missing"."""
+    await storage.put_bytes("io/head/one.bin", b"x" * 100_001)
+    upload = storage.multipart("io/head/parts.bin", part_size=5 * MIB)
+    await upload.write(os.urandom(6 * MIB))
+    await upload.complete()
+    fast = FastS3(storage.settings)
+    try:
+        assert fast.usable
+        for key in ("io/head/one.bin", "io/head/parts.bin", "io/head/ünï cödé?.bin"):
+            if key.endswith("?.bin"):
+                await storage.put_bytes(key, b"odd name")
+            slow = await storage.head(key)
+            assert slow is not None
+            assert await fast.head(storage.bucket, key) == (slow.size, slow.crc32, slow.etag)
+        one = await fast.head(storage.bucket, "io/head/one.bin")
+        assert one is not None and one[1] == zlib.crc32(b"x" * 100_001)
+        assert await fast.head(storage.bucket, "io/head/nothing.bin") is None
+        assert await storage.head("io/head/nothing.bin") is None
+    finally:
+        await fast.close()
 
 
 async def test_parts_upload_four_at_a_time_and_assemble_in_order(storage: Storage) -> None:
