@@ -15,7 +15,12 @@ Every contender runs in a fresh subprocess, rounds interleave (order reversed ev
 each: images/s over the whole batch (best round kept; the pipeline/sharp ratio is also given as
 the median of each round's own ratio), p95 time per image, CPU per image, peak RSS, mean bytes per
 variant, and PSNR of the 1600 px WebP against the contender's own unencoded resize and against one
-shared reference: a full-size decode resized with lanczos3 (mean over the first 4 photos).
+shared reference: a full-size decode resized with lanczos3 (mean over all 24 photos: QUALITY_SAMPLES).
+Each pipeline round also prints where its two cores went: when each CPU thread's first render
+started and its last one ended (the batch's start and tail), the share of the time the CPU
+threads were rendering, the process's CPU per image by thread kind (event loop, the CPU threads'
+own share, libvips' threads) and how many cores the whole machine kept busy (stolen time apart):
+a slow round shows whether it started late, ended ragged, or had a slower machine.
 
     make bench-deps                                        # once: sharp into bench/sharp (npm ci)
     .venv/bin/python bench/variant.py                      # 24 photos of 6000×4000, 3 rounds, ~3 min
