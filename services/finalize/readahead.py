@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from shared.fasts3 import FastS3
 from shared.storage import Storage
 
 
@@ -46,8 +47,9 @@ class ReadAhead:
     """Stream `(key, bucket, size)` sources in order, reading ahead within `budget` bytes."""
 
     def __init__(self, storage: Storage, sources: Sequence[tuple[str, str, int]], *, budget: int, chunk: int,
-                 max_open: int = 4) -> None:
+                 max_open: int = 4, fast: FastS3 | None = None) -> None:
         self.storage = storage
+        self.fast = fast
         self.budget = budget
         self.chunk = chunk
         self.max_open = max_open
@@ -109,7 +111,7 @@ class ReadAhead:
                 return
 
     async def _read(self, source: _Source) -> None:
-        body = self.storage.iter_bytes(source.key, source.bucket, chunk=self.chunk)
+        body = self.storage.iter_bytes(source.key, source.bucket, chunk=self.chunk, fast=self.fast)
         try:
             async for piece in body:
                 source.pieces.append(piece)

@@ -24,7 +24,7 @@ from services.finalize.readahead import ReadAhead
 from services.finalize.zipthread import Built, Streamed, ZipThread
 from shared.config import Settings
 from shared.fasts3 import FastS3
-from shared.storage import PartBody, Storage
+from shared.storage import PartBody, Storage, is_missing
 from tests.helpers import zip_tools_accept
 
 MIB = 1024 * 1024
@@ -84,6 +84,45 @@ async def test_the_fast_head_reads_what_botocore_reads(storage: Storage) -> None
         assert one is not None and one[1] == zlib.crc32(b"x" * 100_001)
         assert await fast.head(storage.bucket, "io/head/nothing.bin") is None
         assert await storage.head("io/head/nothing.bin") is None
+    finally:
+        await fast.close()
+
+
+@pytest.mark.parametrize("signed", ["right", "wrong"])
+async def test_fast_gets_and_parts_move_the_same_bytes(storage: Storage, signed: str) -> None:
+    """The export's source GETs and parts on the hand-signed path (shared/fasts3.py) carry the
+    same bytes in the same pieces as botocore; with a wrong key there (S3 refuses it) botocore
+    does every request again and the result is the same; a missing source raises botocore's
+    "missing" either way."""
+    data = os.urandom(13 * MIB + 5)
+    await storage.put_bytes("io/fast/src.bin", data)
+    secret = storage.settings.s3_secret_key if signed == "right" else "not-the-key"
+    fast = FastS3(storage.settings.replace(s3_secret_key=secret))
+    parts = PartsInFlight(storage)
+    gets: list[str] = []
+    real_get = storage.client.get_object
+
+    async def get_object(**kwargs: Any) -> Any:
+        gets.append(kwargs["Key"])
+        return await real_get(**kwargs)
+
+    storage.client.get_object = get_object
+    try:
+        pieces = [piece async for piece in storage.iter_bytes("io/fast/src.bin", chunk=MIB, fast=fast)]
+        assert b"".join(pieces) == data and {len(piece) for piece in pieces[:-1]} == {MIB}
+        upload = storage.multipart("io/fast/out.bin", part_size=5 * MIB, fast=fast)
+        for piece in pieces:
+            await upload.write(piece)
+        await upload.complete()
+        with pytest.raises(ClientError) as missing:
+            async for _piece in storage.iter_bytes("io/fast/none.bin", fast=fast):
+                pass
+        assert is_missing(missing.value)
+        if signed == "right":
+            assert (gets, parts.calls) == (["io/fast/none.bin"], 0)  # botocore only for the 404
+        else:
+            assert (gets, parts.calls) == (["io/fast/src.bin", "io/fast/none.bin"], 3)
+        assert await storage.get_bytes("io/fast/out.bin") == data
     finally:
         await fast.close()
 
