@@ -11,7 +11,10 @@
   --all adds: bare pyvips + S3 (a plain script with the stage's S3 traffic), the WebP effort sweep,
            libvips' default threading, a Pillow process pool, and the resize-kernel table
 
-Every contender runs in a fresh subprocess, rounds interleave (order reversed every other round). For
+Every contender runs in a fresh subprocess, after an `os.sync()` (the pipeline syncs again after
+putting the photos into S3): data other runs or programs left dirty is written back before the
+clock starts, not by the kernel inside a timed batch. Rounds interleave (order reversed every
+other round). For
 each: images/s over the whole batch (best round kept; the pipeline/sharp ratio is also given as
 the median of each round's own ratio), p95 time per image, CPU per image, peak RSS, mean bytes per
 variant, and PSNR of the 1600 px WebP against the contender's own unencoded resize and against one
@@ -433,6 +436,7 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
             await services.storage.ensure_bucket()
             for i, path in enumerate(paths):
                 await services.storage.put_bytes(f"photos/{i}.jpg", path.read_bytes(), content_type="image/jpeg")
+            os.sync()  # the photos' 58 MB on disk now, not written back by the kernel inside the timed batch
 
             real = stages.load("variant")
             renders = RenderClock()  # when each render ran, on which thread (bench/variant.py only)
@@ -629,6 +633,7 @@ def run_one(args: argparse.Namespace) -> None:
 
 def contender(kind: str, paths: list[Path], effort: int, quality: int = QUALITY, threads: int = 1,
               concurrency: int = 0) -> dict[str, Any]:
+    os.sync()  # what earlier runs (or other programs) left to write back is not written back in this one
     cmd = [sys.executable, __file__, "--run", kind, "--effort", str(effort), "--quality", str(quality),
            "--threads", str(threads),
            "--concurrency", str(concurrency), "--paths", json.dumps([str(p) for p in paths])]
