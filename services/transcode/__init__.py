@@ -32,10 +32,11 @@ from .probe import Probe
 from .work import (
     Encoded,
     JobPercent,
+    Source,
+    arrive,
     check_output,
     discard,
     encode,
-    fetch,
     forget,
     output_key,
     poster,
@@ -65,8 +66,8 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
     if data.export is not None:
         return await export_item(data, data.export, ctx)
     deadline = time.monotonic() + ctx.settings.transcode_time_limit
-    async with workspace(ctx) as folder:
-        source, facts = await fetch(ctx, data.bucket, data.key, folder)
+    async with workspace(ctx) as folder, arrive(ctx, data.bucket, data.key, folder) as source:
+        facts = source.facts
         chosen = presets.choose(facts.media, data.presets, ctx.settings)
         progress = JobPercent(ctx, data.job, facts.duration * len(chosen))
         seconds_done = [0.0] * len(chosen)
@@ -80,7 +81,7 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
             workspace's removal time) is removed in a thread beside the uploads."""
             reading[0] -= 1
             if reading[0] == 0:
-                removing.append(asyncio.ensure_future(asyncio.to_thread(discard, source)))
+                removing.append(asyncio.ensure_future(_discard(source)))
 
         async def make(n: int, preset: presets.Preset) -> m.OutputFile:
             async def report(seconds: float) -> None:
@@ -139,6 +140,11 @@ async def handle(event: m.TranscodeRequested, ctx: Context) -> list[Emit]:
     elif needs_poster:  # upload guessed video, the probe found only sound: nothing to wait for
         emits.append(_part(ctx, data, "poster", [], None))
     return emits
+
+
+async def _discard(source: Source) -> None:
+    await asyncio.wait([source.done])  # all of it has arrived (an encode may end before: ffmpeg's call)
+    await asyncio.to_thread(discard, source.path)
 
 
 async def export_item(data: m.TranscodeRequestedData, ref: m.ExportItemRef, ctx: Context) -> list[Emit]:

@@ -3,7 +3,8 @@
 - the binary is the imageio-ffmpeg wheel's static build (x264, opus, lame, vpx) unless
   `JETMEDIA_FFMPEG` names another;
 - inputs are local files only: `-protocol_whitelist file,pipe` and the demuxer forced to the one
-  the probe found, so ffmpeg never re-guesses a file into a playlist;
+  the probe found, so ffmpeg never re-guesses a file into a playlist; `pipe:0` is the local
+  source fed while it still downloads (work.py), through `stdin`;
 - `-progress pipe:1` gives machine-readable `key=value` blocks; every advance calls
   `on_progress(seconds)` (the job's percent, the stall clock);
 - no advance for `stall_timeout` seconds: killed, `Retry` (a starved machine may do better
@@ -58,15 +59,22 @@ async def run_ffmpeg(
     stall_timeout: float = 60.0,
     deadline: float | None = None,
     time_limit: float | None = None,
+    stdin: int | None = None,
 ) -> list[str]:
     """Run `exe <args>` with progress reporting. `deadline` is a `time.monotonic()` instant;
-    `time_limit` only names it in the error message. Returns the last error lines ffmpeg printed
-    although it succeeded (it skips undecodable data and says so)."""
+    `time_limit` only names it in the error message. `stdin`: a file descriptor ffmpeg reads as
+    `pipe:0` (a pipe's read end), closed here once ffmpeg has its copy, so the writer sees a
+    broken pipe when ffmpeg ends early. Returns the last error lines ffmpeg printed although it
+    succeeded (it skips undecodable data and says so)."""
     command = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "error", "-progress", "pipe:1", *args]
-    proc = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C is ours to relay
-    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C is ours to relay
+        )
+    finally:
+        if stdin is not None:
+            os.close(stdin)
     errors: deque[str] = deque(maxlen=20)
     state = _Progress()
     readers = [

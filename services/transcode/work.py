@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import logging
@@ -43,6 +44,7 @@ from .probe import Probe, check_limits, probe
 log = logging.getLogger("jetmedia.transcode")
 PERCENT_EVERY = 1.0  # seconds between job-record progress writes
 READ_SIZE = 4 * 1024 * 1024  # bytes asked of the source's body at a time (it answers with what has arrived)
+PIPE_SIZE = 1024 * 1024  # bytes a streamed encode's input pipe holds (Linux' default limit for a user)
 WORKSPACE_PREFIX = "jetmedia-transcode-"
 UNOWNED_AGE = 24 * 3600.0  # seconds after which a workspace without an owner (older naming) is removed
 _reaped: set[str] = set()  # temp roots this process has already swept
@@ -118,12 +120,45 @@ def _stale(entry: os.DirEntry[str], host: str) -> bool:
     return False
 
 
+STREAMED = frozenset({"matroska", "ogg", "flac", "mp3", "mpegts"})  # demuxers that never seek back
+
+
+@dataclass
+class Source:
+    """The local copy of the source, maybe still arriving: `done` is its download. An encode of a
+    demuxer that reads front to back (`STREAMED`: MKV/WebM, Ogg, FLAC, MP3, MPEG-TS) starts before
+    the download ends, fed the bytes as they land (`feed`); the rest wait for the whole file."""
+
+    path: str
+    facts: Probe
+    arriving: Arriving
+    done: asyncio.Future[None]
+
+    @property
+    def streamable(self) -> bool:
+        return self.facts.demuxer in STREAMED and not self.done.done()
+
+    async def whole(self) -> None:
+        """Wait for the whole file (its download's error, if it failed)."""
+        await asyncio.shield(self.done)
+
+
 async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, Probe]:
+    """The source as a whole local file, probed (see `arrive`)."""
+    async with arrive(ctx, bucket, key, folder) as source:
+        await source.whole()
+        return source.path, source.facts
+
+
+@contextlib.asynccontextmanager
+async def arrive(ctx: Context, bucket: str, key: str, folder: str) -> AsyncIterator[Source]:
     """Download the source to a local file (ffmpeg only ever reads local files) and probe it while
-    it arrives; the facts are checked against the limits. One GET, no HEAD before it: the answer's
-    Content-Length is checked against the byte limit before any of the body is read, and a
-    404/403 means the object is not there (as a HEAD would say, one round trip later). A failed
-    download wins over what the probe made of the bytes it saw, as if the probe had waited."""
+    it arrives; the facts are checked against the limits. Yields once the probe is done, while
+    the rest may still arrive (`Source.done`); on the way out an unfinished download is stopped.
+    One GET, no HEAD before it: the answer's Content-Length is checked against the byte limit
+    before any of the body is read, and a 404/403 means the object is not there (as a HEAD
+    would say, one round trip later). A failed download wins over what the probe made of the
+    bytes it saw, as if the probe had waited."""
     limit = ctx.settings.max_source_bytes
     try:
         resp = await ctx.storage.client.get_object(Bucket=bucket, Key=key)
@@ -132,17 +167,16 @@ async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, 
             raise Reject(f"source object s3://{bucket}/{key} does not exist") from None
         raise
     body = resp["Body"]
-    path = os.path.join(folder, "source")
-    async with body:  # not `as body`: __aenter__ returns the bare aiohttp response
-        size = int(resp.get("ContentLength") or 0)
-        if size > limit:
+    size = int(resp.get("ContentLength") or 0)
+    if size > limit:
+        async with body:
             raise Reject(f"source is {size} bytes, over the limit of {limit}")
-        with open(path, "wb", buffering=0) as out, Arriving(path, size) as arriving:
-            # Its own thread, not the CPU pool: it mostly waits for bytes (all of them for an MP4
-            # whose index is at the end), and its CPU work is a few milliseconds.
-            probing = asyncio.ensure_future(asyncio.to_thread(probe, path, size, reader=arriving))
-            done = 0
-            try:
+    path = os.path.join(folder, "source")
+
+    async def download(out: io.FileIO, arriving: Arriving) -> None:
+        done = 0
+        try:
+            async with body:  # not `as body`: __aenter__ returns the bare aiohttp response
                 while piece := await body.read(READ_SIZE):  # the body checks Content-Length at the end
                     done += len(piece)
                     if done > size:  # more than announced
@@ -151,15 +185,52 @@ async def fetch(ctx: Context, bucket: str, key: str, folder: str) -> tuple[str, 
                     while view:
                         view = view[out.write(view) or 0:]
                     arriving.wrote(done)
-            except BaseException:
-                arriving.end(failed=True)
-                await asyncio.gather(probing, return_exceptions=True)
+        except BaseException:
+            arriving.end(failed=True)
+            raise
+        arriving.end(failed=False)
+        ctx.count_bytes("in", size)
+
+    with open(path, "wb", buffering=0) as out, Arriving(path, size) as arriving:
+        # Its own thread, not the CPU pool: it mostly waits for bytes (all of them for an MP4
+        # whose index is at the end), and its CPU work is a few milliseconds.
+        probing = asyncio.ensure_future(asyncio.to_thread(probe, path, size, reader=arriving))
+        downloading = asyncio.ensure_future(download(out, arriving))
+        try:
+            try:
+                facts = await asyncio.shield(probing)
+            except asyncio.CancelledError:
                 raise
-            arriving.end(failed=False)
-            facts = await probing
-    ctx.count_bytes("in", size)
-    check_limits(facts, ctx.settings)
-    return path, facts
+            except BaseException:
+                await asyncio.wait([downloading])  # the download's failure is the better reason
+                if not downloading.cancelled() and downloading.exception() is not None:
+                    await downloading
+                raise
+            check_limits(facts, ctx.settings)
+            yield Source(path, facts, arriving, downloading)
+        finally:
+            arriving.end(failed=True)  # no-op once it ended: wakes readers of a download stopped here
+            downloading.cancel()
+            await asyncio.gather(probing, downloading, return_exceptions=True)
+
+
+def feed(source: Source, pipe: int, stop: threading.Event) -> None:
+    """Copy the source into `pipe` as it arrives (blocking: run in a thread), then close it:
+    ffmpeg reads `pipe:0` to its end. Stops at `stop` (the encode ended) or a broken pipe
+    (ffmpeg is gone); raises OSError when the download failed."""
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # fewer wake-ups of both sides
+        with open(source.path, "rb", buffering=0) as f:
+            sent = 0
+            while sent < source.arriving.size and not stop.is_set():
+                there = source.arriving.available(sent + 1, stop)
+                while sent < there and not stop.is_set():
+                    sent += os.sendfile(pipe, f.fileno(), sent, there - sent)
+    except BrokenPipeError:
+        pass  # ffmpeg stopped reading: its exit status says why
+    finally:
+        os.close(pipe)
 
 
 class Arriving(io.RawIOBase):
@@ -177,6 +248,20 @@ class Arriving(io.RawIOBase):
         self._ended = False
         self._failed = False
 
+    def available(self, at_least: int, stop: threading.Event) -> int:
+        """Wait until `at_least` bytes have arrived (or the download ended, or `stop`); returns
+        how many have. Raises OSError when the download failed."""
+        with self._arrived:
+            self._arrived.wait_for(lambda: self._written >= at_least or self._ended or stop.is_set())
+            if self._failed:
+                raise OSError("the download of the source failed")
+            return self._written
+
+    def wake(self) -> None:
+        """Wake the waiting readers (one of them was told to stop)."""
+        with self._arrived:
+            self._arrived.notify_all()
+
     def wrote(self, total: int) -> None:
         with self._arrived:
             self._written = total
@@ -184,7 +269,8 @@ class Arriving(io.RawIOBase):
 
     def end(self, *, failed: bool) -> None:
         with self._arrived:
-            self._ended, self._failed = True, failed
+            if not self._ended:
+                self._ended, self._failed = True, failed
             self._arrived.notify_all()
 
     def readable(self) -> bool:
@@ -253,16 +339,53 @@ class JobPercent:
                 self.job = None
 
 
-async def encode(ctx: Context, source: str, facts: Probe, preset: p.Preset, out: str,
+async def encode(ctx: Context, source: str | Source, facts: Probe, preset: p.Preset, out: str,
                  progress: ProgressCallback | None, deadline: float) -> list[str]:
     """Encode one preset; returns the error lines ffmpeg printed although it succeeded, for
-    `check_output` (which `store` runs beside the upload)."""
+    `check_output` (which `store` runs beside the upload). A `Source` still arriving in a
+    demuxer that reads front to back is fed to ffmpeg through a pipe as it lands (the encode
+    starts when the probe is done, not when the download is); else ffmpeg reads the file. A
+    failed download wins over what ffmpeg made of the bytes it got."""
     settings = ctx.settings
-    args = [*INPUT_GUARD, "-f", facts.demuxer, "-i", f"file:{source}",
+    streamed = not isinstance(source, str) and source.streamable
+    path = source if isinstance(source, str) else source.path
+    args = [*INPUT_GUARD, "-f", facts.demuxer, "-i", "pipe:0" if streamed else f"file:{path}",
             *p.output_args(preset, facts, settings), "-y", f"file:{out}"]
-    return await run_ffmpeg(ffmpeg_exe(settings.ffmpeg), args, on_progress=progress,
-                            stall_timeout=settings.transcode_stall_timeout, deadline=deadline,
-                            time_limit=settings.transcode_time_limit)
+
+    def run(stdin: int | None = None) -> Awaitable[list[str]]:
+        return run_ffmpeg(ffmpeg_exe(settings.ffmpeg), args, on_progress=progress,
+                          stall_timeout=settings.transcode_stall_timeout, deadline=deadline,
+                          time_limit=settings.transcode_time_limit, stdin=stdin)
+
+    if isinstance(source, str):
+        return await run()
+    if not streamed:
+        await source.whole()
+        return await run()
+    reads, writes = os.pipe()  # run_ffmpeg closes `reads`, the feeder `writes`
+    stop = threading.Event()
+    feeding = asyncio.ensure_future(asyncio.to_thread(feed, source, writes, stop))
+    try:
+        complaints = await run(reads)
+    except asyncio.CancelledError:
+        await _stop_feeding(source, feeding, stop)
+        raise
+    except BaseException:
+        await _stop_feeding(source, feeding, stop)
+        if not feeding.cancelled() and feeding.exception() is not None:
+            await source.whole()  # the download failed: its error, not ffmpeg's
+        raise
+    await _stop_feeding(source, feeding, stop)  # ffmpeg is gone: nothing left to feed
+    if not feeding.cancelled() and (failed := feeding.exception()) is not None:
+        await source.whole()  # ffmpeg ended on a short input: the download's error
+        raise failed
+    return complaints
+
+
+async def _stop_feeding(source: Source, feeding: asyncio.Future[None], stop: threading.Event) -> None:
+    stop.set()
+    source.arriving.wake()
+    await asyncio.wait([feeding])
 
 
 async def check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, complaints: list[str]) -> Probe:
@@ -279,7 +402,11 @@ async def check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, c
     return made
 
 
-async def poster(ctx: Context, source: str, facts: Probe, out: str, deadline: float) -> None:
+async def poster(ctx: Context, source: str | Source, facts: Probe, out: str, deadline: float) -> None:
+    """One frame, sought to: the whole file first."""
+    if not isinstance(source, str):
+        await source.whole()
+        source = source.path
     before, after = p.poster_args(facts, ctx.settings)
     args = [*INPUT_GUARD, "-f", facts.demuxer, *before, "-i", f"file:{source}", *after, "-y", f"file:{out}"]
     await run_ffmpeg(ffmpeg_exe(ctx.settings.ffmpeg), args, stall_timeout=ctx.settings.transcode_stall_timeout,
