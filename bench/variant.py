@@ -488,6 +488,7 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
             assert stack.s3 and stack.s3.proc and stack.nats and stack.nats.proc
             pids = {"pipeline": os.getpid(), "s3": stack.s3.proc.pid, "nats": stack.nats.proc.pid}
             cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            botocore = count_botocore(services.storage.client)  # requests the fast S3 path handed back
             threads_before, machine_before = thread_cpu(), machine_cpu()
             renders.clear()
             print("timed batch begins", file=sys.stderr, flush=True)  # for a profiler to attach now
@@ -501,6 +502,7 @@ async def run_stage_async(paths: list[Path], effort: int, quality: int, concurre
             cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
             timeline = renders.summary(started, wall, threads_before, threads_after, len(paths))
             timeline["machine_busy"] = [(a - b) / wall for a, b in zip(machine_after, machine_before, strict=True)]
+            timeline["botocore_requests"] = sum(botocore.values())
             await subscription.unsubscribe()
             stopping.set()
             await workers
@@ -577,6 +579,21 @@ def thread_cpu() -> dict[int, tuple[str, float, float]]:
             out[int(task.name)] = ((task / "comm").read_text().strip(), (int(fields[11]) + int(fields[12])) / tick,
                                    int(fields[12]) / tick)
     return out
+
+
+def count_botocore(client: Any) -> dict[str, int]:
+    """Count the GETs and PUTs botocore sends from now on (the hot path sends them on
+    shared/fasts3.py; botocore only repeats what did not succeed there)."""
+    counts = {"get_object": 0, "put_object": 0}
+    for name in counts:
+        method = getattr(client, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            counts[_name] += 1
+            return await _method(*args, **kwargs)
+
+        setattr(client, name, counted)
+    return counts
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -659,7 +676,8 @@ def contender(kind: str, paths: list[Path], effort: int, quality: int = QUALITY,
               f"{' / '.join(f'{e:.0f}' for e in t['last_ends_ms'])} of {t['wall_ms']:.0f} ms "
               f"(renders {'/'.join(map(str, t['renders_per_thread']))}), rendering {100 * t['render_busy']:.0f} % "
               f"of the time; process CPU ms/image: {threads}; machine busy {t['machine_busy'][0]:.2f} cores "
-              f"(stolen {t['machine_busy'][1]:.2f}); load {os.getloadavg()[0]:.1f}", flush=True)
+              f"(stolen {t['machine_busy'][1]:.2f}); botocore repeats {t['botocore_requests']}; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
     return out
 
 
