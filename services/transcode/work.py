@@ -120,13 +120,16 @@ def _stale(entry: os.DirEntry[str], host: str) -> bool:
     return False
 
 
-STREAMED = frozenset({"matroska", "ogg", "flac", "mp3", "mpegts"})  # demuxers that never seek back
+# Demuxers that read front to back and carry video (where the download is worth hiding: a 20 s
+# 720p MKV is 19 MB). Audio files (a few MB, FLAC/Ogg/MP3 could stream too) wait for the whole
+# file: two encodes would need two feeds for ~15 ms, and audio's overhead is within noise.
+STREAMED = frozenset({"matroska", "mpegts"})
 
 
 @dataclass
 class Source:
     """The local copy of the source, maybe still arriving: `done` is its download. An encode of a
-    demuxer that reads front to back (`STREAMED`: MKV/WebM, Ogg, FLAC, MP3, MPEG-TS) starts before
+    demuxer that reads front to back (`STREAMED`: MKV/WebM, MPEG-TS) starts before
     the download ends, fed the bytes as they land (`feed`); the rest wait for the whole file."""
 
     path: str
