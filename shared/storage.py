@@ -17,6 +17,7 @@ import base64
 import contextlib
 import hashlib
 import io
+import os
 import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -42,6 +43,7 @@ from .config import ConfigError, Settings
 if TYPE_CHECKING:
     from .fasts3 import FastS3
 
+FAST_FILE = 64 * 1024 * 1024  # bytes: files up to this are read whole to be sent on the fast path
 MIN_PART = 8 * 1024 * 1024  # S3's floor is 5 MiB; 8 MiB keeps part counts low for big archives
 UPLOAD_QUEUE = 4  # multipart parts in flight at once (lib-storage's default queue size)
 SMALL_WRITE = 256 * 1024  # multipart writes below this are gathered into one block
@@ -232,12 +234,24 @@ class Storage:
                 size += len(piece)
         return size
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+    async def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream", *,
+                        fast: FastS3 | None = None) -> None:
+        """With `fast`, sent on the hand-signed path first, repeated by botocore when that does
+        not succeed (shared/fasts3.py)."""
+        if fast is not None and await fast.put(self.bucket, key, data, content_type):
+            return
         await self.client.put_object(
             Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, ChecksumAlgorithm="CRC32"
         )
 
-    async def upload_file(self, key: str, path: str, content_type: str = "application/octet-stream") -> None:
+    async def upload_file(self, key: str, path: str, content_type: str = "application/octet-stream", *,
+                          fast: FastS3 | None = None) -> None:
+        """With `fast`, a file of up to FAST_FILE bytes is read whole and sent as `put_bytes` does:
+        botocore reads a file three times (CRC-32, payload SHA-256, the body) in small pieces on
+        the event loop (a 6.6 MB video: ~21 against ~16 ms of CPU, 75-119 against ~62 ms wall)."""
+        data = await asyncio.to_thread(_read_small, path, FAST_FILE) if fast is not None else None
+        if data is not None:
+            return await self.put_bytes(key, data, content_type, fast=fast)
         with open(path, "rb") as f:
             await self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=f, ContentType=content_type, ChecksumAlgorithm="CRC32"
@@ -518,6 +532,12 @@ def content_disposition(filename: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _read_small(path: str, limit: int) -> bytes | None:
+    """The file's bytes, or None when it is bigger than `limit`."""
+    with open(path, "rb") as f:
+        return f.read() if os.fstat(f.fileno()).st_size <= limit else None
 
 
 def is_missing(exc: ClientError) -> bool:

@@ -427,7 +427,7 @@ async def store(ctx: Context, item: Encoded, uploaded: list[str],
     starts, so a cancel that lands mid-request still knows what to remove."""
     size = _size(item.path)
     uploaded.append(item.key)
-    put = ctx.storage.upload_file(item.key, item.path, content_type=item.content_type)
+    put = ctx.storage.upload_file(item.key, item.path, content_type=item.content_type, fast=ctx.services.fast_s3)
     if check is None:
         await put
     else:

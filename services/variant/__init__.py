@@ -68,10 +68,7 @@ async def fetch(ctx: Context, bucket: str, key: str) -> bytes:
 
 
 async def put(ctx: Context, key: str, data: bytes, content_type: str) -> None:
-    """Storage.put_bytes (CRC-32 included), sent on the fast path, repeated by botocore when that
-    does not succeed (shared/fasts3.py)."""
-    if not await ctx.services.fast_s3.put(ctx.storage.bucket, key, data, content_type):
-        await ctx.storage.put_bytes(key, data, content_type=content_type)
+    await ctx.storage.put_bytes(key, data, content_type, fast=ctx.services.fast_s3)
 
 
 async def make_variants(event: m.VariantRequested, ctx: Context) -> list[Emit]:

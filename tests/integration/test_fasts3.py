@@ -8,6 +8,8 @@ in `/` as a folder, whichever client sends them (botocore included); AWS S3 keep
 from __future__ import annotations
 
 import unicodedata
+import zlib
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -15,6 +17,7 @@ from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from shared import storage as storage_module
 from shared.runtime import Services
 
 KEYS = [
@@ -73,3 +76,15 @@ async def test_any_key_round_trips_through_the_fast_path(services: Services, par
     assert await services.storage.get_bytes(key) == data
     got = await services.fast_s3.get(services.storage.bucket, key)
     assert got is not None and got[0] == data
+
+
+@pytest.mark.parametrize("limit", [64 * 1024 * 1024, 10])  # sent fast; too big, so botocore's file upload
+async def test_upload_file_stores_the_file_and_its_crc32_either_way(
+        services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    monkeypatch.setattr(storage_module, "FAST_FILE", limit)
+    path = tmp_path / "out.mp4"
+    path.write_bytes(bytes(range(256)) * 4096)
+    await services.storage.upload_file("fast/out.mp4", str(path), "video/mp4", fast=services.fast_s3)
+    assert await services.storage.get_bytes("fast/out.mp4") == path.read_bytes()
+    info = await services.storage.head("fast/out.mp4")
+    assert info is not None and info.crc32 == zlib.crc32(path.read_bytes()) and info.content_type == "video/mp4"
