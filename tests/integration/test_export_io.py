@@ -43,6 +43,19 @@ async def storage(settings: Settings) -> AsyncIterator[Storage]:
             await opened.delete(key)
 
 
+def calls_of(client: Any, method: str, pick: str) -> list[Any]:
+    """The `pick` argument of every call of `client.method`, recorded as each call goes to S3."""
+    seen: list[Any] = []
+    real = getattr(client, method)
+
+    async def call(**kwargs: Any) -> Any:
+        seen.append(kwargs[pick])
+        return await real(**kwargs)
+
+    setattr(client, method, call)
+    return seen
+
+
 class PartsInFlight:
     """Counts concurrent UploadPart calls on the real client (each still goes to S3)."""
 
@@ -99,14 +112,7 @@ async def test_fast_gets_and_parts_move_the_same_bytes(storage: Storage, signed:
     secret = storage.settings.s3_secret_key if signed == "right" else "not-the-key"
     fast = FastS3(storage.settings.replace(s3_secret_key=secret))
     parts = PartsInFlight(storage)
-    gets: list[str] = []
-    real_get = storage.client.get_object
-
-    async def get_object(**kwargs: Any) -> Any:
-        gets.append(kwargs["Key"])
-        return await real_get(**kwargs)
-
-    storage.client.get_object = get_object
+    gets = calls_of(storage.client, "get_object", "Key")
     try:
         pieces = [piece async for piece in storage.iter_bytes("io/fast/src.bin", chunk=MIB, fast=fast)]
         assert b"".join(pieces) == data and {len(piece) for piece in pieces[:-1]} == {MIB}
@@ -142,14 +148,7 @@ async def test_parts_upload_four_at_a_time_and_assemble_in_order(storage: Storag
 
 async def test_parts_are_sent_from_the_written_pieces(storage: Storage) -> None:
     data = os.urandom(16 * MIB + 7)
-    bodies: list[PartBody] = []
-    real = storage.client.upload_part
-
-    async def upload_part(**kwargs: Any) -> Any:
-        bodies.append(kwargs["Body"])
-        return await real(**kwargs)
-
-    storage.client.upload_part = upload_part
+    bodies: list[PartBody] = calls_of(storage.client, "upload_part", "Body")
     upload = storage.multipart("io/pieces.bin", part_size=5 * MIB, queue=1)
     # big pieces are held as they are, small ones gathered, a mutable buffer copied (it may be
     # reused by the caller), a piece bigger than a part cut at the part's end
