@@ -364,7 +364,7 @@ def test_terminal_bar_follows_a_transcode_and_ctrl_c_names_the_running_job(up: U
     from services.transcode.samples import lavfi
 
     video = tmp_path / "long.mov"
-    video.write_bytes(lavfi("mov", 36.0, size="640x360", audio=False))
+    video.write_bytes(lavfi("mov", 36.0, size="1280x720", audio=False))
 
     def moving(text: str) -> bool:
         return len({p for p in _bar_percents(text) if 0 < p < 100}) >= 3
@@ -389,7 +389,7 @@ def test_ctrl_c_in_submit_wait_says_what_still_runs(up: Up, tmp_path: Path) -> N
     from services.transcode.samples import lavfi
 
     video = tmp_path / "again.mov"
-    video.write_bytes(lavfi("mov", 24.0, size="640x360", audio=False))
+    video.write_bytes(lavfi("mov", 24.0, size="1280x720", audio=False))
     wait = subprocess.Popen([*COMMAND, "submit", str(video), "--wait", "--job-id", "cli-interrupted"], env=up.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert wait.stdout is not None and wait.stderr is not None
