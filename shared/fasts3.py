@@ -78,6 +78,7 @@ class FastS3:
                     return None
                 return body, resp.headers.get("Content-Range")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _raise_if_unreachable(exc)
             log.debug("fast GET s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
             return None
 
@@ -93,6 +94,7 @@ class FastS3:
                 await resp.read()
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _raise_if_unreachable(exc)
             log.debug("fast PUT s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
             return False
 
@@ -125,6 +127,7 @@ class FastS3:
             resp = await self._http().get(self._url(bucket, key),
                                           headers=self._sign("GET", bucket, key, EMPTY_SHA256, {}))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _raise_if_unreachable(exc)
             log.debug("fast GET s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
             return None
         if resp.status != 200:
@@ -146,6 +149,7 @@ class FastS3:
                 etag = resp.headers.get("ETag")
                 return etag if resp.status == 200 and etag else None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            _raise_if_unreachable(exc)
             log.debug("fast part %d of s3://%s/%s failed (%s): botocore repeats it", number, bucket, key, exc)
             return None
 
@@ -185,3 +189,10 @@ class FastS3:
         headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key}/{scope}, SignedHeaders={names}, "
                                     f"Signature={signature}")
         return headers
+
+
+def _raise_if_unreachable(exc: BaseException) -> None:
+    """A refused or failed connection is an outage, not a request botocore should repeat: raised,
+    it reaches the S3 breaker at once (shared/breaker.py) instead of after botocore's retries."""
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        raise exc
