@@ -91,6 +91,16 @@ dependency_up = Gauge(
     "1 while this process reaches the dependency (s3, nats); 0 while its breaker is open and probes fail.",
     ["dependency"],
 )
+s3_fast_fallbacks_total = Counter(
+    "jetmedia_s3_fast_fallbacks",
+    "Requests the hand-signed S3 path (shared/fasts3.py) handed back to botocore, which repeats them: "
+    "by operation and reason (status: S3 answered other than 200; error: the request failed midway).",
+    ["op", "reason"],
+)
+FAST_OPS = ("get", "put", "head", "open", "part")
+for _op in FAST_OPS:
+    for _reason in ("status", "error"):
+        s3_fast_fallbacks_total.labels(_op, _reason)
 WEBHOOK_OUTCOMES = ("delivered", "retry", "gone", "refused", "dead")  # one per attempt (services/notify)
 webhook_deliveries_total = Counter(
     "jetmedia_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"]
