@@ -7,10 +7,13 @@ photo, on a 2-core machine where that time is taken from the image work (docs/be
 "Variant"). Here a request is signed with SigV4 by hand and sent on a plain aiohttp session:
 ~0.3 ms.
 
-Only the success path is ours. Anything else (an error status, a connection or timeout error)
-returns None, and the caller repeats the request through `Storage` (botocore): its retries,
-errors (`ClientError`), outage detection (shared/breaker.py) and messages stay the only ones
-there are. The requests are idempotent (a GET, a PUT of the same bytes to the same key), so the
+Only the success path is ours. Anything else (an error status, a timeout, a connection lost
+midway) returns None, and the caller repeats the request through `Storage` (botocore): its
+retries, errors (`ClientError`) and messages stay the only ones there are. Each such hand-back is
+counted (`jetmedia_s3_fast_fallbacks_total{op,reason}`): an endpoint that always answers this path
+with an error would otherwise double its requests unseen. A connection that cannot be opened at
+all is raised instead: that is an outage, for the S3 breaker (shared/breaker.py) to see at once.
+The requests are idempotent (a GET, a PUT of the same bytes to the same key), so the
 repeat is safe. Used only for a configured endpoint with static keys (SeaweedFS, MinIO, R2, ...);
 with AWS' default endpoint or credentials from the environment `FastS3.usable` is False.
 
@@ -32,6 +35,7 @@ import zlib
 import aiohttp
 import yarl
 
+from . import metrics
 from .config import Settings
 
 log = logging.getLogger("jetmedia.fasts3")
@@ -72,14 +76,15 @@ class FastS3:
             async with self._http().get(self._url(bucket, key), headers=self._sign("GET", bucket, key, EMPTY_SHA256,
                                                                                    extra)) as resp:
                 if resp.status not in (200, 206):
+                    _status("get", resp.status, bucket, key)
                     return None
                 body = await resp.read()
                 if resp.content_length is not None and len(body) != resp.content_length:
+                    _failed("get", f"{len(body)} of {resp.content_length} bytes came", bucket, key)
                     return None
                 return body, resp.headers.get("Content-Range")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _raise_if_unreachable(exc)
-            log.debug("fast GET s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            _failed("get", exc, bucket, key)
             return None
 
     async def put(self, bucket: str, key: str, data: bytes, content_type: str) -> bool:
@@ -92,11 +97,12 @@ class FastS3:
             async with self._http().put(self._url(bucket, key), data=data, headers=self._sign(
                     "PUT", bucket, key, hashlib.sha256(data).hexdigest(), extra)) as resp:
                 await resp.read()
-                return resp.status == 200
+                if resp.status == 200:
+                    return True
+                _status("put", resp.status, bucket, key)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _raise_if_unreachable(exc)
-            log.debug("fast PUT s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
-            return False
+            _failed("put", exc, bucket, key)
+        return False
 
     async def head(self, bucket: str, key: str) -> tuple[int, int | None, str | None] | None:
         """Size, CRC-32 (when S3 holds a whole-object one) and ETag, as `Storage.head` reads them,
@@ -108,12 +114,13 @@ class FastS3:
             async with self._http().head(self._url(bucket, key), headers=self._sign(
                     "HEAD", bucket, key, EMPTY_SHA256, {"x-amz-checksum-mode": "ENABLED"})) as resp:
                 if resp.status != 200 or resp.content_length is None:
+                    _status("head", resp.status, bucket, key)
                     return None
                 crc = resp.headers.get("x-amz-checksum-crc32")
                 crc32 = int.from_bytes(base64.b64decode(crc), "big") if crc and "-" not in crc else None
                 return resp.content_length, crc32, resp.headers.get("ETag")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            log.debug("fast HEAD s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            _failed("head", exc, bucket, key)
             return None
 
     async def open(self, bucket: str, key: str) -> aiohttp.ClientResponse | None:
@@ -127,11 +134,11 @@ class FastS3:
             resp = await self._http().get(self._url(bucket, key),
                                           headers=self._sign("GET", bucket, key, EMPTY_SHA256, {}))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _raise_if_unreachable(exc)
-            log.debug("fast GET s3://%s/%s failed (%s): botocore repeats it", bucket, key, exc)
+            _failed("open", exc, bucket, key)
             return None
         if resp.status != 200:
             resp.release()
+            _status("open", resp.status, bucket, key)
             return None
         return resp
 
@@ -147,10 +154,12 @@ class FastS3:
                     "PUT", bucket, key, sha256, {}, query)) as resp:
                 await resp.read()
                 etag = resp.headers.get("ETag")
-                return etag if resp.status == 200 and etag else None
+                if resp.status == 200 and etag:
+                    return etag
+                _status("part", resp.status, bucket, key, number)
+                return None
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            _raise_if_unreachable(exc)
-            log.debug("fast part %d of s3://%s/%s failed (%s): botocore repeats it", number, bucket, key, exc)
+            _failed("part", exc, bucket, key, number)
             return None
 
     def _url(self, bucket: str, key: str, query: str = "") -> yarl.URL:
@@ -191,8 +200,21 @@ class FastS3:
         return headers
 
 
-def _raise_if_unreachable(exc: BaseException) -> None:
-    """A refused or failed connection is an outage, not a request botocore should repeat: raised,
-    it reaches the S3 breaker at once (shared/breaker.py) instead of after botocore's retries."""
+def _status(op: str, status: int, bucket: str, key: str, part: int | None = None) -> None:
+    """S3 answered other than 200: counted, logged, None for the caller (botocore repeats the
+    request and turns the answer into its error, with S3's message)."""
+    metrics.s3_fast_fallbacks_total.labels(op, "status").inc()
+    log.debug("fast %s%s s3://%s/%s: status %d; botocore repeats it", op.upper(), f" {part}" if part else "",
+              bucket, key, status)
+
+
+def _failed(op: str, exc: BaseException | str, bucket: str, key: str, part: int | None = None) -> None:
+    """The request failed midway (timeout, connection lost, short body): counted, logged, None for
+    the caller. A connection that could not be opened at all is raised instead: it is an outage,
+    not a request botocore should repeat, and raised it reaches the S3 breaker at once
+    (shared/breaker.py) rather than after botocore's retries."""
     if isinstance(exc, aiohttp.ClientConnectorError):
         raise exc
+    metrics.s3_fast_fallbacks_total.labels(op, "error").inc()
+    log.debug("fast %s%s s3://%s/%s failed (%s); botocore repeats it", op.upper(), f" {part}" if part else "",
+              bucket, key, exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}")

@@ -11,13 +11,17 @@ import unicodedata
 import zlib
 from pathlib import Path
 
+import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 from hypothesis import HealthCheck, assume, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from shared import metrics
 from shared import storage as storage_module
+from shared.devstack import free_port
+from shared.fasts3 import FastS3
 from shared.runtime import Services
 
 KEYS = [
@@ -88,3 +92,35 @@ async def test_upload_file_stores_the_file_and_its_crc32_either_way(
     assert await services.storage.get_bytes("fast/out.mp4") == path.read_bytes()
     info = await services.storage.head("fast/out.mp4")
     assert info is not None and info.crc32 == zlib.crc32(path.read_bytes()) and info.content_type == "video/mp4"
+
+
+def fallbacks(op: str, reason: str) -> float:
+    return metrics.s3_fast_fallbacks_total.labels(op, reason)._value.get()
+
+
+async def test_a_refused_request_is_counted_and_an_unreachable_endpoint_raised(services: Services) -> None:
+    """A fast request S3 refuses goes back to botocore, counted (an endpoint that refuses this
+    path would otherwise double every request unseen); an endpoint nobody listens on is an outage,
+    raised for the S3 breaker rather than handed to botocore's retries."""
+    await services.storage.put_bytes("fast/counted.jpg", b"x", "image/jpeg")
+    wrong = FastS3(services.settings.replace(s3_secret_key="not-the-key"))
+    try:
+        before = {op: fallbacks(op, "status") for op in ("get", "put", "head")}
+        assert await wrong.get(services.storage.bucket, "fast/counted.jpg") is None
+        assert not await wrong.put(services.storage.bucket, "fast/counted.jpg", b"y", "image/jpeg")
+        assert await wrong.head(services.storage.bucket, "fast/counted.jpg") is None
+        assert {op: fallbacks(op, "status") - n for op, n in before.items()} == {"get": 1, "put": 1, "head": 1}
+    finally:
+        await wrong.close()
+    assert await services.storage.get_bytes("fast/counted.jpg") == b"x"
+
+    nobody = FastS3(services.settings.replace(s3_endpoint=f"http://127.0.0.1:{free_port()}"))
+    try:
+        errors = fallbacks("get", "error")
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await nobody.get(services.storage.bucket, "fast/counted.jpg")
+        with pytest.raises(aiohttp.ClientConnectorError):
+            await nobody.head(services.storage.bucket, "fast/counted.jpg")
+        assert fallbacks("get", "error") == errors
+    finally:
+        await nobody.close()
