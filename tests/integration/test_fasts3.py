@@ -124,3 +124,17 @@ async def test_a_refused_request_is_counted_and_an_unreachable_endpoint_raised(s
         assert fallbacks("get", "error") == errors
     finally:
         await nobody.close()
+
+
+async def test_the_fast_path_can_be_turned_off(services: Services) -> None:
+    """JETMEDIA_S3_FAST_PATH=false: no hand-signed request at all (nothing counted as handed back),
+    the caller's botocore request is the only one."""
+    await services.storage.put_bytes("fast/off.jpg", b"x", "image/jpeg")
+    off = FastS3(services.settings.replace(s3_fast_path=False))
+    before = fallbacks("get", "status"), fallbacks("put", "status")
+    assert not off.usable
+    assert await off.get(services.storage.bucket, "fast/off.jpg") is None
+    await services.storage.put_bytes("fast/off.jpg", b"y", "image/jpeg", fast=off)
+    assert (fallbacks("get", "status"), fallbacks("put", "status")) == before
+    assert await services.storage.get_bytes("fast/off.jpg") == b"y"
+    assert services.fast_s3.usable  # the suite's own settings keep it on
