@@ -20,7 +20,7 @@ import io
 import os
 import unicodedata
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -325,6 +325,9 @@ class MultipartUpload:
         self._slots = asyncio.Semaphore(max(1, queue))
         self._flying: set[asyncio.Task[None]] = set()
         self._failed: BaseException | None = None
+        # a part's payload SHA-256 (SigV4), if the writer already has it: the export's ZIP thread
+        # hashes each part while its bytes are still in cache, off the loop (finalize/zipthread.py)
+        self.part_sha256: Callable[[int], str | None] | None = None
 
     @property
     def parts(self) -> list[dict[str, Any]]:
@@ -388,11 +391,14 @@ class MultipartUpload:
         try:
             etag = None
             if self.fast is not None and self.upload_id is not None:  # ~2 ms of botocore per part less
-                payload = hashlib.sha256()  # what botocore's SigV4 hashes too
-                for block in blocks:
-                    payload.update(block)
+                digest = self.part_sha256(number) if self.part_sha256 is not None else None
+                if digest is None:
+                    payload = hashlib.sha256()  # what botocore's SigV4 hashes too
+                    for block in blocks:
+                        payload.update(block)
+                    digest = payload.hexdigest()
                 etag = await self.fast.upload_part(self.storage.bucket, self.key, self.upload_id, number,
-                                                   PartBody(blocks), payload.hexdigest())
+                                                   PartBody(blocks), digest)
             if etag is None:
                 resp = await self.storage.client.upload_part(
                     Bucket=self.storage.bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number,
