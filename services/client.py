@@ -40,7 +40,7 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.errors import UnknownJob
-from shared.jobs import FINAL_STATUSES, Job, JobStore, all_jobs, fraction
+from shared.jobs import FINAL_STATUSES, Job, JobStore, fraction, recent_jobs
 from shared.runtime import Services
 from shared.storage import Storage, StorageUnreachable
 
@@ -419,8 +419,8 @@ async def cancel(settings: Settings, job_id: str, *, as_json: bool = False) -> i
 
 async def list_jobs(settings: Settings, *, status: str | None, kind: str | None, limit: int, as_json: bool) -> int:
     async with connected(settings) as services:
-        jobs = await all_jobs(services.jobs)
-    jobs = [j for j in jobs if (status is None or j.status == status) and (kind is None or j.kind == kind)][:limit]
+        jobs = await recent_jobs(services.jobs, limit,
+                                 lambda j: (status is None or j.status == status) and (kind is None or j.kind == kind))
     if as_json:
         emit_json(jobs)
         return 0

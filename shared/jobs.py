@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 import msgspec
+import nats.errors
 from msgspec import Meta, Struct
 from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
@@ -128,8 +130,9 @@ class JobStore:
 
     WRITTEN = 1024  # records remembered as last written by this store (see `update`)
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext) -> None:
         self.kv = kv
+        self.js = js  # reads of the bucket's stream itself (`recent_jobs`)
         self._written: OrderedDict[str, tuple[Job, int]] = OrderedDict()  # job -> (record, revision) we wrote
 
     def _wrote(self, job: Job, revision: int) -> None:
@@ -144,7 +147,7 @@ class JobStore:
             kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
             kv = await js.create_key_value(bucket=BUCKET, history=1, replicas=replicas)
-        return cls(kv)
+        return cls(kv, js)
 
     async def get(self, job_id: str) -> Job | None:
         entry = await self._entry(job_id)
@@ -305,32 +308,63 @@ def fraction(job: Job) -> float:
     return min((job.done + running) / max(job.total, 1), 0.99)
 
 
-async def all_jobs(jobs: JobStore) -> list[Job]:
-    """Every job record (not the export chunk side records), newest first: one watch of the whole
-    bucket delivers the latest value of every key (a stream, not a get per key).
+TAIL = 2_000  # bucket messages `recent_jobs` reads first; each further pass reads four times as many
+CLOCK_SLACK = 300.0  # seconds: how far a writer's clock (a record's `created`) may be off the server's
 
-    The end is the bucket stream's last sequence, read before the watch starts (the message at it,
-    or a newer value of its key, is always delivered), not nats-py's "no more current values"
-    marker: that one is decided from the consumer's pending count when the watch starts and came
-    first on a busy machine (CI: an empty listing with two jobs in the bucket)."""
+
+async def recent_jobs(jobs: JobStore, limit: int, keep: Callable[[Job], bool] = lambda job: True) -> list[Job]:
+    """The `limit` newest jobs (by `created`) that `keep` accepts, newest first, read from the
+    bucket's tail instead of the whole bucket: records are kept for good, so listing every one of
+    them gets slower with every job ever run, here and in the gateway's /v1/jobs.
+
+    The bucket keeps one message per key (history 1), its latest, so the messages from sequence
+    S on hold every job written since then, and every job *created* since then. A pass reads the
+    tail from S; a job not read was created before the first message read was stored, so the
+    answer is complete once `limit` accepted jobs were created after that (plus CLOCK_SLACK, as
+    `created` is the writer's clock). Otherwise the next pass reads four times further back, down
+    to the whole bucket at worst."""
     state = (await jobs.kv.status()).stream_info.state
-    if not state.messages:  # empty, or every record expired (the last sequence stays behind)
+    if not state.messages:
         return []
-    last = state.last_seq
-    watcher = await jobs.kv.watchall()
-    found: dict[str, Job] = {}
+    found: dict[str, Job | None] = {}  # None: deleted, or not a job record
+    end, window = state.last_seq + 1, TAIL
+    while True:
+        start = max(state.first_seq, end - window)
+        since = await _read_back(jobs, start, end, found)
+        chosen = sorted((job for job in found.values() if job is not None and keep(job)),
+                        key=lambda job: job.created, reverse=True)[:limit]
+        complete = since is not None and len(chosen) == limit and (
+            chosen[-1].created.timestamp() >= since + CLOCK_SLACK)
+        if start <= state.first_seq or complete:
+            return chosen
+        end, window = start, window * 4
+
+
+async def _read_back(jobs: JobStore, start: int, end: int, found: dict[str, Job | None]) -> float | None:
+    """Add the records stored at sequences [start, end) to `found` (a key seen already, in a later
+    pass, is newer); the stream time of the first one read (None: nothing there)."""
+    prefix = f"$KV.{BUCKET}."
+    sub = await jobs.js.subscribe(f"{prefix}>", stream=f"KV_{BUCKET}", ordered_consumer=True,
+                                  deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                  config=ConsumerConfig(opt_start_seq=start))
+    first: float | None = None
     try:
         while True:
-            entry = await watcher.updates(timeout=30.0)
-            if entry is None or not hasattr(entry, "key"):  # the marker: the sequence decides
-                continue
-            if ".chunk." not in entry.key:
-                if entry.value:
-                    found[entry.key] = _decoder.decode(entry.value)
-                else:  # deleted or purged
-                    found.pop(entry.key, None)
-            if (entry.revision or 0) >= last:
+            try:
+                msg = await sub.next_msg(timeout=5.0)
+            except nats.errors.TimeoutError:  # nothing (left) from `start` on: removed since the status read
+                break
+            meta = msg.metadata
+            if meta.sequence.stream >= end:
+                break
+            if first is None:
+                first = meta.timestamp.timestamp()
+            key = msg.subject[len(prefix):]
+            operation = (msg.headers or {}).get("KV-Operation")
+            if key not in found:
+                found[key] = None if ".chunk." in key or operation or not msg.data else _decoder.decode(msg.data)
+            if meta.num_pending == 0:
                 break
     finally:
-        await watcher.stop()
-    return sorted(found.values(), key=lambda job: job.created, reverse=True)
+        await sub.unsubscribe()
+    return first

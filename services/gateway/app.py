@@ -36,7 +36,7 @@ from shared import __version__, bus, dlq
 from shared import messages as m
 from shared.config import Settings
 from shared.errors import UnknownJob
-from shared.jobs import RERUNNABLE, Job, all_jobs
+from shared.jobs import RERUNNABLE, Job, recent_jobs
 from shared.runtime import Services
 
 from . import auth, sse
@@ -363,10 +363,11 @@ async def list_jobs(
     """Recent jobs, newest first (those the token may see), and the dead-letter count."""
     principal = await caller(request, "read")
     gateway = gw(request)
-    jobs = [j for j in await all_jobs(gateway.services.jobs)
-            if (status is None or j.status == status) and (kind is None or j.kind == kind)]
-    if principal.prefix and "admin" not in principal.scopes:
-        requests = await asyncio.gather(*(gateway.state.request(j.id) for j in jobs[: limit * 4]))
+    restricted = bool(principal.prefix) and "admin" not in principal.scopes
+    jobs = await recent_jobs(gateway.services.jobs, limit * 4 if restricted else limit,
+                             lambda j: (status is None or j.status == status) and (kind is None or j.kind == kind))
+    if restricted:
+        requests = await asyncio.gather(*(gateway.state.request(j.id) for j in jobs))
         jobs = [j for j, r in zip(jobs, requests, strict=False) if sees(principal, j, r)]
     chosen = jobs[:limit]
     views = await asyncio.gather(*(job_view(j, gateway.services.storage) for j in chosen))

@@ -80,7 +80,7 @@ async def _final(services: Services, job_id: str):  # type: ignore[no-untyped-de
 async def test_a_remembered_record_never_hides_another_writers_change(services: Services) -> None:
     """JobStore.update starts from the record it wrote last instead of reading it back; another
     process (here a second store on the same bucket) may have written since: its change stays."""
-    mine, other = services.jobs, JobStore(services.jobs.kv)
+    mine, other = services.jobs, JobStore(services.jobs.kv, services.js)
     await mine.create(new_job("memo", "asset", status="running"))  # `mine` remembers this record
     await other.update("memo", lambda job: msgspec.structs.replace(job, done=job.done + 1))
 

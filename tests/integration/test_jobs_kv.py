@@ -1,12 +1,16 @@
-"""Concurrent stages change one job record at once: compare-and-set loses no update."""
+"""Concurrent stages change one job record at once: compare-and-set loses no update. Listing the
+newest jobs reads the bucket's tail, and says what a read of the whole bucket says."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import msgspec
+import pytest
 
-from shared.jobs import Job, new_job
+from shared import jobs as jobs_module
+from shared.jobs import Job, new_job, recent_jobs
 from shared.runtime import Services
 
 
@@ -36,3 +40,44 @@ async def test_errors_are_bounded(services: Services) -> None:
     assert job is not None and len(job.errors) == 20
     assert job.errors[-1].reason.startswith("reason 39") and len(job.errors[-1].reason) <= 1000
     assert len(msgspec.json.encode(job)) < 64 * 1024
+
+
+async def test_the_newest_jobs_come_from_the_tail_and_agree_with_the_whole_bucket(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(jobs_module, "TAIL", 3)  # many passes over a small bucket
+    monkeypatch.setattr(jobs_module, "CLOCK_SLACK", 0.0)  # one machine, one clock
+    ids = [f"recent-{n:02d}" for n in range(30)]
+    for n, job_id in enumerate(ids):
+        await services.jobs.create(new_job(job_id, "export" if n % 3 == 0 else "asset", status="running"))
+    for job_id in ids[2:20:4]:  # older jobs written again: their records move to the tail
+        await services.jobs.update(job_id, lambda job: msgspec.structs.replace(job, status="failed"))
+    await services.jobs.kv.put(f"{ids[5]}.chunk.0", b"{}")  # an export's side record is no job
+    await services.jobs.kv.delete(ids[7])
+    late = ("recent-late-a", "recent-late-b", "recent-late-c")
+    for job_id in late:  # written last, with time between
+        await asyncio.sleep(0.3)
+        await services.jobs.create(new_job(job_id, "asset", status="queued"))
+
+    everything = sorted([job for key in (*ids, *late) if (job := await services.jobs.get(key))],  # one by one
+                        key=lambda job: job.created, reverse=True)
+    assert len(everything) == 32 and ids[7] not in {job.id for job in everything}
+    filters: dict[str, Callable[[Job], bool]] = {
+        "all": lambda job: True, "failed": lambda job: job.status == "failed",
+        "export": lambda job: job.kind == "export", "none": lambda job: False,
+    }
+    for limit in (1, 2, 5, 40):
+        for name, keep in filters.items():
+            got = await recent_jobs(services.jobs, limit, keep)
+            assert got == [job for job in everything if keep(job)][:limit], (name, limit)
+
+    starts: list[int] = []
+    read_back = jobs_module._read_back
+
+    async def counted(*args: object) -> float | None:
+        starts.append(args[1])  # type: ignore[arg-type]
+        return await read_back(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jobs_module, "_read_back", counted)
+    first = (await services.jobs.kv.status()).stream_info.state.first_seq
+    assert [job.id for job in await recent_jobs(services.jobs, 2)] == ["recent-late-c", "recent-late-b"]
+    assert starts and min(starts) > first  # the newest two, without reading the whole bucket
