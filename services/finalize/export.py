@@ -3,7 +3,8 @@
 No temporary file and no whole object in memory: stream-zip pulls each source chunk by chunk and
 its output goes into a multipart upload. Three things overlap (a plain copy's speed needs all
 three): the next sources are read ahead (readahead.py, 8 MiB budget), stream-zip runs in a
-writer thread of its own that also hashes (zipthread.py), and four upload parts are in flight.
+writer thread of its own that also hashes (the manifest's SHA-256 per member and SigV4's per
+upload part: zipthread.py), and four upload parts are in flight.
 Memory stays flat whatever the export size, at about five parts (8 MiB below ~8 GB of archive,
 bigger only as S3's 10,000-part limit needs) plus the read-ahead: ~60 MB. Per member:
 
@@ -218,7 +219,11 @@ async def write_archive(
         yield Built(MANIFEST, modified, MODE, lambda: built(
             _manifest(job, part, parts, members, missing, untransformed or [])))
 
-    writer = ZipThread(entries(), chunk=READ_CHUNK)
+    # on the hand-signed path the writer thread also hashes each part for SigV4 (zipthread.py)
+    hashed = fast is not None and fast.usable
+    writer = ZipThread(entries(), chunk=READ_CHUNK, part_size=part_size if hashed else None)
+    if hashed:
+        upload.part_sha256 = writer.part_sha256
     stream = writer.parts()
     try:
         ahead.start()

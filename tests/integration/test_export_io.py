@@ -5,6 +5,8 @@ byte budget and in order, and the ZIP writer thread's errors reaching the loop."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
 import os
 import stat
 import threading
@@ -261,6 +263,44 @@ async def test_zip_thread_writes_what_stream_zip_writes(tmp_path: Path) -> None:
         assert archive.read("photo.jpg") == photo and archive.read("notes.txt") == text
         assert archive.getinfo("photo.jpg").compress_type == zipfile.ZIP_STORED
     assert sum(seen) == len(photo) + len(text)
+    assert zip_threads() == 0
+
+
+async def test_the_zip_thread_hashes_each_part_the_upload_sends(storage: Storage) -> None:
+    """Given the upload's part size, the writer thread cuts its output at the parts' ends and
+    hashes each part (SigV4's payload hash, taken while the bytes are in cache); the upload sends
+    every part hand-signed with that hash, none through botocore, and the hashes are the parts'."""
+    photo, text = os.urandom(11 * MIB + 3), b"hello zip " * 200_000
+    part = 5 * MIB
+
+    async def entries() -> AsyncIterator[Streamed | Built]:
+        yield Built("README.txt", WHEN, MODE, lambda: (ZIP_AUTO(5, level=1), b"hello"))
+        for name, data in (("photo.jpg", photo), ("notes.txt", text)):
+            method, _label = choose_method("auto", len(data), zlib.crc32(data), data[:65536], 1)
+            yield Streamed(name, WHEN, MODE, method, pieces_of(data))
+
+    writer = ZipThread(entries(), chunk=MIB, part_size=part)
+    fast = FastS3(storage.settings)
+    upload = storage.multipart("io/hashed.zip", part_size=part, fast=fast)
+    given: dict[int, str | None] = {}
+
+    def recorded(number: int) -> str | None:
+        given[number] = writer.part_sha256(number)
+        return given[number]
+
+    upload.part_sha256 = recorded
+    botocore = PartsInFlight(storage)
+    try:
+        async for piece in writer.parts():
+            await upload.write(piece)
+        await upload.complete()
+    finally:
+        await fast.close()
+    archive = await storage.get_bytes("io/hashed.zip")
+    assert given == {n: hashlib.sha256(archive[(n - 1) * part:n * part]).hexdigest() for n in (1, 2, 3)}
+    assert len(archive) > 2 * part and botocore.calls == 0
+    with zipfile.ZipFile(io.BytesIO(archive)) as opened:
+        assert opened.read("photo.jpg") == photo and opened.read("notes.txt") == text
     assert zip_threads() == 0
 
 
