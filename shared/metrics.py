@@ -12,6 +12,7 @@ collectors (say `jetmedia up` beside compose) show the true depth instead of dou
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import urllib.request
@@ -129,6 +130,31 @@ def prime(stage: str) -> None:
     processing_seconds.labels(stage)
     for lane in LANES:
         queue_wait_seconds.labels(stage, lane)
+
+
+def observer(child: Any) -> Callable[[float], None]:
+    """`child.observe` of a labelled histogram series, for a per-message path: the same bucket and
+    sum updates, found with one bisect instead of prometheus_client's per-call checks and linear
+    walk over the buckets (~1 µs a call at bus speed). Falls back to `observe` when the series
+    does not have the internals this reads (another prometheus_client)."""
+    bounds: Any = getattr(child, "_upper_bounds", None)
+    buckets: Any = getattr(child, "_buckets", None)
+    total: Any = getattr(child, "_sum", None)
+    if not (isinstance(bounds, list) and isinstance(buckets, list) and len(bounds) == len(buckets)
+            and bounds and bounds[-1] == math.inf and hasattr(total, "inc")
+            and all(hasattr(bucket, "inc") for bucket in buckets)):
+        return child.observe  # type: ignore[no-any-return]
+    incs = [bucket.inc for bucket in buckets]
+    add = total.inc
+
+    def observe(amount: float) -> None:
+        if amount != amount:  # NaN: prometheus_client counts it in no bucket
+            child.observe(amount)
+            return
+        add(amount)
+        incs[bisect.bisect_left(bounds, amount)](1)
+
+    return observe
 
 
 def serve(host: str, port: int) -> Any:

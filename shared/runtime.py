@@ -198,13 +198,16 @@ class Services:
             # a re-run's work repeats the first attempt's derived ids: the duplicate window must not drop it
             msg_id = f"{msg_id}#{attempt}"
         if self.publisher.started:
-            return await self.publisher.publish(subject, m.encode(emit.event), {bus.MSG_ID: msg_id})
+            return await self.publisher.publish(subject, m.encode(emit.event), msg_id)
         ack = await self.js.publish(subject, m.encode(emit.event), timeout=5.0, headers={bus.MSG_ID: msg_id})
         return not ack.duplicate
 
     async def send(self, emits: Sequence[Emit], attempt: int = 1, lane: str = INTERACTIVE) -> None:
         """Publish the work first, all at once (written in order, PubAcks awaited together), then
         the announcements one by one, each marked on its job's record only once it is out."""
+        if len(emits) == 1 and emits[0].announces is None:  # the usual answer: one next message
+            await self.publish(emits[0], attempt, lane)
+            return
         work = [emit for emit in emits if emit.announces is None]
         if len(work) == 1:
             await self.publish(work[0], attempt, lane)
@@ -544,7 +547,7 @@ class Worker:
         delivery, seq = (got.delivery, got.stream_seq) if got is not None else (1, None)
         waited = max(0.0, time.time() - got.stored_ns / 1e9) if got is not None else 0.0  # since stored
         series = self._series
-        series.waited[flight.lane].observe(waited)
+        series.waited[flight.lane](waited)
         outcome = "ok"
         try:
             event = self._decode(msg)
@@ -555,19 +558,19 @@ class Worker:
                 log.info("stage %s: job %s is %s; skipping", stage, flight.job, record.status)
                 outcome = "skipped"
                 await self.services.send(announcements(record, self.settings))  # a lost final event
-                await msg.ack()
+                await self.services.publisher.ack(msg)
                 return
             ctx = Context(self.services, stage, flight.job, delivery, stream_seq=seq,
                           attempt=record.attempt if record is not None else 1, lane=_lane_of(event, flight))
             if not await self._handle(event, ctx, msg):
                 outcome = "retry"  # a dependency outage outlasted this worker: handed back
                 return
-            await msg.ack()
+            await self.services.publisher.ack(msg)
             series.succeeded()
         except asyncio.CancelledError:
             if flight.job_cancelled:
                 outcome = "skipped"
-                await msg.ack()
+                await self.services.publisher.ack(msg)
                 return
             outcome = "retry"  # shutdown: hand it to another replica now
             with contextlib.suppress(Exception):
@@ -577,7 +580,7 @@ class Worker:
             outcome = await self._failed(msg, flight.job, exc, delivery)
         finally:
             elapsed = time.perf_counter() - started
-            series.processing.observe(elapsed)
+            series.processing(elapsed)
             series.outcomes[outcome].inc()
             log.info("stage=%s job=%s outcome=%s delivery=%d seconds=%.3f",
                      stage, flight.job, outcome, delivery, elapsed)
@@ -786,8 +789,8 @@ class _Series:
 
     def __init__(self, stage: str, worker: Worker) -> None:
         self.stage = stage
-        self.waited = {lane: metrics.queue_wait_seconds.labels(stage, lane) for lane in bus.LANES}
-        self.processing = metrics.processing_seconds.labels(stage)
+        self.waited = {lane: metrics.observer(metrics.queue_wait_seconds.labels(stage, lane)) for lane in bus.LANES}
+        self.processing = metrics.observer(metrics.processing_seconds.labels(stage))
         self.outcomes = {outcome: metrics.messages_total.labels(stage, outcome) for outcome in metrics.OUTCOMES}
         if stage not in self._workers:
             workers = self._workers[stage] = []
