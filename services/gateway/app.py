@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import posixpath
 import re
 import unicodedata
@@ -41,10 +42,12 @@ from shared.runtime import Services
 
 from . import auth, sse
 from .feed import JobFeed
-from .hooks import HookJob, HookResult, S3Notification, event_id, hook_prefixes, object_key
+from .hooks import HookJob, HookResult, S3Notification, envelope_problem, event_id, hook_prefixes, object_key
 from .limits import GatewayState, RequestRecord
 from .problems import HANDLERS, MEDIA_TYPE, Problem, ProblemDetails
 from .views import JobList, JobView, job_view, queued_view
+
+log = logging.getLogger("jetmedia.gateway")
 
 STATIC = Path(__file__).resolve().parent / "static"
 SOURCE = "jetmedia-gateway"
@@ -412,6 +415,9 @@ async def s3_hook(request: Request[Any, Any, Any], data: JSONBody[S3Notification
     the hook prefixes starts an asset job, once (the job id comes from bucket/key/eTag)."""
     principal = await caller(request, "hook")
     gateway = gw(request)
+    if (problem := envelope_problem(data)) is not None:
+        log.warning("S3 hook: refused %s", problem)
+        raise Problem(422, "not-an-s3-notification", f"the body is {problem}")
     jobs: list[HookJob] = []
     skipped: list[str] = []
     for record in data.Records:

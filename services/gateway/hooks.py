@@ -39,9 +39,34 @@ class S3Record(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class S3Notification(msgspec.Struct, kw_only=True, frozen=True):
-    """The standard notification body; other fields (userIdentity, requestParameters, ...) are ignored."""
+    """The standard notification body; other fields (userIdentity, requestParameters, ...) are ignored.
+
+    `Type`, `SubscribeURL` and `detail-type` are read only to recognise the envelopes this is
+    not: an Amazon SNS message (its `Type`) or an EventBridge event (`detail-type`), which would
+    otherwise decode as a notification without records and be answered 202, doing nothing."""
 
     Records: list[S3Record] = []
+    Type: str | None = None
+    SubscribeURL: str | None = None
+    detail_type: str | None = msgspec.field(default=None, name="detail-type")
+
+
+def envelope_problem(note: S3Notification) -> str | None:
+    """Why a body that is not S3's own notification cannot start jobs, and what to set up
+    instead; None: it is one (an empty one too: S3's `s3:TestEvent`)."""
+    if note.Records:
+        return None
+    if note.Type == "SubscriptionConfirmation":
+        return ("an Amazon SNS subscription confirmation: jetmedia does not fetch URLs named in a request; "
+                f"confirm the subscription by opening its SubscribeURL once ({note.SubscribeURL}), "
+                "and turn on raw message delivery for it so S3's notification arrives as posted")
+    if note.Type is not None:
+        return (f"an Amazon SNS {note.Type} envelope: turn on raw message delivery for this subscription, "
+                "so S3's notification (its Records) is posted as it is")
+    if note.detail_type is not None:
+        return (f"an EventBridge event ({note.detail_type!r}): have S3 notify this URL directly (the Records "
+                "shape), or have the rule's API destination POST each object's key to /v1/assets")
+    return None
 
 
 class HookJob(msgspec.Struct, kw_only=True, frozen=True):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from typing import Any
 
@@ -73,6 +74,20 @@ async def test_a_notification_posted_twice_makes_one_job(services: Services) -> 
         # S3's test event (no Records) is accepted and does nothing
         assert (await hook.post("/v1/hooks/s3", json={"Service": "Amazon S3", "Event": "s3:TestEvent"})).json() == {
             "jobs": [], "skipped": []}
+        # an SNS or EventBridge envelope is not S3's notification: said so, not answered 202 doing nothing
+        confirm = {"Type": "SubscriptionConfirmation", "MessageId": "m1", "Token": "t",
+                   "SubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=ConfirmSubscription&Token=t"}
+        wrapped = {"Type": "Notification", "MessageId": "m2", "TopicArn": "arn:aws:sns:us-east-1:1:media",
+                   "Message": json.dumps(notification(bucket, "incoming/y.jpg", '"2"'))}
+        bridged = {"version": "0", "detail-type": "Object Created", "source": "aws.s3",
+                   "detail": {"bucket": {"name": bucket}, "object": {"key": "incoming/y.jpg", "etag": "2"}}}
+        published = (await services.js.stream_info("JM_UPLOAD")).state.last_seq
+        for body, says in ((confirm, confirm["SubscribeURL"]), (wrapped, "raw message delivery"),
+                           (bridged, "EventBridge event ('Object Created')")):
+            refused = await hook.post("/v1/hooks/s3", json=body)
+            assert refused.status_code == 422 and says in refused.json()["detail"], refused.text
+            assert refused.json()["type"].endswith("not-an-s3-notification")
+        assert (await services.js.stream_info("JM_UPLOAD")).state.last_seq == published  # nothing published
 
 
 async def test_openapi_document_validates_and_lists_every_route(services: Services) -> None:
