@@ -14,12 +14,17 @@ Paths, each in its own child process (so "peak RSS" is that run's high-water mar
   everything a user waits for, publish -> ready);
 - copy: plain aioboto3, no jetmedia code on the data path: GET each object in turn, cut the bytes
   into 8 MiB parts and upload them with up to 4 parts in flight (lib-storage's default queue),
-  complete. What any client-side S3 -> S3 pass of those bytes costs on this endpoint.
+  complete. What any client-side S3 -> S3 pass of those bytes costs on this endpoint;
+- archive (in-process): the finalize stage's `write_archive` called directly on the same sources
+  (their HEADs made first, not timed): the ZIP into a multipart upload without the bus, the job
+  steps before it (chunk records, KV) or the presigned URL. Export minus archive is what the
+  pipeline around the archive costs.
 
 Copy and export alternate, each export with a copy measured right beside it, copy first in even
 pairs and export first in odd ones (copy, export, export, copy...: the S3 server's CPU per GB
 drifts from run to run, see `pair_order`); "x copy" is that pair's ratio, which is what to read
-on a loaded machine.
+on a loaded machine. The archive run (`--paths` lists it by default) goes on the copy's far side
+of the export (copy, export, archive, archive, export, copy, ...).
 
 Besides the path's own CPU (all threads of its process), each row shows what the embedded servers
 spent meanwhile (`weed`, nats-server: /proc/<pid>/stat before and after the child) and the path's
@@ -27,6 +32,7 @@ minor page faults per GB: on 2 cores with SeaweedFS taking most of one, client C
 throughput, and a buffer mapped afresh costs a page fault per 4 KiB.
 
     .venv/bin/python bench/export.py [--size 0.5|2] [--datasets files,large] [--repeat 2]
+                                     [--paths copy,export,archive]
 
 0.5 GB takes ~2 minutes against the embedded S3 (SeaweedFS), 2 GB ~8. Any other S3 + NATS: set
 JETMEDIA_NATS_URL / JETMEDIA_S3_* and pass --external (the sources are deleted afterwards unless
@@ -61,6 +67,7 @@ MIB = 1024 * 1024
 PREFIX = "bench-export/"
 COPY_PART = 8 * MIB
 COPY_QUEUE = 4
+PATHS = ("copy", "export", "archive")  # a pair's runs, in the order of its even pairs
 
 
 def source_keys(dataset: str, size_gb: float) -> list[str]:
@@ -170,6 +177,32 @@ async def child_export(keys: list[str], run: str) -> dict[str, float]:
                 "out": sum(p.bytes for p in job.exports)}
 
 
+async def child_archive(keys: list[str], run: str) -> dict[str, float]:
+    """The finalize stage's archive writer alone, in this process: no bus, no stages."""
+    from services.finalize.export import Progress, write_archive
+    from shared.config import Settings
+    from shared.exportplan import SourceInfo
+    from shared.jobs import new_job
+    from shared.runtime import Context, Services
+
+    settings = Settings.from_env()
+    async with Services.open(settings, name="bench-archive") as services:
+        heads = await asyncio.gather(*(services.storage.head(key) for key in keys))  # the chunk stage's part
+        sources = [SourceInfo(key=key, name=key.rsplit("/", 1)[1], size=info.size, crc32=info.crc32, etag=info.etag)
+                   for key, info in zip(keys, heads, strict=True) if info is not None]
+        job, _created = await services.jobs.create(new_job(f"bench-archive-{run}", "export", status="running"))
+        ctx = Context(services, "finalize", job.id, 1)
+        started, cpu, faults, loop = time.perf_counter(), cpu_seconds(), minor_faults(), time.thread_time()
+        written = await write_archive(ctx, job, key=f"{PREFIX}archive-{run}.zip", name="bench.zip",
+                                      bucket=settings.bucket, sources=sources, missing=[], part=1, parts=1,
+                                      progress=Progress())
+        elapsed, cpu, faults = time.perf_counter() - started, cpu_seconds() - cpu, minor_faults() - faults
+        loop = time.thread_time() - loop
+        await services.storage.delete(written.key)
+    return {"seconds": elapsed, "cpu": cpu, "loop": loop, "faults": faults,
+            "in": sum(source.size for source in sources), "out": written.bytes}
+
+
 async def child_copy(keys: list[str], run: str) -> dict[str, float]:
     """Plain aioboto3: sequential GETs, 8 MiB parts, up to 4 part uploads in flight."""
     import aioboto3
@@ -228,7 +261,7 @@ async def child_copy(keys: list[str], run: str) -> dict[str, float]:
 def child_main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     keys = source_keys(args.dataset, args.size)
-    run = child_export if args.child == "export" else child_copy
+    run = {"export": child_export, "archive": child_archive, "copy": child_copy}[args.child]
     result = asyncio.run(run(keys, args.run))
     result["peak_rss"] = peak_rss()
     print(json.dumps(result), flush=True)
@@ -280,12 +313,14 @@ def run_child(kind: str, dataset: str, size: float, run: str, env: dict[str, str
     return result
 
 
-def pair_order(r: int) -> tuple[str, str]:
+def pair_order(r: int, paths: tuple[str, ...] = PATHS) -> tuple[str, ...]:
     """Copy first in even pairs, export first in odd ones (copy, export, export, copy, ...): the
     S3 server's CPU per GB drifts up from run to run as its volumes fill (the vacuum is off, the
     outputs are deleted: 27.4, 29.6, 29.7, 31.9 weed CPU s in four 2 GB runs in a row), so a fixed
-    order charged that drift to whichever path ran second, every time."""
-    return ("copy", "export") if r % 2 == 0 else ("export", "copy")
+    order charged that drift to whichever path ran second, every time. The in-process archive,
+    when measured, goes on the export's other side."""
+    order = tuple(path for path in PATHS if path in paths)
+    return order if r % 2 == 0 else order[::-1]
 
 
 def load_average() -> str:
@@ -298,6 +333,9 @@ def parent_main(args: argparse.Namespace) -> None:
 
     sizes = [float(s) for s in args.size.split(",")]
     datasets = args.datasets.split(",")
+    paths = tuple(args.paths.split(","))
+    if "copy" not in paths or not set(paths) <= set(PATHS):
+        raise SystemExit(f"--paths: copy and any of export, archive (not {args.paths!r})")
     console = Console(width=160)
     rows: list[tuple[str, float, int, str, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="jetmedia-bench-") as tmp:
@@ -321,8 +359,9 @@ def parent_main(args: argparse.Namespace) -> None:
                 for size in sizes:
                     for r in range(args.repeat):
                         for dataset in datasets:
-                            for kind in pair_order(r):
+                            for kind in pair_order(r, paths):
                                 result = run_child(kind, dataset, size, f"{dataset}-{size:g}-{r}", env, servers)
+                                result["pair"] = r
                                 rows.append((dataset, size, len(source_keys(dataset, size)), kind, result))
                                 console.print(
                                     f"  {dataset:<5} {size:g} GB {kind:<6} {result['in'] / MB / result['seconds']:7.1f}"
@@ -340,39 +379,46 @@ def parent_main(args: argparse.Namespace) -> None:
     report(console, rows, args.external)
 
 
+LABELS = {"copy": "plain copy", "export": "S3 -> ZIP -> S3", "archive": "archive in-process"}
+
+
 def report(console: Console, rows: list[tuple[str, float, int, str, dict[str, float]]], external: bool) -> None:
     table = Table(title=f"export vs plain copy (S3 {'external' if external else 'SeaweedFS'})")
     for column in ("data set", "size", "objects", "path", "seconds", "MB/s", "x copy", "CPU s/GB", "weed s/GB",
                    "nats s/GB", "faults k/GB", "peak RSS MB"):
         table.add_column(column, justify="right")
-    ratios: dict[tuple[str, float], list[float]] = {}
-    for i, (dataset, size, count, kind, result) in enumerate(rows):
+    ratios: dict[tuple[str, float, str], list[float]] = {}
+    copies = {(d, s, r["pair"]): r for d, s, _c, k, r in rows if k == "copy"}
+    for dataset, size, count, kind, result in rows:
         rate = result["in"] / result["seconds"]
-        if kind == "export":  # its pair's copy ran just before or just after it (pair_order)
-            pair = rows[i - 1] if i % 2 else rows[i + 1]
-            copy_rate = pair[4]["in"] / pair[4]["seconds"]
-            ratios.setdefault((dataset, size), []).append(rate / copy_rate)
-        table.add_row(dataset, f"{size:g} GB", str(count), "S3 -> ZIP -> S3" if kind == "export" else "plain copy",
+        if kind != "copy":  # its pair's copy ran right beside it (pair_order)
+            pair = copies[dataset, size, result["pair"]]
+            copy_rate = pair["in"] / pair["seconds"]
+            ratios.setdefault((dataset, size, kind), []).append(rate / copy_rate)
+        table.add_row(dataset, f"{size:g} GB", str(count), LABELS[kind],
                       f"{result['seconds']:.1f}", f"{rate / MB:.1f}",
                       "" if kind == "copy" else f"{rate / copy_rate:.2f}",
                       *(f"{result[k] / (result['in'] / 1e9):.1f}" for k in ("cpu", "weed", "nats")),
                       f"{result['faults'] / 1000 / (result['in'] / 1e9):.0f}", f"{result['peak_rss'] / MB:.0f}")
     console.print(table)
-    for (dataset, size), values in ratios.items():
-        rss = max(r["peak_rss"] for d, s, _c, k, r in rows if (d, s, k) == (dataset, size, "export"))
-        console.print(f"{dataset} {size:g} GB: export / copy (pairs) {', '.join(f'{v:.2f}' for v in values)}; "
-                      f"median {statistics.median(values):.2f}; export peak RSS {rss / MB:.0f} MB")
+    for (dataset, size, kind), values in ratios.items():
+        rss = max(r["peak_rss"] for d, s, _c, k, r in rows if (d, s, k) == (dataset, size, kind))
+        console.print(f"{dataset} {size:g} GB: {kind} / copy (pairs) {', '.join(f'{v:.2f}' for v in values)}; "
+                      f"median {statistics.median(values):.2f}; {kind} peak RSS {rss / MB:.0f} MB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="0.5", help="export size in GB: 0.5, 2 or 0.5,2 (default %(default)s)")
     parser.add_argument("--datasets", default="files,large", help="files, large or both (default %(default)s)")
-    parser.add_argument("--repeat", type=int, default=2, help="(copy, export) pairs per data set and size")
+    parser.add_argument("--repeat", type=int, default=2, help="pairs (copy beside each other path) per data set and size")
     parser.add_argument("--bucket", default="jetmedia-bench")
     parser.add_argument("--external", action="store_true", help="use JETMEDIA_* endpoints instead of embedded ones")
     parser.add_argument("--keep", action="store_true", help="with --external: keep the sources for the next run")
-    parser.add_argument("--child", choices=("export", "copy"), help=argparse.SUPPRESS)
+    parser.add_argument("--paths", default=",".join(PATHS),
+                        help="what runs in each pair: copy and any of export (the pipeline), archive (in-process)"
+                             " (default %(default)s)")
+    parser.add_argument("--child", choices=PATHS, help=argparse.SUPPRESS)
     parser.add_argument("--dataset", help=argparse.SUPPRESS)
     parser.add_argument("--run", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args()
