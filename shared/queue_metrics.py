@@ -39,6 +39,12 @@ LANE_CONSUMERS: tuple[tuple[str, str, str, str], ...] = tuple(
     for lane, consumer in spec.consumers()
 )
 DLQ_STREAM = "JM_DLQ"
+# (stage, stream, consumer) of the webhook sender (services/notify, which keeps its own layout: the
+# events it fans out and the deliveries it sends; a unit test keeps these equal to its names)
+NOTIFY_CONSUMERS: tuple[tuple[str, str, str], ...] = (
+    ("notify", "JM_EVENTS", "notify"), ("notify-deliver", "JM_NOTIFY", "notify-deliver"),
+)
+NOTIFY_STREAM = "JM_NOTIFY"
 
 
 async def poll(js: JetStreamContext) -> None:
@@ -55,19 +61,26 @@ async def poll(js: JetStreamContext) -> None:
         total = totals.setdefault(stage, [0, 0, 0, 0])
         for n, value in enumerate((info.num_pending, info.num_ack_pending, info.num_redelivered, info.num_waiting)):
             total[n] += value or 0
+    for stage, stream, consumer in NOTIFY_CONSUMERS:  # webhooks waiting: only where notify runs
+        try:
+            info = await js.consumer_info(stream, consumer)
+        except NotFoundError:
+            continue
+        totals[stage] = [info.num_pending or 0, info.num_ack_pending or 0, info.num_redelivered or 0,
+                         info.num_waiting or 0]
     for stage, (pending, ack_pending, redelivered, waiting) in totals.items():  # the stage's lanes together
         metrics.queue_pending.labels(stage).set(pending)
         metrics.queue_ack_pending.labels(stage).set(ack_pending)
         metrics.queue_redelivered.labels(stage).set(redelivered)
         metrics.queue_waiting.labels(stage).set(waiting)
 
-    for spec in bus.STREAMS:
+    for name in (*(spec.name for spec in bus.STREAMS), NOTIFY_STREAM):
         try:
-            state = (await js.stream_info(spec.name)).state
+            state = (await js.stream_info(name)).state
         except NotFoundError:
             continue
-        metrics.stream_messages.labels(spec.name).set(state.messages)
-        metrics.stream_bytes.labels(spec.name).set(state.bytes)
+        metrics.stream_messages.labels(name).set(state.messages)
+        metrics.stream_bytes.labels(name).set(state.bytes)
 
     await _dead_letters(js)
 

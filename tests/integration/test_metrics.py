@@ -11,7 +11,7 @@ from typing import get_args
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services import samples, stages
+from services import notify, samples, stages
 from shared import bus, metrics, queue_metrics
 from shared import messages as m
 from shared.jobs import JobKind, JobStatus
@@ -90,6 +90,24 @@ async def test_counters_move_by_exactly_the_jobs_that_ran(services: Services, me
     assert moved("jetmedia_jobs_total", kind="asset", status="failed") == 1
     assert moved("jetmedia_job_seconds_count", kind="asset") == 3
     assert value(after, "jetmedia_build_info", version=metrics.__version__) == 1
+
+
+async def test_collector_reports_the_webhooks_waiting(services: Services, metrics_url: str) -> None:
+    """Webhook deliveries queue in JM_NOTIFY, outside the stages' streams: still on the dashboards."""
+    assert queue_metrics.NOTIFY_CONSUMERS == (
+        (notify.STAGE, "JM_EVENTS", notify.EVENTS_CONSUMER), (notify.DELIVER_CONSUMER, notify.STREAM,
+                                                              notify.DELIVER_CONSUMER))
+    assert queue_metrics.NOTIFY_STREAM == notify.STREAM
+    await notify.ensure_layout(services.js, services.settings)
+    await services.js.purge_stream(notify.STREAM)  # the stream outlives the test's wipe of the stages' layout
+    for n in range(3):
+        await services.js.publish(notify.SUBJECT, b"{}", headers={"Nats-Msg-Id": f"waiting-{n}"})
+    await queue_metrics.poll(services.js)
+    now = scrape(metrics_url)
+    assert value(now, "jetmedia_queue_pending", stage="notify-deliver") == 3
+    assert value(now, "jetmedia_queue_pending", stage="notify") == 0
+    assert value(now, "jetmedia_stream_messages", stream="JM_NOTIFY") == 3
+    await services.js.purge_stream(notify.STREAM)
 
 
 async def test_collector_reports_queue_depth_redeliveries_and_dead_letters(
