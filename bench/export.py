@@ -411,7 +411,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="0.5", help="export size in GB: 0.5, 2 or 0.5,2 (default %(default)s)")
     parser.add_argument("--datasets", default="files,large", help="files, large or both (default %(default)s)")
-    parser.add_argument("--repeat", type=int, default=2, help="pairs (copy beside each other path) per data set and size")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each path per data set and size")
     parser.add_argument("--bucket", default="jetmedia-bench")
     parser.add_argument("--external", action="store_true", help="use JETMEDIA_* endpoints instead of embedded ones")
     parser.add_argument("--keep", action="store_true", help="with --external: keep the sources for the next run")
