@@ -1,7 +1,8 @@
 """Every dashboard panel shows data for a running system.
 
 The stack as compose runs it, on loopback: one `jetmedia worker STAGE` process per registered
-stage (the services compose.yaml has) and one `jetmedia collector`; a real Prometheus (Debian's
+stage (the services compose.yaml has), one `jetmedia collector` and one `jetmedia gateway` (asked
+a few things over HTTP); a real Prometheus (Debian's
 package) with the scrape config derived from grafana/prometheus.yml (only the targets rewritten
 to this test's ports); real jobs through the pipeline; then every query of every panel of every
 dashboard through Prometheus' HTTP API. A query that returns nothing, or only NaN, fails the
@@ -33,6 +34,7 @@ from shared import messages as m
 from shared.config import Settings
 from shared.devstack import EmbeddedStack, free_port
 from shared.runtime import Services
+from tests.gatewaykit import tokens_setting
 from tests.helpers import asset_event, eventually, export_event, settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +66,17 @@ class Process:
             time.sleep(0.1)
         raise AssertionError(f"{self.proc.args} did not become ready:\n{self.log.read_text()[-3000:]}")
 
+    def serving(self, port: int, timeout: float = 60.0) -> str:
+        """host:port once the process answers /healthz there (the gateway: its metrics are on the API port)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    return f"127.0.0.1:{port}"
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"{self.proc.args} did not serve on {port}:\n{self.log.read_text()[-3000:]}")
+
     def stop(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -77,14 +90,26 @@ class Process:
 
 
 @pytest.fixture
-def stack_processes(services: Services, settings: Settings, tmp_path: Path) -> Iterator[dict[str, str]]:
+def reader() -> tuple[str, str]:
+    """JETMEDIA_GATEWAY_TOKENS with one read-only token, and that token."""
+    setting, tokens, _names = tokens_setting({"reader": {"scopes": ["read"]}})
+    return setting, tokens["reader"]
+
+
+@pytest.fixture
+def stack_processes(services: Services, settings: Settings, tmp_path: Path,
+                    reader: tuple[str, str]) -> Iterator[dict[str, str]]:
     """job name in prometheus.yml -> host:port of its /metrics, for every process started."""
     env = {**os.environ, **settings_env(settings), "JETMEDIA_METRICS_PORT": "0",
            "JETMEDIA_QUEUE_POLL_INTERVAL": "0.5", "JETMEDIA_CONCURRENCY": "2"}
     processes = {stage: Process(["worker", stage], env, tmp_path / f"{stage}.log") for stage in STAGES}
     processes["collector"] = Process(["collector"], env, tmp_path / "collector.log")
+    gateway_port = free_port()  # its /metrics is on the API's own port, as compose scrapes it
+    processes["gateway"] = Process(["gateway"], {**env, "JETMEDIA_GATEWAY_PORT": str(gateway_port),
+                                                 "JETMEDIA_GATEWAY_TOKENS": reader[0]}, tmp_path / "gateway.log")
     try:
-        yield {job: process.metrics_address() for job, process in processes.items()}
+        yield {job: process.metrics_address() if job != "gateway" else process.serving(gateway_port)
+               for job, process in processes.items()}
         codes = {job: process.stop() for job, process in processes.items()}
         assert codes == dict.fromkeys(processes, 0), "SIGTERM should drain and exit 0"
     finally:
@@ -134,7 +159,8 @@ def test_every_dashboard_query_is_unique_and_uses_no_unknown_variable() -> None:
 
 
 async def test_prometheus_gets_data_for_every_panel(
-    services: Services, stack_processes: dict[str, str], stack: EmbeddedStack, tmp_path: Path
+    services: Services, stack_processes: dict[str, str], stack: EmbeddedStack, tmp_path: Path,
+    reader: tuple[str, str],
 ) -> None:
     assert promlocal.binary(), "prometheus is not installed: run `make sysdeps` (Debian package `prometheus`)"
     port = free_port()
@@ -181,7 +207,17 @@ async def test_prometheus_gets_data_for_every_panel(
                         and export["result"] and float(export["result"][0]["value"][1]) >= 1
                         and dlq["result"] and float(dlq["result"][0]["value"][1]) >= 1)
 
+        gateway = f"http://{stack_processes['gateway']}"  # what the HTTP panels show: a few reads
+
+        def ask_the_gateway() -> None:
+            for path in ("/v1/jobs?limit=5", "/v1/jobs/prom-0", "/healthz"):
+                request = urllib.request.Request(gateway + path, headers={"Authorization": f"Bearer {reader[1]}"})
+                with urllib.request.urlopen(request, timeout=10) as resp:
+                    assert resp.status == 200, (path, resp.status)
+
+        await asyncio.to_thread(ask_the_gateway)
         await eventually(prometheus_saw_it, timeout=30, every=0.5)
+        await asyncio.to_thread(ask_the_gateway)  # again inside the last rate() window
         await asyncio.sleep(2)  # a couple more scrapes, so every rate() window holds the movement
 
         empty = []
