@@ -85,7 +85,7 @@ async def test_any_key_round_trips_through_the_fast_path(services: Services, par
     assert got is not None and got[0] == data
 
 
-@pytest.mark.parametrize("limit", [64 * 1024 * 1024, 10])  # sent fast; too big, so botocore's file upload
+@pytest.mark.parametrize("limit", [storage_module.FAST_FILE, 10])  # sent fast; too big, so botocore's file upload
 async def test_upload_file_stores_the_file_and_its_crc32_either_way(
         services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
     monkeypatch.setattr(storage_module, "FAST_FILE", limit)
