@@ -25,7 +25,6 @@ from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSe
 from nats.js.kv import KeyValue
 
 from . import metrics
-from .bus import delivered
 from .errors import UnknownJob
 from .messages import ExportFile, MediaInfo, OutputFile, now
 
@@ -355,18 +354,17 @@ async def _read_back(jobs: JobStore, start: int, end: int, found: dict[str, Job 
         if done.is_set():
             return
         taken[0] += 1
-        meta = delivered(msg.reply)
-        seq = meta.stream_seq if meta is not None else msg.metadata.sequence.stream
-        if seq >= end:
+        meta = msg.metadata  # sequence, time stored, pending: one parse of the reply subject
+        if meta.sequence.stream >= end:
             done.set()
             return
         if not first:
-            first.append(meta.stored_ns / 1e9 if meta is not None else msg.metadata.timestamp.timestamp())
+            first.append(meta.timestamp.timestamp())
         key = msg.subject[len(prefix):]
         if key not in found:
-            deleted = bool(msg.headers) and (msg.headers or {}).get("KV-Operation") is not None
+            deleted = (msg.headers or {}).get("KV-Operation") is not None
             found[key] = None if ".chunk." in key or deleted or not msg.data else _decoder.decode(msg.data)
-        if seq >= end - 1 or msg.metadata.num_pending == 0:
+        if meta.sequence.stream >= end - 1 or meta.num_pending == 0:
             done.set()
 
     sub = await jobs.js.subscribe(f"{prefix}>", stream=f"KV_{BUCKET}", cb=take, ordered_consumer=True,
