@@ -374,21 +374,21 @@ async def encode(ctx: Context, source: str | Source, facts: Probe, preset: p.Pre
         await _stop_feeding(source, feeding, stop)
         raise
     except BaseException:
-        await _stop_feeding(source, feeding, stop)
-        if not feeding.cancelled() and feeding.exception() is not None:
+        if await _stop_feeding(source, feeding, stop) is not None:
             await source.whole()  # the download failed: its error, not ffmpeg's
         raise
-    await _stop_feeding(source, feeding, stop)  # ffmpeg is gone: nothing left to feed
-    if not feeding.cancelled() and (failed := feeding.exception()) is not None:
+    if (failed := await _stop_feeding(source, feeding, stop)) is not None:  # ffmpeg is gone: nothing to feed
         await source.whole()  # ffmpeg ended on a short input: the download's error
         raise failed
     return complaints
 
 
-async def _stop_feeding(source: Source, feeding: asyncio.Future[None], stop: threading.Event) -> None:
+async def _stop_feeding(source: Source, feeding: asyncio.Future[None], stop: threading.Event) -> BaseException | None:
+    """Stop the feeder thread and wait for it; what it failed with (the download's end), if anything."""
     stop.set()
     source.arriving.wake()
     await asyncio.wait([feeding])
+    return None if feeding.cancelled() else feeding.exception()
 
 
 async def check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, complaints: list[str]) -> Probe:
