@@ -288,7 +288,13 @@ def test_nats_down_every_command_exits_3_within_the_timeout(tmp_path: Path) -> N
         took = time.monotonic() - started
         line = one_line(done, 3)
         assert f"cannot reach NATS at {url} within 1 s: connection refused" in line, (command, line)
-        assert took < 2.0 or took < 2.0 + 2 * _load_slack(env), (command, took)
+        assert took < WITHIN or took < WITHIN + 2 * _load_slack(env), (command, took)
+
+
+WITHIN = 1.0 + 1.5
+"""The 1-s connect timeout plus the interpreter's start and the command's imports (0.8-1.1 s on an idle
+machine; CI once took 1.11 s of them, and a bound of 2.0 failed it). A command that waited twice the
+timeout takes 2.8-3.1 s here; one left to nats-py's own defaults, minutes."""
 
 
 def _load_slack(env: dict[str, str]) -> float:
@@ -311,7 +317,7 @@ def test_s3_down_submit_and_export_exit_3_within_the_timeout(up: Up, tmp_path: P
         line = one_line(jetmedia(*command, env=env, timeout=30), 3)
         assert f"cannot connect to S3 endpoint {endpoint}: connection refused" in line, line
         took = time.monotonic() - started
-        assert took < 2.0 or took < 2.0 + 2 * _load_slack(env), (command, took)
+        assert took < WITHIN or took < WITHIN + 2 * _load_slack(env), (command, took)
 
 
 class Pty:
