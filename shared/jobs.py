@@ -331,7 +331,7 @@ async def recent_jobs(jobs: JobStore, limit: int, keep: Callable[[Job], bool] = 
     end, window = state.last_seq + 1, TAIL
     while True:
         start = max(state.first_seq, end - window)
-        since = await _read_back(jobs, start, end, found)
+        since = await scan_records(jobs, start, end, _newest_of(found))
         chosen = sorted((job for job in found.values() if job is not None and keep(job)),
                         key=lambda job: job.created, reverse=True)[:limit]
         complete = since is not None and len(chosen) == limit and (
@@ -341,10 +341,20 @@ async def recent_jobs(jobs: JobStore, limit: int, keep: Callable[[Job], bool] = 
         end, window = start, window * 4
 
 
-async def _read_back(jobs: JobStore, start: int, end: int, found: dict[str, Job | None]) -> float | None:
-    """Add the records stored at sequences [start, end) to `found` (a key seen already, in a later
-    pass, is newer); the stream time of the first one read (None: nothing there). A callback
-    subscription: `next_msg` costs two tasks per message, twice the time of the whole read."""
+def _newest_of(found: dict[str, Job | None]) -> Callable[[int, str, Job | None], None]:
+    """Keep the first record read per key: a key seen already, in a later pass, is newer."""
+    def keep(sequence: int, key: str, job: Job | None) -> None:
+        found.setdefault(key, job)
+
+    return keep
+
+
+async def scan_records(jobs: JobStore, start: int, end: int, each: Callable[[int, str, Job | None], None]
+                       ) -> float | None:
+    """Call `each(sequence, key, job)` for the records stored at sequences [start, end) of the
+    bucket's stream, in order (job None: deleted, or a side record, not a job); the stream time
+    of the first one read (None: nothing there). A callback subscription: `next_msg` costs two
+    tasks per message, twice the time of the whole read."""
     prefix = f"$KV.{BUCKET}."
     first: list[float] = []
     taken = [0]
@@ -355,16 +365,16 @@ async def _read_back(jobs: JobStore, start: int, end: int, found: dict[str, Job 
             return
         taken[0] += 1
         meta = msg.metadata  # sequence, time stored, pending: one parse of the reply subject
-        if meta.sequence.stream >= end:
+        sequence = meta.sequence.stream
+        if sequence >= end:
             done.set()
             return
         if not first:
             first.append(meta.timestamp.timestamp())
         key = msg.subject[len(prefix):]
-        if key not in found:
-            deleted = (msg.headers or {}).get("KV-Operation") is not None
-            found[key] = None if ".chunk." in key or deleted or not msg.data else _decoder.decode(msg.data)
-        if meta.sequence.stream >= end - 1 or meta.num_pending == 0:
+        deleted = (msg.headers or {}).get("KV-Operation") is not None
+        each(sequence, key, None if ".chunk." in key or deleted or not msg.data else _decoder.decode(msg.data))
+        if sequence >= end - 1 or meta.num_pending == 0:
             done.set()
 
     sub = await jobs.js.subscribe(f"{prefix}>", stream=f"KV_{BUCKET}", cb=take, ordered_consumer=True,

@@ -5,13 +5,15 @@ stream refused keeps its archive until a later sweep has announced it."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import msgspec
+import pytest
 
 from services import cleanup
 from shared import messages as m
 from shared.exportplan import chunk_key
-from shared.jobs import Job
+from shared.jobs import Job, scan_records
 from shared.runtime import Services
 from tests.faults.test_answers import events_of, events_refused
 from tests.helpers import stream_events
@@ -81,3 +83,40 @@ async def test_an_expired_export_refused_by_the_events_stream_is_announced_by_a_
     assert await events_of(services, "s-gone") == ["JobExpired"]
     job = await services.jobs.get("s-gone")
     assert job is not None and job.announced == ["ready", "expired"]
+
+
+async def test_the_outbox_pass_reads_only_what_was_written_since_it_last_settled(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records are kept for good: a sweep every minute must not read every job ever run. A record
+    in its grace period or refused by the events stream is read again; a settled one is not."""
+    long_ago = m.now() - cleanup.ANNOUNCE_GRACE - timedelta(seconds=5)
+    for n in range(50):  # settled history: announced long ago
+        await services.jobs.create(Job(id=f"o-old-{n}", kind="asset", status="ready", created=long_ago,
+                                       updated=long_ago, announced=["ready"]))
+    fresh, _ = await services.jobs.create(Job(id="o-fresh", kind="asset", status="failed", created=m.now(),
+                                              updated=m.now()))
+    read: list[tuple[int, int]] = []
+
+    async def scan_spy(jobs: Any, start: int, end: int, each: Any) -> float | None:
+        read.append((start, end))
+        return await scan_records(jobs, start, end, each)
+
+    monkeypatch.setattr(cleanup, "scan_records", scan_spy)
+    outbox = cleanup.Outbox()
+    assert (await cleanup.sweep(services, outbox=outbox)).announced == 0  # o-fresh: the runtime's turn still
+    assert read == [(1, 52)] and outbox.since == 51  # o-fresh is held
+
+    async with events_refused(services):
+        later = fresh.updated + cleanup.ANNOUNCE_GRACE + timedelta(seconds=1)
+        assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
+    assert read[-1] == (51, 52) and outbox.since == 51  # refused: held again
+
+    await services.jobs.create(Job(id="o-new", kind="asset", status="cancelled", created=long_ago, updated=long_ago))
+    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 2
+    assert read[-1] == (51, 53) and outbox.since == 53
+    assert await events_of(services, "o-fresh") == ["JobFailed"]
+    assert await events_of(services, "o-new") == ["JobCancelled"]
+    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
+    assert read[-1] == (53, 55) and outbox.since == 55  # the two marks, read once
+    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
+    assert len(read) == 4  # nothing written since: nothing read

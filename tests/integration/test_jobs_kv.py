@@ -71,13 +71,13 @@ async def test_the_newest_jobs_come_from_the_tail_and_agree_with_the_whole_bucke
             assert got == [job for job in everything if keep(job)][:limit], (name, limit)
 
     starts: list[int] = []
-    read_back = jobs_module._read_back
+    read_back = jobs_module.scan_records
 
     async def counted(*args: object) -> float | None:
         starts.append(args[1])  # type: ignore[arg-type]
         return await read_back(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(jobs_module, "_read_back", counted)
+    monkeypatch.setattr(jobs_module, "scan_records", counted)
     first = (await services.jobs.kv.status()).stream_info.state.first_seq
     assert [job.id for job in await recent_jobs(services.jobs, 2)] == ["recent-late-c", "recent-late-b"]
     assert starts and min(starts) > first  # the newest two, without reading the whole bucket
