@@ -145,12 +145,13 @@ def _marking(announced: Job, marker: str) -> Callable[[Job], Job]:
 class Outbox:
     """Where the outbox pass next reads the bucket's stream from. Records are kept for good, so
     reading every one each minute grew with every job ever run (20,000 jobs: 2.1 s a sweep by
-    keys and gets, 0.3 s by one read of the stream, ~10 ms from `since`). With history 1 a record's only message is its latest write, and a record that
-    becomes final, or is marked announced, is written again at the stream's end: a record read
-    once as not final, or final and announced, needs no second look until its next write. So a
-    pass reads from `since` on, and moves `since` past what it settled; a record it must look at
-    again (in its grace period, or refused by the events stream) holds `since` at its sequence.
-    The first pass of a process reads the whole bucket."""
+    keys and gets, 0.3 s by one read of the stream, ~10 ms from `since`). With history 1 a
+    record's only message is its latest write, and a record that becomes final, or is marked
+    announced, is written again at the stream's end: a record read once as not final, or final
+    and announced, needs no second look until its next write. So a pass reads from `since` on,
+    and moves `since` past what it settled; a record it must look at again (in its grace period,
+    or refused by the events stream) holds `since` at its sequence. The first pass of a process
+    reads the whole bucket."""
 
     since: int = 0
 
