@@ -80,3 +80,35 @@ def png_bomb(width: int = 50_000, height: int = 50_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
     idat = zlib.compress(b"\x00" * (1 + 3 * width), 9)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def hevc_heif(width: int = 64, height: int = 48) -> bytes:
+    """The container of an iPhone photo (HEIF, one HEVC-coded image item) around a placeholder
+    bitstream: valid boxes (ftyp, meta: hdlr, pitm, iinf, iloc, iprp with hvcC + ispe), so a
+    reader gets as far as the header; neither libvips nor ffmpeg here can encode HEVC into HEIF."""
+    import struct
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", 8 + len(body)) + kind + body
+
+    def full(kind: bytes, body: bytes, version: int = 0) -> bytes:
+        return box(kind, bytes([version, 0, 0, 0]) + body)
+
+    # HEVCDecoderConfigurationRecord: version 1, Main profile, level 3.0, 4:2:0, 8-bit, no NAL arrays
+    hvcc = bytes([1, 0x01, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 90, 0xF0, 0x00, 0xFC, 0xFD, 0xF8, 0xF8, 0, 0, 0x0F, 0])
+    payload = b"\x00\x00\x00\x02\x26\x01"  # one length-prefixed NAL (a placeholder, not a picture)
+    ftyp = box(b"ftyp", b"heic" + b"\0\0\0\0" + b"mif1heic")
+    hdlr = full(b"hdlr", b"\0\0\0\0pict" + b"\0" * 12 + b"\0")
+    pitm = full(b"pitm", struct.pack(">H", 1))
+    iinf = full(b"iinf", struct.pack(">H", 1) + full(b"infe", struct.pack(">HH", 1, 0) + b"hvc1" + b"\0", version=2))
+    ipco = box(b"ipco", box(b"hvcC", hvcc) + full(b"ispe", struct.pack(">II", width, height)))
+    ipma = full(b"ipma", struct.pack(">IHB", 1, 1, 2) + bytes([0x81, 0x02]))
+    iprp = box(b"iprp", ipco + ipma)
+
+    def meta(offset: int) -> bytes:  # iloc v0: offset 4, length 4, base offset 0; one item, one extent
+        extent = struct.pack(">HHHII", 1, 1, 0, 1, offset) + struct.pack(">I", len(payload))
+        iloc = full(b"iloc", bytes([0x44, 0x00]) + extent)
+        return full(b"meta", hdlr + pitm + iloc + iinf + iprp)
+
+    head = ftyp + meta(0)
+    return ftyp + meta(len(head) + 8) + box(b"mdat", payload)

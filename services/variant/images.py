@@ -41,6 +41,10 @@ LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else
     "heifload_source": "heif",
 }
 ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+NO_DECODER = "has not been built in"  # libheif, when a codec's plugin is missing
+NO_HEVC = ("this server's libvips has no HEVC decoder (the pyvips-binary wheel ships without libde265), "
+           "so it cannot be read; AVIF and other HEIF work: export it as JPEG or AVIF, or run the variant stage "
+           "with a libvips built with libde265")
 KERNEL = "cubic"  # resize kernel: chosen on bytes and PSNR in bench/variant.py (see docs/benchmarks.md)
 
 
@@ -174,6 +178,8 @@ def render(source: bytes, presets: tuple[Preset, ...], limits: Limits = Limits()
         assert smallest is not None
         palette, placeholder = facts(smallest)
     except pyvips.Error as exc:
+        if header.format == "heif" and NO_DECODER in str(exc):
+            raise Reject(f"HEIC photo (HEVC-coded HEIF, as iPhones save them): {NO_HEVC}") from None
         raise Reject(f"cannot decode {header.format} image: {_first_line(exc)}") from None
     return Rendered(header, [encoded[p.name] for p in presets], palette, placeholder)
 
@@ -187,8 +193,9 @@ def _decode(source: bytes, size: int, header: Header) -> pyvips.Image:
     resize after it uses KERNEL. Orientation and colour are fixed on the small image."""
     options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON}
     if header.format == "jpeg":
-        long_edge = max(header.width, header.height)
-        shrink = next(s for s in (8, 4, 2, 1) if s == 1 or long_edge / s >= size)
+        long_edge, short_edge = max(header.width, header.height), min(header.width, header.height)
+        # libjpeg's scaled size is floored: a strip 5 px high shrunk by 8 would be 0 px ("bad dimensions")
+        shrink = next(s for s in (8, 4, 2, 1) if s == 1 or (long_edge / s >= size and short_edge >= s))
         image = pyvips.Image.jpegload_source(_memory(source), shrink=shrink, **options)
     else:
         image = pyvips.Image.new_from_source(_memory(source), "", **options)
