@@ -12,6 +12,9 @@ the outbox's safety net (shared/outbox.py): a job that ended while the events st
 through every delivery of its last message would otherwise wait for a message that may never
 come; a record final for longer than `ANNOUNCE_GRACE` without its final event in `announced` gets
 it published here, with the same derived id.
+
+An export's transforms leave their outputs at `transcodes/src-…` and `variants/src-…` (the archive
+holds copies); the sweep deletes them once no export still running can need them.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +42,11 @@ ORPHAN_AGE = timedelta(days=1)  # exports/ objects of unknown jobs are deleted a
 # a final record older than this without its event was given up on by the runtime, which
 # publishes then marks within milliseconds: announcing sooner would only race it
 ANNOUNCE_GRACE = timedelta(seconds=30)
+TRANSFORM_OUTPUTS = ("transcodes/src-", "variants/src-")  # services/transcode/work.py, services/variant
+# a transform output younger than this is kept (an export that made it may be newer than our read
+# of the jobs bucket); older ones go once every export running was created after they were written
+TRANSFORM_OUTPUT_AGE = timedelta(hours=1)
+CLOCK_SLACK = timedelta(minutes=5)  # a record's `created` is its writer's clock, LastModified S3's
 
 
 @dataclass
@@ -49,10 +57,12 @@ class Swept:
     announced: int = 0  # final events published (`job.expired`, and ones the runtime never got out)
 
 
-async def sweep(services: Services, now: datetime | None = None, outbox: Outbox | None = None) -> Swept:
-    """One pass; `now` is a parameter so tests can move the clock (expiry is days away). `outbox`:
-    where the previous pass's outbox read stopped (None: read the whole bucket)."""
+async def sweep(services: Services, now: datetime | None = None, known: Known | None = None) -> Swept:
+    """One pass; `now` is a parameter so tests can move the clock (expiry is days away). `known`:
+    what the previous passes read of the jobs bucket (None: read it all)."""
     now = now or datetime.now(UTC)
+    known = known or Known()
+    unannounced = await _read_jobs(services, known)
     storage = services.storage
     swept = Swept()
     objects: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
@@ -92,7 +102,8 @@ async def sweep(services: Services, now: datetime | None = None, outbox: Outbox 
                 await storage.client.abort_multipart_upload(
                     Bucket=storage.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 swept.aborted += 1
-    swept.announced += await _announce_unannounced(services, now, outbox or Outbox())
+    swept.deleted += await _delete_transform_outputs(services, now, known)
+    swept.announced += await _announce_unannounced(services, now, known, unannounced)
     if swept.expired or swept.deleted or swept.aborted or swept.announced:
         log.info("cleanup: %d export(s) expired, %d object(s) deleted, %d upload(s) aborted, %d event(s) announced",
                  swept.expired, swept.deleted, swept.aborted, swept.announced)
@@ -142,37 +153,50 @@ def _marking(announced: Job, marker: str) -> Callable[[Job], Job]:
 
 
 @dataclass
-class Outbox:
-    """Where the outbox pass next reads the bucket's stream from. Records are kept for good, so
-    reading every one each minute grew with every job ever run (20,000 jobs: 2.1 s a sweep by
-    keys and gets, 0.3 s by one read of the stream, ~10 ms from `since`). With history 1 a
-    record's only message is its latest write, and a record that becomes final, or is marked
-    announced, is written again at the stream's end: a record read once as not final, or final
-    and announced, needs no second look until its next write. So a pass reads from `since` on,
-    and moves `since` past what it settled; a record it must look at again (in its grace period,
-    or refused by the events stream) holds `since` at its sequence. The first pass of a process
-    reads the whole bucket."""
+class Known:
+    """What the sweeps read of the jobs bucket, and where the next read starts. Records are kept
+    for good, so reading every one each minute grew with every job ever run (20,000 jobs: 2.1 s a
+    sweep by keys and gets, 0.3 s by one read of the stream, ~10 ms from `since`). With history 1
+    a record's only message is its latest write, and a record that changes (becomes final, is
+    marked announced) is written again at the stream's end: a record read once needs no second
+    look until its next write. So a pass reads from `since` on, and moves `since` past what it
+    settled; a record the outbox must look at again (in its grace period, or refused by the events
+    stream) holds `since` at its sequence. The first pass of a process reads the whole bucket."""
 
     since: int = 0
+    end: int = 0  # where the last read stopped
+    running_exports: dict[str, datetime] = field(default_factory=dict)  # job -> created
 
 
-async def _announce_unannounced(services: Services, now: datetime, outbox: Outbox) -> int:
-    """The outbox's safety net: final records, last changed more than `ANNOUNCE_GRACE` ago, whose
-    final event is not in `announced`. `{job}.chunk.{n}` side records are not decoded. The first
-    refused publish ends the pass (the stream is likely down): next sweep."""
+async def _read_jobs(services: Services, known: Known) -> list[tuple[int, Job]]:
+    """Read the records written since `known.since`: keep `running_exports` current, and return
+    the final records whose final event is not announced, with their sequences."""
     state = (await services.jobs.kv.status()).stream_info.state
-    end = state.last_seq + 1
-    if not state.first_seq <= outbox.since <= end:  # first pass, or the bucket was purged or made anew
-        outbox.since = state.first_seq
+    known.end = state.last_seq + 1
+    if not state.first_seq <= known.since <= known.end:  # first pass, or the bucket was purged or made anew
+        known.since = state.first_seq
+        known.running_exports.clear()
     unannounced: list[tuple[int, Job]] = []
 
     def collect(sequence: int, key: str, job: Job | None) -> None:
+        if job is None or job.final:
+            known.running_exports.pop(key, None)
+        elif job.kind == "export":
+            known.running_exports[key] = job.created
         if job is not None and job.final and outbox_announcement(job, services.settings.source) is not None:
             unannounced.append((sequence, job))
 
-    if outbox.since < end:
-        await scan_records(services.jobs, outbox.since, end, collect)
-    held, published = end, 0
+    if known.since < known.end:
+        await scan_records(services.jobs, known.since, known.end, collect)
+    return unannounced
+
+
+async def _announce_unannounced(services: Services, now: datetime, known: Known,
+                                unannounced: list[tuple[int, Job]]) -> int:
+    """The outbox's safety net: final records, last changed more than `ANNOUNCE_GRACE` ago, whose
+    final event is not in `announced`. The first refused publish ends the pass (the stream is
+    likely down): next sweep."""
+    held, published = known.end, 0
     for sequence, job in unannounced:
         if job.updated + ANNOUNCE_GRACE > now:  # the runtime's turn still: look again next sweep
             held = min(held, sequence)
@@ -183,20 +207,39 @@ async def _announce_unannounced(services: Services, now: datetime, outbox: Outbo
             log.warning("cleanup: final event of %s not published (%s); trying again next sweep", job.id, exc)
             held = min(held, sequence)
             break
-    outbox.since = held
+    known.since = held
     if published:
         log.warning("cleanup: published %d final event(s) the runtime never got out", published)
     return published
+
+
+async def _delete_transform_outputs(services: Services, now: datetime, known: Known) -> int:
+    """Transform outputs only an export still running can need: one it made has a LastModified
+    after that export's `created`. An export that starts later writes its outputs again."""
+    cutoff = now - TRANSFORM_OUTPUT_AGE
+    if known.running_exports:
+        cutoff = min(cutoff, min(known.running_exports.values()) - CLOCK_SLACK)
+    storage = services.storage
+    deleted = 0
+    paginator = storage.client.get_paginator("list_objects_v2")
+    page: dict[str, Any]
+    for prefix in TRANSFORM_OUTPUTS:
+        async for page in paginator.paginate(Bucket=storage.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["LastModified"] < cutoff:
+                    await storage.delete(item["Key"])
+                    deleted += 1
+    return deleted
 
 
 async def run(services: Services, stopping: asyncio.Event) -> None:
     """Sweep every `cleanup_interval` seconds until `stopping`."""
     interval = services.settings.cleanup_interval
     log.info("cleanup: sweeping %s every %.0fs", PREFIX, interval)
-    outbox = Outbox()
+    known = Known()
     while not stopping.is_set():
         try:
-            await sweep(services, outbox=outbox)
+            await sweep(services, known=known)
         except Exception:
             log.exception("cleanup: sweep failed; trying again in %.0fs", interval)
         with contextlib.suppress(TimeoutError):

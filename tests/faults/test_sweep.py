@@ -102,21 +102,45 @@ async def test_the_outbox_pass_reads_only_what_was_written_since_it_last_settled
         return await scan_records(jobs, start, end, each)
 
     monkeypatch.setattr(cleanup, "scan_records", scan_spy)
-    outbox = cleanup.Outbox()
-    assert (await cleanup.sweep(services, outbox=outbox)).announced == 0  # o-fresh: the runtime's turn still
-    assert read == [(1, 52)] and outbox.since == 51  # o-fresh is held
+    known = cleanup.Known()
+    assert (await cleanup.sweep(services, known=known)).announced == 0  # o-fresh: the runtime's turn still
+    assert read == [(1, 52)] and known.since == 51  # o-fresh is held
 
     async with events_refused(services):
         later = fresh.updated + cleanup.ANNOUNCE_GRACE + timedelta(seconds=1)
-        assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
-    assert read[-1] == (51, 52) and outbox.since == 51  # refused: held again
+        assert (await cleanup.sweep(services, now=later, known=known)).announced == 0
+    assert read[-1] == (51, 52) and known.since == 51  # refused: held again
 
     await services.jobs.create(Job(id="o-new", kind="asset", status="cancelled", created=long_ago, updated=long_ago))
-    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 2
-    assert read[-1] == (51, 53) and outbox.since == 53
+    assert (await cleanup.sweep(services, now=later, known=known)).announced == 2
+    assert read[-1] == (51, 53) and known.since == 53
     assert await events_of(services, "o-fresh") == ["JobFailed"]
     assert await events_of(services, "o-new") == ["JobCancelled"]
-    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
-    assert read[-1] == (53, 55) and outbox.since == 55  # the two marks, read once
-    assert (await cleanup.sweep(services, now=later, outbox=outbox)).announced == 0
+    assert (await cleanup.sweep(services, now=later, known=known)).announced == 0
+    assert read[-1] == (53, 55) and known.since == 55  # the two marks, read once
+    assert (await cleanup.sweep(services, now=later, known=known)).announced == 0
     assert len(read) == 4  # nothing written since: nothing read
+
+
+async def test_transform_outputs_go_once_no_running_export_can_need_them(services: Services) -> None:
+    """An export's transforms leave `transcodes/src-…`/`variants/src-…` behind (the archive holds
+    copies). One an export still running may have made stays; an asset's own outputs always do."""
+    made = ["transcodes/src-1/mp3.mp3", "variants/src-2/display.webp"]
+    for key in (*made, "transcodes/asset-1/mp4.mp4", "variants/asset-1/thumb.webp"):
+        await services.storage.put_bytes(key, b"output")
+    created = m.now()
+    await services.jobs.create(Job(id="t-run", kind="export", status="running", stage="chunk",
+                                   created=created - timedelta(minutes=10), updated=created))
+    await services.jobs.create(Job(id="t-late", kind="export", status="running", stage="chunk",  # made nothing yet
+                                   created=created + cleanup.CLOCK_SLACK * 2, updated=created))
+    known = cleanup.Known()
+    assert (await cleanup.sweep(services, known=known)).deleted == 0  # young, whatever runs
+    later = created + cleanup.TRANSFORM_OUTPUT_AGE * 2
+    assert (await cleanup.sweep(services, now=later, known=known)).deleted == 0  # t-run may need them
+    assert set(known.running_exports) == {"t-run", "t-late"}
+
+    await services.jobs.update("t-run", lambda job: msgspec.structs.replace(job, status="ready", announced=["ready"]))
+    assert (await cleanup.sweep(services, now=later, known=known)).deleted == 2
+    assert set(known.running_exports) == {"t-late"}
+    assert await services.storage.list_keys("transcodes/") == ["transcodes/asset-1/mp4.mp4"]
+    assert await services.storage.list_keys("variants/") == ["variants/asset-1/thumb.webp"]

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import av
 import pyvips
 
-from services import samples, stages
+from services import cleanup, samples, stages
 from services.transcode import samples as media
 from shared import bus
 from shared import messages as m
@@ -84,6 +85,12 @@ async def test_recordings_exported_as_mp3(services: Services, tmp_path: Path) ->
     assert all(e["reason"] for e in untransformed.values())
     assert "not a readable audio/video file" in untransformed["rec/notes.wav"]["reason"]
     assert b"untransformed" in archive.read("README.txt")
+
+    outputs = [e["output"] for e in entries.values()]
+    assert (await cleanup.sweep(services)).deleted == 0  # young: an export newer than the sweep may need them
+    later = await cleanup.sweep(services, now=m.now() + cleanup.TRANSFORM_OUTPUT_AGE + timedelta(minutes=1))
+    assert later.deleted == len(outputs) == 3 and await services.storage.list_keys("transcodes/") == []
+    assert await services.storage.head("rec/a/song.wav") is not None  # the sources stay
 
 
 async def test_opus_and_an_unknown_transform(services: Services, tmp_path: Path) -> None:
