@@ -28,6 +28,7 @@ from botocore.exceptions import ClientError
 
 from shared import exportitems
 from shared import messages as m
+from shared.errors import s3_status
 from shared.exportplan import ChunkRecord, SourceInfo, chunk_key
 from shared.runtime import Context, Emit, Reject, Stage
 from shared.storage import ObjectInfo
@@ -124,7 +125,12 @@ async def head(ctx: Context, bucket: str, key: str) -> ObjectInfo | None:
     200 there, a missing source included, is asked again through `Storage.head`."""
     fast = await ctx.services.fast_s3.head(bucket, key)
     if fast is None:
-        return await ctx.storage.head(key, bucket)
+        try:
+            return await ctx.storage.head(key, bucket)
+        except ClientError as exc:
+            if s3_status(exc) == 400:  # S3 refuses the key itself (SeaweedFS: `..` segments, NUL): no
+                return None  # object has it, so it is missing; retrying it only failed the whole export
+            raise
     size, crc32, etag = fast
     return ObjectInfo(key=key, size=size, content_type=None, crc32=crc32, etag=etag)
 

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from botocore.exceptions import ClientError
 
-from .errors import is_transient
+from .errors import is_permanent, is_transient, s3_code
 from .runtime import Context, Reject
 
 
@@ -19,7 +19,16 @@ async def explain_failed_get(ctx: Context, exc: ClientError, bucket: str, key: s
     `Reject` for an object that does not exist or is empty, otherwise the error itself."""
     if not is_transient(exc):
         where = f"s3://{bucket}/{key}"
-        info = await ctx.storage.head(key, bucket)
+        try:
+            info = await ctx.storage.head(key, bucket)
+        except ClientError as head_exc:
+            if is_permanent(exc) and not is_transient(head_exc):
+                # S3 refuses the key itself (SeaweedFS: `..`/`.` segments, NUL), not this attempt:
+                # no retry can read it, and "400 Bad Request" of a HEAD tells a producer nothing
+                message = exc.response.get("Error", {}).get("Message", "")
+                raise Reject(f"S3 refuses to read {where} ({s3_code(exc)}: {message}): no object can have "
+                             "this key there") from None
+            raise
         if info is None:
             raise Reject(f"source object {where} does not exist") from None
         if info.size == 0:

@@ -1,0 +1,48 @@
+"""Keys the S3 server refuses to name, sent by a producer as raw JSON over plain NATS.
+
+SeaweedFS answers a GET of `uploads/../x.jpg` (or a key with NUL) with `400 InvalidRequest`, and
+the HEAD that should tell "missing" from "a fault" with a bare `400 Bad Request`. That HEAD read
+as transient: the asset job sat `running` through five deliveries and failed with "gave up after
+5 deliveries: ... HeadObject ... Bad Request", and an export naming such a key next to good ones
+failed whole the same way. Now the asset fails at the first delivery saying S3 refuses the key,
+and the export lists the key as missing and archives the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+from services import samples, stages
+from shared import bus
+from shared import messages as m
+from shared.runtime import Services
+from tests.helpers import eventually, final_job, running
+
+REFUSED = ("uploads/../x.jpg", "uploads/a\x00b.jpg")
+
+
+def raw(kind: str, event_id: str, data: object) -> bytes:
+    return json.dumps({"data": data, "id": event_id, "type": kind, "source": "go-app", "specversion": "1.0"}).encode()
+
+
+async def test_keys_s3_refuses_fail_at_once_and_an_export_lists_them_missing(services: Services) -> None:
+    await services.storage.put_bytes("uploads/ok.jpg", samples.photo(64, 48))
+    async with running(services, [stages.load(n) for n in ("upload", "chunk", "variant", "finalize")]):
+        for n, key in enumerate(REFUSED):
+            await services.js.publish(m.UPLOAD_ASSET, raw("jetmedia.asset.uploaded.v1", f"wk-{n}", {"key": key}),
+                                      headers={bus.MSG_ID: f"wk-{n}"})
+        await services.js.publish(m.UPLOAD_EXPORT, raw("jetmedia.export.requested.v1", "wk-export",
+                                                       {"keys": [*REFUSED, "uploads/ok.jpg"]}),
+                                  headers={bus.MSG_ID: "wk-export"})
+        jobs = [await eventually(partial(final_job, services, f"wk-{n}"), timeout=30) for n in range(len(REFUSED))]
+        export = await eventually(lambda: final_job(services, "wk-export"), timeout=30)
+
+    for job, key in zip(jobs, REFUSED, strict=True):
+        assert job.status == "failed", job
+        reason = job.errors[-1].reason
+        assert reason.startswith(f"S3 refuses to read s3://jetmedia-test/{key} (InvalidRequest"), reason
+    letters = [e for e in await bus.read_stream(services.js, "JM_DLQ") if isinstance(e, m.DeadLetter)]
+    assert sorted(letter.data.job or "" for letter in letters) == ["wk-0", "wk-1"]
+    assert all(letter.data.permanent and letter.data.delivery_count == 1 for letter in letters)
+    assert export.status == "ready" and export.missing_count == len(REFUSED), export
