@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import botocore.exceptions
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.datastructures import State
@@ -36,7 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from shared import __version__, bus, dlq
 from shared import messages as m
 from shared.config import Settings
-from shared.errors import UnknownJob
+from shared.errors import UnknownJob, is_transient, s3_code
 from shared.jobs import RERUNNABLE, Job, recent_jobs
 from shared.runtime import Services
 
@@ -237,6 +238,13 @@ def check_bucket(gateway: Gateway, principal: auth.Principal, bucket: str | None
                                                f"{gateway.settings.bucket!r}")
 
 
+def check_callback(url: str | None) -> None:
+    """What the schema cannot say of a callback URL (a port out of range), refused at the door
+    rather than as a failed job a moment later."""
+    if url and (problem := m.callback_problem(url)):
+        raise Problem(422, "invalid-callback-url", problem)
+
+
 _UNSAFE = re.compile(r"[^\w.\- ]+")
 
 
@@ -274,9 +282,20 @@ async def create_asset(request: Request[Any, Any, Any], data: JSONBody[m.AssetUp
     gateway = gw(request)
     auth.require_key(principal, data.key)
     check_bucket(gateway, principal, data.bucket)
-    if await gateway.services.storage.head(data.key, data.bucket) is None:
-        raise Problem(422, "no-such-object", f"no object at s3://{data.bucket or gateway.settings.bucket}/{data.key} "
-                                             "(upload it first: POST /v1/uploads, then PUT)")
+    check_callback(data.callback_url)
+    where = f"s3://{data.bucket or gateway.settings.bucket}/{data.key}"
+    try:
+        found = await gateway.services.storage.head(data.key, data.bucket)
+    except botocore.exceptions.ParamValidationError:
+        raise Problem(422, "invalid-bucket", f"bucket {data.bucket!r} is not a valid S3 bucket name") from None
+    except botocore.exceptions.ClientError as exc:
+        if is_transient(exc):
+            raise Problem(503, "unavailable", f"S3 did not answer for {where} ({s3_code(exc)}); retry shortly",
+                          {"Retry-After": "2"}) from None
+        raise Problem(422, "s3-refused", f"S3 refuses to read {where} ({s3_code(exc)}: "
+                                         f"{exc.response.get('Error', {}).get('Message', '')})") from None
+    if found is None:
+        raise Problem(422, "no-such-object", f"no object at {where} (upload it first: POST /v1/uploads, then PUT)")
     return await submit(gateway, principal, "asset", data, idempotency_key)
 
 
@@ -293,6 +312,7 @@ async def create_export(request: Request[Any, Any, Any], data: JSONBody[m.Export
     if principal.prefix and data.prefix is not None:
         auth.require_key(principal, data.prefix)
     check_bucket(gateway, principal, data.bucket)
+    check_callback(data.callback_url)
     return await submit(gateway, principal, "export", data, idempotency_key)
 
 

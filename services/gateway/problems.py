@@ -17,6 +17,8 @@ import nats.js.errors
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from shared import messages as m
+
 log = logging.getLogger("jetmedia.gateway")
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:jetmedia:problem:"
@@ -61,12 +63,31 @@ def on_validation(_: Request[Any, Any, Any], exc: ValidationException) -> Respon
     """Litestar's refusal of a body or parameter that does not fit the schema: 422 for a body that
     parsed as JSON, 400 for a query or path parameter; the detail names the field."""
     extra = exc.extra if isinstance(exc.extra, list) else []
-    parts = [f"{item.get('key')}: {item.get('message')}" for item in extra if isinstance(item, dict)]
+    parts = [f"{item.get('key')}: {_plainly(str(item.get('message')))}" for item in extra if isinstance(item, dict)]
     body = any(isinstance(item, dict) and item.get("source") == "body" for item in extra)
+    if parts == ["data: 'data'"]:  # Litestar's words for a request without a body
+        return problem_response(422, "invalid-body", "the body is empty: send a JSON object "
+                                                     "(Content-Type: application/json)")
     detail = "; ".join(parts) or str(exc.detail)
     if body:
         return problem_response(422, "invalid-body", detail)
     return problem_response(400, "invalid-parameter", detail)
+
+
+def _plainly(message: str) -> str:
+    """A schema message in a client's terms: a job id or callback URL pattern is named, not quoted
+    as a regular expression (the same words as on the bus: messages.explain)."""
+    if "matching regex" in message and "a-zA-Z0-9" in message:
+        return f"not a job id ({m.JOB_ID_RULE})"
+    if "matching regex" in message and "[hH][tT]" in message:
+        return "not an http(s) URL (http:// or https://, a host, no user:password@)"
+    return message
+
+
+def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    """A body nested deeper than the JSON decoder goes: the client's input, not the gateway's fault."""
+    log.info("%s %s: body nested too deeply", request.method, request.url.path)
+    return problem_response(400, "malformed-body", "the body is not JSON the gateway reads: nested too deeply")
 
 
 def on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -101,5 +122,6 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 HANDLERS: dict[int | type[Exception], Any] = {
     Problem: on_problem, ValidationException: on_validation, HTTPException: on_http, Exception: on_error,
+    RecursionError: on_too_deep,
     **dict.fromkeys(UNAVAILABLE, on_unavailable),
 }

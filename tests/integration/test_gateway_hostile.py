@@ -1,0 +1,43 @@
+"""Bodies a curl user sends without reading our Python: each gets a specific problem, never a 500.
+
+Before, a key S3 refuses to name (`uploads/../x.jpg`: SeaweedFS' HEAD says 400), a bucket name the
+S3 client refuses, and JSON nested deeper than the decoder goes were each a 500 "internal" with a
+traceback in the log; an empty body read `data: 'data'`, a bad job id quoted a regular expression,
+and a callback URL with port 99999 was accepted, to fail as a job a moment later.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from services import samples
+from shared.runtime import Services
+from tests.gatewaykit import gateway
+from tests.integration.test_gateway_api import assert_problem
+
+JSON = {"Content-Type": "application/json"}
+
+
+async def test_hostile_bodies_get_specific_problems(services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    await services.storage.put_bytes("uploads/there.jpg", samples.photo(64, 48))
+    deep = b'{"key": "uploads/there.jpg", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    async with gateway(services.settings, gateway_body_limit=256 * 1024) as gw, gw.client("web") as http:
+        refused = assert_problem(await http.post("/v1/assets", json={"key": "uploads/../x.jpg"}), 422, "s3-refused")
+        assert "S3 refuses to read s3://jetmedia-test/uploads/../x.jpg (400" in refused["detail"]
+        bucket = assert_problem(await http.post("/v1/assets", json={"key": "k.jpg", "bucket": "Not_A_Bucket!"}),
+                                422, "invalid-bucket")
+        assert "'Not_A_Bucket!'" in bucket["detail"]
+        too_deep = assert_problem(await http.post("/v1/assets", content=deep, headers=JSON), 400, "malformed-body")
+        assert "nested too deeply" in too_deep["detail"]
+        empty = assert_problem(await http.post("/v1/assets", headers=JSON), 422, "invalid-body")
+        assert "the body is empty" in empty["detail"]
+        job_id = assert_problem(await http.post("/v1/exports", json={"keys": ["k"], "job_id": "a b"}), 422)
+        assert job_id["detail"].startswith("job_id: not a job id (dot-separated"), job_id
+        for route, body in (("/v1/assets", {"key": "uploads/there.jpg"}), ("/v1/exports", {"keys": ["k"]})):
+            port = assert_problem(await http.post(route, json={**body, "callback_url": "http://hooks.example:99999/"}),
+                                  422, "invalid-callback-url")
+            assert "Port out of range" in port["detail"]
+        assert (await http.post("/v1/assets", json={"key": "uploads/there.jpg"})).status_code == 202  # still serving
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage()[:200] for r in caplog.records]
