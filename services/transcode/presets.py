@@ -64,10 +64,13 @@ def choose(media: str, requested: list[str] | None, settings: Settings) -> list[
 
 
 def fit(settings: Settings) -> str:
-    """Scale filter: inside max_height x (16:9 of it), either orientation, never up, even sizes."""
+    """Scale filter: inside max_height x (16:9 of it), either orientation, never up, even sizes,
+    square pixels. Anamorphic video (DV/DVD 720x576 shown 16:9, HDV 1440x1080 shown 1920x1080)
+    is widened to its display width (`iw*sar`) and its SAR reset: a JPEG poster has no pixel
+    aspect a browser honours, and the sizes in the job record are then the ones shown."""
     short, long = settings.transcode_max_height, settings.transcode_max_height * 16 // 9
-    return (f"scale=w='min(iw,if(gte(iw,ih),{long},{short}))':h='min(ih,if(gte(iw,ih),{short},{long}))'"
-            ":force_original_aspect_ratio=decrease:force_divisible_by=2")
+    return (f"scale=w='min(iw*sar,if(gte(iw*sar,ih),{long},{short}))':h='min(ih,if(gte(iw*sar,ih),{short},{long}))'"
+            ":force_original_aspect_ratio=decrease:force_divisible_by=2:reset_sar=1")
 
 
 def output_args(preset: Preset, facts: Probe, settings: Settings) -> list[str]:
@@ -106,11 +109,16 @@ def _speed(preset: Preset, settings: Settings) -> list[str]:
     return []
 
 
-def poster_args(facts: Probe, settings: Settings) -> tuple[list[str], list[str]]:
-    """(input options, output options) for one JPEG frame at 10 % of the video (max 10 s in),
-    past fades from black, sized like the MP4."""
+def poster_at(facts: Probe) -> float:
+    """10 % into the video (max 10 s), past fades from black."""
+    return min(facts.duration * 0.1, 10.0)
+
+
+def poster_args(facts: Probe, settings: Settings, at: float | None = None) -> tuple[list[str], list[str]]:
+    """(input options, output options) for one JPEG frame at `at` seconds (default `poster_at`),
+    sized like the MP4."""
     assert facts.video is not None
-    at = min(facts.duration * 0.1, 10.0)
+    at = poster_at(facts) if at is None else at
     return (["-ss", f"{at:.3f}"],
             ["-map", f"0:{facts.video.index}", "-frames:v", "1", "-vf", fit(settings), "-q:v", "3",
              "-map_metadata", "-1", "-an", "-sn", "-dn", "-f", "image2", "-update", "1"])

@@ -26,14 +26,16 @@ CONTAINERS: dict[str, tuple[str, list[str], list[str] | None]] = {
 
 
 def lavfi(container: str, seconds: float = 2.0, *, size: str = "320x240", rate: float = 25, audio: bool = True,
-          video: bool | None = None, ffmpeg: str | None = None, extra: list[str] | None = None) -> bytes:
-    """A `seconds`-long file: a 440 Hz tone and/or the moving testsrc2 pattern with a clock."""
+          video: bool | None = None, ffmpeg: str | None = None, extra: list[str] | None = None,
+          video_seconds: float | None = None) -> bytes:
+    """A `seconds`-long file: a 440 Hz tone and/or the moving testsrc2 pattern with a clock
+    (`video_seconds` long, when the picture should end before the sound)."""
     muxer, audio_args, video_args = CONTAINERS[container]
     with_video = video_args is not None if video is None else video
     inputs: list[str] = []
     maps: list[str] = []
     if with_video:
-        inputs += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate:g}:duration={seconds:g}"]
+        inputs += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate:g}:duration={video_seconds or seconds:g}"]
         maps += [*(video_args or []), "-g", str(int(rate))]
     if audio:
         inputs += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds:g}"]

@@ -406,16 +406,28 @@ async def check_output(ctx: Context, out: str, facts: Probe, preset: p.Preset, c
 
 
 async def poster(ctx: Context, source: str | Source, facts: Probe, out: str, deadline: float) -> None:
-    """One frame, sought to: the whole file first."""
+    """One frame, sought to: the whole file first. A video whose pictures all come before that
+    point (one still frame under a song, a screen recording that stopped changing) has no frame
+    there: ffmpeg then fails to open its encoder ("Non full-range YUV is non-standard") or
+    writes nothing, and the first frame is taken instead."""
     if not isinstance(source, str):
         await source.whole()
         source = source.path
-    before, after = p.poster_args(facts, ctx.settings)
+    try:
+        await _frame(ctx, source, facts, out, deadline, p.poster_at(facts))
+    except Reject:
+        if p.poster_at(facts) == 0 or time.monotonic() > deadline:
+            raise
+        await _frame(ctx, source, facts, out, deadline, 0.0)
+
+
+async def _frame(ctx: Context, source: str, facts: Probe, out: str, deadline: float, at: float) -> None:
+    before, after = p.poster_args(facts, ctx.settings, at)
     args = [*INPUT_GUARD, "-f", facts.demuxer, *before, "-i", f"file:{source}", *after, "-y", f"file:{out}"]
     await run_ffmpeg(ffmpeg_exe(ctx.settings.ffmpeg), args, stall_timeout=ctx.settings.transcode_stall_timeout,
                      deadline=deadline, time_limit=ctx.settings.transcode_time_limit)
     if _size(out) == 0:
-        raise Reject("could not extract a poster frame: no picture decoded")
+        raise Reject(f"could not extract a poster frame at {at:.3f} s: no picture decoded")
 
 
 async def store(ctx: Context, item: Encoded, uploaded: list[str],

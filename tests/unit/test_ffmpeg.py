@@ -184,7 +184,8 @@ def test_video_args_cap_size_and_frame_rate_and_downmix() -> None:
     settings = Settings(transcode_x264_preset="medium")
     args = output_args(PRESETS["mp4"], _facts(fps=120, channels=6), settings)
     vf = args[args.index("-vf") + 1]
-    assert "min(iw,if(gte(iw,ih),1920,1080))" in vf and "force_original_aspect_ratio=decrease" in vf
+    assert "min(iw*sar,if(gte(iw*sar,ih),1920,1080))" in vf and "force_original_aspect_ratio=decrease" in vf
+    assert "reset_sar=1" in vf  # square pixels out (anamorphic sources widened)
     assert vf.endswith(",fps=60")
     assert args[args.index("-preset") + 1] == "medium"
     assert args[args.index("-ac") + 1] == "2"
