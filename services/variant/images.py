@@ -32,6 +32,7 @@ from . import colours, thumbhash
 from .presets import Preset
 
 FAIL_ON = "error"  # truncated or corrupt data fails the load instead of coming out grey
+JPEG_EOI = b"\xff\xd9"
 LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else is refused
     "jpegload_source": "jpeg",
     "pngload_source": "png",
@@ -157,7 +158,7 @@ def render(source: bytes, presets: tuple[Preset, ...], limits: Limits = Limits()
         encoded: dict[str, Encoded] = {}
         smallest: pyvips.Image | None = None
         if stills:
-            image = _decode(source, stills[0].size, header)
+            image = _decode_complete(source, stills[0].size, header)
             for preset in stills:
                 image = _resize(image, preset.size).copy_memory()  # the next, smaller one starts here
                 encoded[preset.name] = Encoded(preset, _encode(image, preset), image.width, image.height)
@@ -184,14 +185,31 @@ def render(source: bytes, presets: tuple[Preset, ...], limits: Limits = Limits()
     return Rendered(header, [encoded[p.name] for p in presets], palette, placeholder)
 
 
-def _decode(source: bytes, size: int, header: Header) -> pyvips.Image:
+def _decode_complete(source: bytes, size: int, header: Header) -> pyvips.Image:
+    """`_decode`, forgiving one defect browsers forgive: a JPEG whose pixels are all there but
+    whose 2-byte end marker (EOI) is not (some cameras, apps and copy tools write them). libjpeg
+    reports that like a truncated file; the marker is added and the file decoded again with
+    warnings as errors: a JPEG cut short anywhere else now meets the marker inside its data
+    ("premature end of data segment"), fails, and is refused with the first error."""
+    try:
+        return _decode(source, size, header)
+    except pyvips.Error as exc:
+        if header.format != "jpeg" or "premature end" not in str(exc) or source.endswith(JPEG_EOI):
+            raise
+        try:
+            return _decode(source + JPEG_EOI, size, header, fail_on="warning")
+        except pyvips.Error:
+            raise exc from None
+
+
+def _decode(source: bytes, size: int, header: Header, fail_on: str = FAIL_ON) -> pyvips.Image:
     """Decode once, to at least `size` on the long edge: upright, sRGB, 8-bit, in memory.
 
     JPEG is decoded with DCT scaling (shrink-on-load) by the largest power of two that keeps the
     long edge ≥ `size`, as Pillow's draft() does; libvips' own thumbnail() would decode
     6000 → 1600 at full size (it keeps a 2× margin), 2.5× slower for no visible gain. The one
     resize after it uses KERNEL. Orientation and colour are fixed on the small image."""
-    options: dict[str, object] = {"access": "sequential", "fail_on": FAIL_ON}
+    options: dict[str, object] = {"access": "sequential", "fail_on": fail_on}
     if header.format == "jpeg":
         long_edge, short_edge = max(header.width, header.height), min(header.width, header.height)
         # libjpeg's scaled size is floored: a strip 5 px high shrunk by 8 would be 0 px ("bad dimensions")

@@ -31,3 +31,17 @@ def test_an_iphone_heic_is_refused_with_the_reason_not_a_decoder_detail() -> Non
     assert pyvips.Image.new_from_buffer(source, "").get("heif-compression") == "hevc"
     with pytest.raises(Reject, match=r"HEIC photo \(HEVC-coded HEIF.*no HEVC decoder.*AVIF and other HEIF work"):
         render(source, DEFAULTS)
+
+
+def test_a_jpeg_missing_only_its_end_marker_renders_but_a_cut_one_is_still_refused() -> None:
+    """Some cameras and copy tools drop the final 2-byte EOI; every pixel is there and browsers
+    show it. It was refused as "premature end of JPEG image", like a truncated upload."""
+    whole = samples.photo(1200, 800)
+    progressive = bytes(pyvips.Image.new_from_buffer(whole, "").jpegsave_buffer(Q=88, interlace=True))
+    for source in (whole, progressive):
+        assert source.endswith(b"\xff\xd9")
+        rendered = render(source[:-2], DEFAULTS)
+        assert [(v.width, v.height) for v in rendered.variants] == [(400, 267), (1200, 800)]
+        for cut in (source[:-3], source[: len(source) * 3 // 4]):  # a byte of the picture gone: refused
+            with pytest.raises(Reject, match="premature end of JPEG image"):
+                render(cut, DEFAULTS)
