@@ -13,8 +13,8 @@ through every delivery of its last message would otherwise wait for a message th
 come; a record final for longer than `ANNOUNCE_GRACE` without its final event in `announced` gets
 it published here, with the same derived id.
 
-An export's transforms leave their outputs at `transcodes/src-…` and `variants/src-…` (the archive
-holds copies); the sweep deletes them once no export still running can need them.
+An export's transforms put their outputs in its own folder (`exports/{job}/items/`); once the job
+is ready the archive holds them, and the sweep deletes the folder.
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from shared.exportitems import outputs_folder
 from shared.exportplan import chunk_key
 from shared.jobs import Job, scan_records
 from shared.outbox import announcement as outbox_announcement
@@ -42,11 +43,6 @@ ORPHAN_AGE = timedelta(days=1)  # exports/ objects of unknown jobs are deleted a
 # a final record older than this without its event was given up on by the runtime, which
 # publishes then marks within milliseconds: announcing sooner would only race it
 ANNOUNCE_GRACE = timedelta(seconds=30)
-TRANSFORM_OUTPUTS = ("transcodes/src-", "variants/src-")  # services/transcode/work.py, services/variant
-# a transform output younger than this is kept (an export that made it may be newer than our read
-# of the jobs bucket); older ones go once every export running was created after they were written
-TRANSFORM_OUTPUT_AGE = timedelta(hours=1)
-CLOCK_SLACK = timedelta(minutes=5)  # a record's `created` is its writer's clock, LastModified S3's
 
 
 @dataclass
@@ -79,6 +75,8 @@ async def sweep(services: Services, now: datetime | None = None, known: Known | 
             doomed = [key for key, modified in stored if modified + ORPHAN_AGE <= now]
         elif _expired(job, now) or job.status in ("failed", "cancelled", "expired"):
             doomed = [key for key, _ in stored]
+        elif job.status == "ready":  # its archive holds the transforms' outputs now
+            doomed = [key for key, _ in stored if key.startswith(outputs_folder(job_id))]
         else:
             continue
         if job is not None and (_expired(job, now) or job.status == "expired"):
@@ -102,7 +100,6 @@ async def sweep(services: Services, now: datetime | None = None, known: Known | 
                 await storage.client.abort_multipart_upload(
                     Bucket=storage.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 swept.aborted += 1
-    swept.deleted += await _delete_transform_outputs(services, now, known)
     swept.announced += await _announce_unannounced(services, now, known, unannounced)
     if swept.expired or swept.deleted or swept.aborted or swept.announced:
         log.info("cleanup: %d export(s) expired, %d object(s) deleted, %d upload(s) aborted, %d event(s) announced",
@@ -165,24 +162,18 @@ class Known:
 
     since: int = 0
     end: int = 0  # where the last read stopped
-    running_exports: dict[str, datetime] = field(default_factory=dict)  # job -> created
 
 
 async def _read_jobs(services: Services, known: Known) -> list[tuple[int, Job]]:
-    """Read the records written since `known.since`: keep `running_exports` current, and return
-    the final records whose final event is not announced, with their sequences."""
+    """The records written since `known.since` that are final with their final event not
+    announced, with their sequences."""
     state = (await services.jobs.kv.status()).stream_info.state
     known.end = state.last_seq + 1
     if not state.first_seq <= known.since <= known.end:  # first pass, or the bucket was purged or made anew
         known.since = state.first_seq
-        known.running_exports.clear()
     unannounced: list[tuple[int, Job]] = []
 
     def collect(sequence: int, key: str, job: Job | None) -> None:
-        if job is None or job.final:
-            known.running_exports.pop(key, None)
-        elif job.kind == "export":
-            known.running_exports[key] = job.created
         if job is not None and job.final and outbox_announcement(job, services.settings.source) is not None:
             unannounced.append((sequence, job))
 
@@ -211,25 +202,6 @@ async def _announce_unannounced(services: Services, now: datetime, known: Known,
     if published:
         log.warning("cleanup: published %d final event(s) the runtime never got out", published)
     return published
-
-
-async def _delete_transform_outputs(services: Services, now: datetime, known: Known) -> int:
-    """Transform outputs only an export still running can need: one it made has a LastModified
-    after that export's `created`. An export that starts later writes its outputs again."""
-    cutoff = now - TRANSFORM_OUTPUT_AGE
-    if known.running_exports:
-        cutoff = min(cutoff, min(known.running_exports.values()) - CLOCK_SLACK)
-    storage = services.storage
-    deleted = 0
-    paginator = storage.client.get_paginator("list_objects_v2")
-    page: dict[str, Any]
-    for prefix in TRANSFORM_OUTPUTS:
-        async for page in paginator.paginate(Bucket=storage.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                if item["LastModified"] < cutoff:
-                    await storage.delete(item["Key"])
-                    deleted += 1
-    return deleted
 
 
 async def run(services: Services, stopping: asyncio.Event) -> None:

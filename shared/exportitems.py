@@ -85,6 +85,21 @@ def items_key(job: str, n: int) -> str:
     return f"{chunk_key(job, n)}.items"
 
 
+def outputs_folder(job: str) -> str:
+    """`exports/{job}/items/`: the export's transform outputs, until its archive holds them (the
+    cleanup sweep deletes the folder once the job is ready, and everything once it ends otherwise)."""
+    return f"exports/{job}/items/"
+
+
+def output_key(job: str, ref: m.ExportItemRef, filename: str) -> str:
+    """Where an item's transform output goes: in its own export's folder, never at a key another
+    export or an asset could share (a cancel removes what its export made, and would take the
+    other's output with it; an asset id may be anything), and per attempt (a cancelled attempt's
+    items in flight remove their outputs while a re-run writes its own). Deterministic: a
+    redelivered item overwrites its output."""
+    return f"{outputs_folder(job)}{ref.attempt}/{ref.chunk}-{ref.index}/{filename}"
+
+
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(ChunkItems)
 _record_decoder = msgspec.json.Decoder(ChunkRecord)

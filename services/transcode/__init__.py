@@ -8,7 +8,7 @@ killed and its temp files removed (the runtime cancels this handler; `finally` d
 Deterministic keys and derived message ids make a redelivery overwrite, never duplicate.
 
 An export's "mp3"/"opus" transform arrives here too, one request per item (`data.export` set):
-`transcode_file()` makes that one output at `transcodes/src-{hash}/{preset}.{ext}` and the item is
+`transcode_file()` makes that one output in the export's own folder (`exportitems.output_key`) and the item is
 counted on its chunk's record (shared/exportitems.py) instead of becoming an asset part.
 """
 
@@ -152,7 +152,9 @@ async def export_item(data: m.TranscodeRequestedData, ref: m.ExportItemRef, ctx:
     preset = (data.presets or ["mp3"])[0]
 
     async def make() -> tuple[str, str]:
-        output = await transcode_file(ctx, data.key, preset, bucket=data.bucket)
+        known = presets.PRESETS.get(preset)  # an unknown one: transcode_file rejects it with the list
+        key = exportitems.output_key(data.job, ref, f"{preset}.{known.ext}") if known else None
+        output = await transcode_file(ctx, data.key, preset, bucket=data.bucket, key=key)
         return ctx.storage.bucket, output.key
 
     return await exportitems.run_item(ctx, data.job, ref, make)

@@ -7,7 +7,7 @@ succeed (missing, empty, too big, not an image, corrupt, over a pixel or frame l
 preset) is a `Reject` with the reason, so the job fails once, with that reason, and is dead-lettered.
 
 An export's "display" transform arrives here too, one request per item (`data.export` set): the
-display variant goes to `variants/src-{hash}/display.{ext}` (deterministic: a repeat overwrites it)
+display variant goes to the export's own folder (`exportitems.output_key`: a repeat overwrites it)
 and the item is counted on its chunk's record (shared/exportitems.py); a `Reject` there lists the
 item in the export's manifest with the reason instead of failing the export.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 
 from botocore.exceptions import ClientError
 
@@ -129,8 +128,7 @@ async def export_item(data: m.VariantRequestedData, ref: m.ExportItemRef, ctx: C
         ctx.count_bytes("in", len(source))
         rendered = await ctx.run_cpu(render, source, (preset,), limits_of(ctx.settings), ctx.settings.vips_threads)
         [variant] = rendered.variants
-        tag = "src-" + hashlib.sha256(f"{data.bucket}/{data.key}".encode()).hexdigest()[:20]
-        key = f"variants/{tag}/{preset.name}.{preset.extension}"
+        key = exportitems.output_key(data.job, ref, f"{preset.name}.{preset.extension}")
         await put(ctx, key, variant.data, preset.content_type)
         ctx.count_bytes("out", len(variant.data))
         return ctx.storage.bucket, key

@@ -122,25 +122,18 @@ async def test_the_outbox_pass_reads_only_what_was_written_since_it_last_settled
     assert len(read) == 4  # nothing written since: nothing read
 
 
-async def test_transform_outputs_go_once_no_running_export_can_need_them(services: Services) -> None:
-    """An export's transforms leave `transcodes/src-…`/`variants/src-…` behind (the archive holds
-    copies). One an export still running may have made stays; an asset's own outputs always do."""
-    made = ["transcodes/src-1/mp3.mp3", "variants/src-2/display.webp"]
-    for key in (*made, "transcodes/asset-1/mp4.mp4", "variants/asset-1/thumb.webp"):
+async def test_a_ready_exports_transform_outputs_go_and_its_archive_stays(services: Services) -> None:
+    """The archive holds copies of the transforms' outputs once the export is ready; a running
+    export's outputs, and assets' own outputs, stay."""
+    ready = ["exports/t-ready/items/1/0-0/mp3.mp3", "exports/t-ready/items/1/0-1/mp3.mp3"]
+    kept = ["exports/t-ready/t-ready.zip", "exports/t-run/items/1/0-0/display.webp",
+            "transcodes/src-x/mp4.mp4"]  # an asset may be called anything
+    for key in (*ready, *kept):
         await services.storage.put_bytes(key, b"output")
-    created = m.now()
-    await services.jobs.create(Job(id="t-run", kind="export", status="running", stage="chunk",
-                                   created=created - timedelta(minutes=10), updated=created))
-    await services.jobs.create(Job(id="t-late", kind="export", status="running", stage="chunk",  # made nothing yet
-                                   created=created + cleanup.CLOCK_SLACK * 2, updated=created))
-    known = cleanup.Known()
-    assert (await cleanup.sweep(services, known=known)).deleted == 0  # young, whatever runs
-    later = created + cleanup.TRANSFORM_OUTPUT_AGE * 2
-    assert (await cleanup.sweep(services, now=later, known=known)).deleted == 0  # t-run may need them
-    assert set(known.running_exports) == {"t-run", "t-late"}
-
-    await services.jobs.update("t-run", lambda job: msgspec.structs.replace(job, status="ready", announced=["ready"]))
-    assert (await cleanup.sweep(services, now=later, known=known)).deleted == 2
-    assert set(known.running_exports) == {"t-late"}
-    assert await services.storage.list_keys("transcodes/") == ["transcodes/asset-1/mp4.mp4"]
-    assert await services.storage.list_keys("variants/") == ["variants/asset-1/thumb.webp"]
+    await services.jobs.create(Job(id="t-ready", kind="export", status="ready", stage="finalize", created=m.now(),
+                                   updated=m.now(), expires=m.now() + timedelta(hours=12), announced=["ready"]))
+    await services.jobs.create(Job(id="t-run", kind="export", status="running", stage="chunk", created=m.now(),
+                                   updated=m.now()))
+    assert (await cleanup.sweep(services)).deleted == 2
+    assert sorted(await services.storage.list_keys("")) == sorted(kept)
+    assert (await cleanup.sweep(services)).deleted == 0

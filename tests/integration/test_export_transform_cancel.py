@@ -34,7 +34,7 @@ async def test_cancel_during_transforms_leaves_nothing(services: Services, setti
         await services.storage.put_bytes(key, await asyncio.to_thread(lavfi, "wav", seconds))
 
     async def one_output_made_and_encoding() -> bool:
-        return bool(await services.storage.list_keys("transcodes/")) and bool(processes_with(str(root)))
+        return bool(await services.storage.list_keys("exports/exp-cancel/items/")) and bool(processes_with(str(root)))
 
     async with running(services, [stages.load(name) for name in ("upload", "chunk", "transcode", "finalize")]):
         await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("exp-cancel", prefix="talks/", transform="mp3"))
@@ -46,8 +46,8 @@ async def test_cancel_during_transforms_leaves_nothing(services: Services, setti
 
     assert job.status == "cancelled"
     assert processes_with(str(root)) == [] and _listing(root) == []
-    assert await services.storage.list_keys("transcodes/") == []
     assert await services.storage.list_keys("exports/") == []
+    assert await services.storage.list_keys("transcodes/") == []
     assert await services.storage.open_multipart_uploads() == []
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import zipfile
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +75,8 @@ async def test_recordings_exported_as_mp3(services: Services, tmp_path: Path) ->
         assert abs(seconds - durations[key]) <= 0.2, (name, seconds)
     entries = {e["name"]: e for e in manifest["files"]}
     assert {n: e["key"] for n, e in entries.items()} == expected
-    assert all(e["output"].startswith("transcodes/src-") and e["output"].endswith("/mp3.mp3") for e in entries.values())
+    assert all(e["output"].startswith("exports/exp-mp3/items/1/") and e["output"].endswith("/mp3.mp3")
+               for e in entries.values())
     assert manifest["transform"] == "mp3"
     assert manifest["missing"] == [{"key": "rec/gone.wav", "name": "gone.mp3"}]
     untransformed = {e["key"]: e for e in manifest["untransformed"]}
@@ -86,10 +86,8 @@ async def test_recordings_exported_as_mp3(services: Services, tmp_path: Path) ->
     assert "not a readable audio/video file" in untransformed["rec/notes.wav"]["reason"]
     assert b"untransformed" in archive.read("README.txt")
 
-    outputs = [e["output"] for e in entries.values()]
-    assert (await cleanup.sweep(services)).deleted == 0  # young: an export newer than the sweep may need them
-    later = await cleanup.sweep(services, now=m.now() + cleanup.TRANSFORM_OUTPUT_AGE + timedelta(minutes=1))
-    assert later.deleted == len(outputs) == 3 and await services.storage.list_keys("transcodes/") == []
+    assert (await cleanup.sweep(services)).deleted == 3  # the archive holds them now
+    assert await services.storage.list_keys("exports/exp-mp3/") == [job.exports[0].key]
     assert await services.storage.head("rec/a/song.wav") is not None  # the sources stay
 
 
@@ -133,7 +131,7 @@ async def test_images_exported_as_display_webp_from_another_bucket(services: Ser
         sizes[name] = (image.width, image.height)
     assert sizes == {"wide.webp": (1600, 1000), "small.webp": (800, 600)}  # never upscaled
     outputs = {e["name"]: e["output"] for e in manifest["files"]}
-    assert all(o.startswith("variants/src-") and o.endswith("/display.webp") for o in outputs.values())
+    assert all(o.startswith("exports/exp-display/items/1/") and o.endswith("/display.webp") for o in outputs.values())
     assert await services.storage.head(outputs["wide.webp"]) is not None  # in the export's own bucket
     [skipped] = manifest["untransformed"]
     assert skipped["key"] == "pics/clip.wav" and skipped["name"] == "clip.webp"
