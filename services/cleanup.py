@@ -172,13 +172,16 @@ async def _read_jobs(services: Services, known: Known) -> list[tuple[int, Job]]:
     if not state.first_seq <= known.since <= known.end:  # first pass, or the bucket was purged or made anew
         known.since = state.first_seq
     unannounced: list[tuple[int, Job]] = []
+    last = [known.since - 1]
 
     def collect(sequence: int, key: str, job: Job | None) -> None:
+        last[0] = sequence
         if job is not None and job.final and outbox_announcement(job, services.settings.source) is not None:
             unannounced.append((sequence, job))
 
     if known.since < known.end:
         await scan_records(services.jobs, known.since, known.end, collect)
+        known.end = last[0] + 1  # a read that stalled (a leader change, say) goes on from there next time
     return unannounced
 
 

@@ -137,3 +137,25 @@ async def test_a_ready_exports_transform_outputs_go_and_its_archive_stays(servic
     assert (await cleanup.sweep(services)).deleted == 2
     assert sorted(await services.storage.list_keys("")) == sorted(kept)
     assert (await cleanup.sweep(services)).deleted == 0
+
+
+async def test_a_read_of_the_bucket_that_stalls_goes_on_from_where_it_stopped(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`scan_records` gives up after 5 s without a message (a leader change, say): the records
+    it did not reach are read by the next sweep, not skipped for good."""
+    long_ago = m.now() - cleanup.ANNOUNCE_GRACE - timedelta(seconds=5)
+    for n in range(6):
+        await services.jobs.create(Job(id=f"st-{n}", kind="asset", status="failed", created=long_ago,
+                                       updated=long_ago, announced=[] if n == 5 else ["failed"]))
+    read: list[tuple[int, int]] = []
+
+    async def stalls_after_three(jobs: Any, start: int, end: int, each: Any) -> float | None:
+        read.append((start, end))
+        return await scan_records(jobs, start, min(end, start + 3), each)
+
+    monkeypatch.setattr(cleanup, "scan_records", stalls_after_three)
+    known = cleanup.Known()
+    assert (await cleanup.sweep(services, known=known)).announced == 0 and known.since == 4
+    assert (await cleanup.sweep(services, known=known)).announced == 1  # st-5, at sequence 6
+    assert read == [(1, 7), (4, 7)]
+    assert await events_of(services, "st-5") == ["JobFailed"]
