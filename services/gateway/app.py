@@ -33,6 +33,7 @@ from litestar.params import FromPath, FromQuery, HeaderParameter, JSONBody, Quer
 from litestar.response import Stream
 from litestar.static_files import create_static_files_router
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from swagger_ui_bundle import swagger_ui_path
 
 from shared import __version__, bus, dlq
 from shared import messages as m
@@ -51,6 +52,9 @@ from .views import JobList, JobView, job_view, queued_view
 log = logging.getLogger("jetmedia.gateway")
 
 STATIC = Path(__file__).resolve().parent / "static"
+# Swagger UI from its wheel, not a CDN: /docs works where the browser cannot reach the internet,
+# and the operators' browsers load no third-party script
+SWAGGER_ASSETS = "/docs/assets"
 SOURCE = "jetmedia-gateway"
 MAX_STORED_REQUEST = 256 * 1024  # request bodies up to this are kept (for POST /v1/jobs/{id}/retry)
 IdempotencyKey = Annotated[str | None, HeaderParameter(
@@ -482,13 +486,16 @@ def create_app(gateway: Gateway) -> Litestar:
     handlers: list[Any] = list(ROUTES)
     if STATIC.is_dir():
         handlers.append(create_static_files_router(path="/", directories=[STATIC], html_mode=True, name="page"))
+    handlers.append(create_static_files_router(path=SWAGGER_ASSETS, directories=[swagger_ui_path], name="swagger"))
     return Litestar(
         route_handlers=handlers,
         exception_handlers=dict(HANDLERS),
         request_max_body_size=gateway.settings.gateway_body_limit,
         state=State({"gateway": gateway}),
         openapi_config=OpenAPIConfig(
-            title="jetmedia", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin(path="/")],
+            title="jetmedia", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin(
+                path="/", js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js", css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
+                standalone_preset_js_url=f"{SWAGGER_ASSETS}/swagger-ui-standalone-preset.js")],
             description="jetmedia's HTTP API: uploads, asset and export jobs, live progress (SSE), S3 hooks. "
                         "Errors are RFC 9457 problem details (application/problem+json).",
             components=Components(security_schemes={

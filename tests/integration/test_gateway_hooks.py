@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from typing import Any
 
@@ -130,3 +131,8 @@ async def test_openapi_document_validates_and_lists_every_route(services: Servic
         assert {"bearer", "access_token"} <= set(document["components"]["securitySchemes"])
         docs = await http.get("/docs")
         assert docs.status_code == 200 and "swagger" in docs.text.lower()
+        assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+        assert len(assets) == 3 and all(url.startswith("/docs/assets/") for url in assets), assets  # no CDN
+        for url in assets:
+            served = await http.get(url)
+            assert served.status_code == 200 and len(served.content) > 10_000, url
