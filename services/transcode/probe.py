@@ -48,6 +48,11 @@ class StreamFacts:
     sample_rate: int | None = None
     channels: int | None = None
     duration: float | None = None
+    hdr: bool = False  # an HDR transfer (HLG: iPhones since the 12; PQ: HDR10), shown washed out as SDR
+
+
+# AVColorTransferCharacteristic values of HDR video (libavutil/pixfmt.h)
+HDR_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,7 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
             rate = stream.average_rate or stream.guessed_rate
             video = StreamFacts(index=stream.index, codec=vcc.codec.canonical_name, width=vcc.width or None,
                                 height=vcc.height or None, fps=round(float(rate), 3) if rate else None,
-                                duration=_seconds(stream))
+                                duration=_seconds(stream), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS)
         elif isinstance(stream, AudioStream) and audio is None:
             acc = stream.codec_context
             audio = StreamFacts(index=stream.index, codec=acc.codec.canonical_name,

@@ -3,12 +3,15 @@ transcode -> variant for the poster -> finalize): each case here once came out w
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 import pyvips
 
 from services import stages
+from services.transcode.ffmpeg import ffmpeg_exe
+from services.transcode.probe import probe
 from services.transcode.samples import lavfi
 from shared import bus
 from shared import messages as m
@@ -56,6 +59,24 @@ async def test_anamorphic_video_comes_out_in_square_pixels_poster_included(servi
     assert poster.width == 1046
 
 
+async def test_an_hdr_phone_video_comes_out_sdr_not_washed_out(services: Services, tmp_path: Path) -> None:
+    """iPhones record HLG (BT.2020, 10-bit). The MP4 was 8-bit video still tagged HLG and the poster
+    a JPEG of the HLG numbers: a red of (200, 30, 30) came out (141, 60, 39)."""
+    source = _hlg_clip(tmp_path / "hlg.mov")
+    assert probe(str(source)).video.hdr  # type: ignore[union-attr]
+    await services.storage.put_bytes("uploads/hlg.mov", source.read_bytes())
+    job = await _run_asset(services, "uploads/hlg.mov", "hlg")
+
+    assert job.status == "ready", job.errors
+    outputs = {o.preset: o for o in job.outputs}
+    poster = pyvips.Image.new_from_buffer(await services.storage.get_bytes(outputs["poster"].key), "")
+    red, green, blue = (poster.extract_band(i).avg() for i in range(3))
+    assert red > 170 and green < 35 and blue < 50, (red, green, blue)
+    made = tmp_path / "made.mp4"
+    made.write_bytes(await services.storage.get_bytes(outputs["mp4"].key))
+    assert not probe(str(made)).video.hdr  # type: ignore[union-attr]
+
+
 async def _run_asset(services: Services, key: str, event_id: str) -> Job:
     async with running(services, [stages.load(name) for name in ASSET_STAGES]):
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=event_id))
@@ -65,3 +86,13 @@ async def _run_asset(services: Services, key: str, event_id: str) -> Job:
 async def _final(services: Services, job_id: str) -> Job | None:
     job = await services.jobs.get(job_id)
     return job if job is not None and job.final else None
+
+
+def _hlg_clip(path: Path) -> Path:
+    """1 s of red (200, 30, 30) as a phone stores HDR: HLG transfer, BT.2020, 10-bit, tagged."""
+    subprocess.run([
+        ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i", "color=c=0xC81E1E:size=320x240:duration=1,format=gbrp",
+        "-vf", "zscale=tin=bt709:t=arib-std-b67:pin=bt709:p=bt2020:min=gbr:m=bt2020nc:npl=203,format=yuv420p10le",
+        "-c:v", "libx264", "-preset", "ultrafast", "-color_primaries", "bt2020", "-color_trc", "arib-std-b67",
+        "-colorspace", "bt2020nc", "-y", str(path)], check=True, capture_output=True, timeout=60)
+    return path
