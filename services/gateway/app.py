@@ -216,13 +216,13 @@ async def submit(gateway: Gateway, principal: auth.Principal, kind: Literal["ass
 
     await gateway.state.admit(principal, job_id, ended)
     key = data.key if kind == "asset" else None
-    stored = await gateway.state.remember(job_id, RequestRecord(
+    stored, first = await gateway.state.remember(job_id, RequestRecord(
         token=principal.name, kind=kind, digest=digest, at=datetime.now(UTC).timestamp(), key=key,
         data=msgspec.Raw(body if len(body) <= MAX_STORED_REQUEST else b"null")))
     if stored.digest != digest or stored.token != principal.name:  # a concurrent different request won
         raise Problem(409, "idempotency-conflict", f"job {job_id!r} was started by a different request")
-    await publish(gateway, kind, event_id_, data)
-    return Response(links(job_id), status_code=202)
+    await publish(gateway, kind, event_id_, data)  # also when the same request won a race: the server drops a copy
+    return Response(msgspec.structs.replace(links(job_id), duplicate=not first), status_code=202)
 
 
 async def publish(gateway: Gateway, kind: str, event_id_: str, data: Any) -> None:

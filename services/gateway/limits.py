@@ -172,8 +172,9 @@ class GatewayState:
         raw, _ = await self._read(f"req.{job_id}")
         return msgspec.json.decode(raw, type=RequestRecord) if raw else None
 
-    async def remember(self, job_id: str, record: RequestRecord) -> RequestRecord:
-        """Store who started the job; if a record is there already, return that one."""
+    async def remember(self, job_id: str, record: RequestRecord) -> tuple[RequestRecord, bool]:
+        """Store who started the job: (the record kept, whether this call stored it). A record
+        there already (a concurrent request won) is returned instead."""
         if await self._write(f"req.{job_id}", msgspec.json.encode(record), None):
-            return record
-        return await self.request(job_id) or record
+            return record, True
+        return await self.request(job_id) or record, False

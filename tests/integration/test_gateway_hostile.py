@@ -8,6 +8,7 @@ and a callback URL with port 99999 was accepted, to fail as a job a moment later
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -41,3 +42,14 @@ async def test_hostile_bodies_get_specific_problems(services: Services, caplog: 
             assert "Port out of range" in port["detail"]
         assert (await http.post("/v1/assets", json={"key": "uploads/there.jpg"})).status_code == 202  # still serving
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage()[:200] for r in caplog.records]
+
+
+async def test_the_same_request_sent_ten_times_at_once_is_one_job_started_once(services: Services) -> None:
+    """Before, every request that raced past the "seen before?" read answered `duplicate: false`."""
+    await services.storage.put_bytes("uploads/there.jpg", samples.photo(64, 48))
+    async with gateway(services.settings) as gw, gw.client("web") as http:
+        answers = await asyncio.gather(*(http.post("/v1/exports", json={"keys": ["uploads/there.jpg"],
+                                                                         "job_id": "gw-race"}) for _ in range(10)))
+    assert [r.status_code for r in answers] == [202] * 10, [r.text for r in answers]
+    assert sorted(r.json()["duplicate"] for r in answers) == [False] + [True] * 9
+    assert (await services.js.stream_info("JM_UPLOAD")).state.messages == 1  # the copies were dropped
