@@ -25,6 +25,7 @@ from av.video.stream import VideoStream
 from shared import messages as m
 from shared.config import Settings
 from shared.runtime import Reject
+from shared.sniff import sniff
 
 # libavformat demuxer names we accept (first name of each family, as `ffmpeg -f` wants it).
 ACCEPTED_DEMUXERS = ("mov", "matroska", "ogg", "wav", "w64", "flac", "mp3", "aac", "avi", "mpegts")
@@ -84,7 +85,9 @@ def refuse_playlists(head: bytes) -> None:
         if text.startswith(marker):
             raise Reject(f"playlists and stream descriptors are not accepted as input "
                          f"(starts with {marker.decode()!r})")
-    if b"://" in head[:PROBE_BYTES] and _mostly_text(head):
+    # A podcast's MP3/FLAC/Ogg starts with its tags, show notes and links included (4 KB of text
+    # with URLs): a file that starts like media (shared/sniff.py) is left to the demuxer allow-list.
+    if b"://" in head[:PROBE_BYTES] and sniff(head) is None and _mostly_text(head):
         raise Reject("a text file with URLs in it is not accepted as media input")
 
 
