@@ -20,6 +20,8 @@ class Sniffed:
 
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"avif", b"avis"}
 _AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
+_W64 = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"  # Sony Wave64's RIFF GUID
+_TS_SYNC = 0x47  # MPEG-TS: every 188-byte packet starts with it (M2TS/AVCHD: 192, after a 4-byte timecode)
 
 
 def sniff(head: bytes) -> Sniffed | None:
@@ -48,6 +50,14 @@ def sniff(head: bytes) -> Sniffed | None:
         if brand in _AUDIO_BRANDS:
             return Sniffed("audio", "m4a")
         return Sniffed("video", "mov" if brand == b"qt  " else "mp4")
+    if head[:4] in (b"RF64", b"BW64") and head[8:12] == b"WAVE":
+        return Sniffed("audio", "wav")  # WAV past 4 GB: field recorders, broadcast (EBU)
+    if head.startswith(_W64):
+        return Sniffed("audio", "w64")
+    if head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"):
+        return Sniffed("audio", "aiff")  # Logic, GarageBand, Pro Tools exports
+    if _transport_stream(head):
+        return Sniffed("video", "mpegts")  # broadcast captures, AVCHD camcorders (.MTS); the probe decides
     if head.startswith(b"fLaC"):
         return Sniffed("audio", "flac")
     if head.startswith(b"OggS"):
@@ -63,8 +73,14 @@ def sniff(head: bytes) -> Sniffed | None:
     return None
 
 
-ACCEPTED = ("JPEG, PNG, WebP, GIF, TIFF, HEIF, AVIF images; MP3, AAC, M4A, FLAC, Ogg, WAV audio; "
-            "MP4, MOV, WebM, MKV, AVI video")
+def _transport_stream(head: bytes) -> bool:
+    """Two packets' sync bytes where 188-byte TS (or 192-byte M2TS) packets would put them."""
+    return any(len(head) > at + stride and head[at] == head[at + stride] == _TS_SYNC
+               for at, stride in ((0, 188), (4, 192)))
+
+
+ACCEPTED = ("JPEG, PNG, WebP, GIF, TIFF, HEIF, AVIF images; MP3, AAC, M4A, FLAC, Ogg, WAV, AIFF audio; "
+            "MP4, MOV, WebM, MKV, AVI, MPEG-TS video")
 
 # (prefix, what it is), checked in order on the raw bytes
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -85,6 +101,9 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x00\x00\x01\xba", "an MPEG program stream (VOB/MPG) video"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "an old Microsoft Office document (DOC/XLS/PPT)"),
     (b"SQLite format 3\x00", "an SQLite database"),
+    (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "a Windows Media (ASF: WMA/WMV) file"),
+    (b"caff", "a Core Audio (CAF) file"),
+    (b"#!AMR", "an AMR voice recording"),
 )
 
 

@@ -28,12 +28,12 @@ from shared.runtime import Reject
 from shared.sniff import sniff
 
 # libavformat demuxer names we accept (first name of each family, as `ffmpeg -f` wants it).
-ACCEPTED_DEMUXERS = ("mov", "matroska", "ogg", "wav", "w64", "flac", "mp3", "aac", "avi", "mpegts")
+ACCEPTED_DEMUXERS = ("mov", "matroska", "ogg", "wav", "w64", "aiff", "flac", "mp3", "aac", "avi", "mpegts")
 _ACCEPTED_FAMILIES = {
     "mov": ("mov", "mp4", "m4a", "3gp", "3g2", "mj2"),
     "matroska": ("matroska", "webm"),
 }
-HUMAN_FORMATS = "MP4/MOV/M4A, MKV/WebM, Ogg, WAV, FLAC, MP3, AAC, AVI, MPEG-TS"
+HUMAN_FORMATS = "MP4/MOV/M4A, MKV/WebM, Ogg, WAV, AIFF, FLAC, MP3, AAC, AVI, MPEG-TS"
 # Text playlists some demuxer would follow (HLS, concat, SDP, DASH, Windows/RealMedia playlists).
 _PLAYLIST_MARKERS = (b"#EXTM3U", b"ffconcat", b"v=0", b"<?xml", b"<MPD", b"[playlist]", b"#EXT-X", b"<ASX", b"<asx")
 PROBE_BYTES = 4096

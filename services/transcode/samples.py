@@ -16,10 +16,13 @@ CONTAINERS: dict[str, tuple[str, list[str], list[str] | None]] = {
     "ogg": ("ogg", ["-c:a", "libvorbis", "-q:a", "3"], None),
     "m4a": ("ipod", ["-c:a", "aac", "-b:a", "96k"], None),
     "mp3": ("mp3", ["-c:a", "libmp3lame", "-q:a", "5"], None),
+    "aiff": ("aiff", ["-c:a", "pcm_s16be"], None),
     "mp4": ("mp4", ["-c:a", "aac", "-b:a", "96k"], ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
     "mov": ("mov", ["-c:a", "aac", "-b:a", "96k"], ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
     "mkv": ("matroska", ["-c:a", "libopus", "-b:a", "64k"],
             ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]),
+    "mts": ("mpegts", ["-c:a", "aac", "-b:a", "96k"],  # AVCHD camcorders: M2TS, 192-byte packets
+            ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-mpegts_m2ts_mode", "1"]),
     "webm": ("webm", ["-c:a", "libopus", "-b:a", "64k"],
              ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "300k"]),
 }

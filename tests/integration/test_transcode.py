@@ -30,7 +30,7 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.replace(transcode_x264_preset="ultrafast", transcode_tmp_dir=str(tmp_path / "transcode"))
 
 
-@pytest.mark.parametrize("container", ["wav", "flac", "ogg", "m4a"])
+@pytest.mark.parametrize("container", ["wav", "flac", "ogg", "m4a", "aiff"])
 async def test_audio_becomes_mp3_and_opus(services: Services, tmp_path: Path, container: str) -> None:
     await services.storage.put_bytes(f"uploads/song.{container}", lavfi(container, 2.0))
     job = await _run_asset(services, f"uploads/song.{container}", f"song-{container}")
@@ -52,7 +52,7 @@ async def test_audio_becomes_mp3_and_opus(services: Services, tmp_path: Path, co
     assert os.listdir(tmp_path / "transcode") == []
 
 
-@pytest.mark.parametrize("container", ["mov", "mkv", "webm", "mp4"])
+@pytest.mark.parametrize("container", ["mov", "mkv", "webm", "mp4", "mts"])
 async def test_video_becomes_faststart_mp4_and_a_poster_with_variants(
     services: Services, tmp_path: Path, container: str
 ) -> None:

@@ -24,6 +24,13 @@ from shared.sniff import found, rejection, sniff
     (b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00", "video", "mp4"),
     (b"\x00\x00\x00\x14ftypqt  \x00\x00\x00\x00", "video", "mov"),
     (b"\x1a\x45\xdf\xa3\x9f\x42\x86\x81\x01webm", "video", "webm"),
+    (b"RF64\xff\xff\xff\xffWAVEds64", "audio", "wav"),
+    (b"BW64\xff\xff\xff\xffWAVEds64", "audio", "wav"),
+    (b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00", "audio", "w64"),
+    (b"FORM\x00\x01\x58\xb6AIFFCOMM", "audio", "aiff"),
+    (b"FORM\x00\x01\x58\xb6AIFCFVER", "audio", "aiff"),
+    (b"\x47\x40\x11\x10" + bytes(184) + b"\x47\x40\x00\x10", "video", "mpegts"),
+    (b"\x0e\xbf\x46\x22\x47\x40\x11\x10" + bytes(188) + b"\x47\x40\x00\x10", "video", "mpegts"),
 ])
 def test_magic_numbers(head: bytes, media: str, fmt: str) -> None:
     found = sniff(head)
@@ -59,6 +66,10 @@ def test_never_raises_on_any_bytes(head: bytes) -> None:
     (b"BM\x36\x00\x0c\x00\x00\x00\x00\x00\x36\x00", "a BMP image"),
     (b"BMW cars are not bitmaps", "plain text"),
     (b"\x00\x01\x02\x03\xfe\xfd", "binary data of an unknown type"),
+    (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11\xa6\xd9\x00\xaa", "a Windows Media (ASF: WMA/WMV) file"),
+    (b"caff\x00\x01\x00\x00desc", "a Core Audio (CAF) file"),
+    (b"#!AMR\n<$\x03", "an AMR voice recording"),
+    (b"\x47\x40\x11\x10" + bytes(100), "binary data of an unknown type"),  # one TS sync byte is not enough
     (b"", "empty"),
 ])
 def test_found_names_what_it_is(head: bytes, words: str) -> None:
