@@ -175,11 +175,15 @@ def _demux_duration(container: av.container.InputContainer) -> float | None:
     """Last packet end, for containers without a duration header (raw ADTS, some MKV):
     packets only, nothing decoded."""
     end = None
+    packets = 0
     for packet in container.demux():
+        packets += packet.size > 0
         if packet.pts is None or packet.time_base is None:
             continue
         stop = (packet.pts + (packet.duration or 0)) * Fraction(packet.time_base)
         end = stop if end is None or stop > end else end
+    if not packets:  # a header and nothing after it: a recording stopped before its first sample
+        raise Reject("the file is empty: its header names audio/video streams but no data follows")
     return float(end) if end is not None else None
 
 

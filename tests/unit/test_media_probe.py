@@ -28,3 +28,11 @@ def test_audio_whose_tags_are_show_notes_with_links_is_media_not_a_text_file(
 def test_text_with_links_is_still_refused() -> None:
     with pytest.raises(Reject, match="text file with URLs"):
         refuse_playlists(NOTES.encode())
+
+
+def test_a_recording_with_a_header_and_no_samples_is_called_empty(tmp_path: Path) -> None:
+    """It was "cannot tell the media's duration (no timestamps): damaged or not a media file"."""
+    path = tmp_path / "empty.wav"
+    path.write_bytes(lavfi("wav", 0.01, extra=["-af", "atrim=end_sample=0"]))
+    with pytest.raises(Reject, match="the file is empty: its header names audio/video streams but no data follows"):
+        probe(str(path), path.stat().st_size)
