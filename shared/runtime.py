@@ -64,6 +64,7 @@ T = TypeVar("T")
 CANCEL_SUBJECT = "jetmedia.control.cancel"
 PULL_WAIT = 1.0  # seconds one pull request waits for messages (also how long it may outlive fetch())
 MAX_ERROR_TEXT = 4000  # characters of an error kept in a dead letter (the job record keeps 1000)
+UTF8_BOM = b"\xef\xbb\xbf"  # a byte order mark some producers' JSON starts with
 DLQ_ENVELOPE = 48 * 1024  # bytes a dead letter needs besides the original: attributes, error (6x if escaped)
 
 
@@ -601,10 +602,13 @@ class Worker:
     def _decode(self, msg: Msg) -> m.AnyEvent:
         """The event, or `Refused` with the reason in a producer's terms (m.explain: `not JSON`,
         or the field path and what is wrong with it)."""
+        payload = msg.data
+        if payload.startswith(UTF8_BOM):  # PowerShell and .NET write one before a file's text: RFC 8259 lets us skip it
+            payload = payload[len(UTF8_BOM):]
         try:
-            event = m.decode(msg.data)
+            event = m.decode(payload)
         except (msgspec.MsgspecError, RecursionError) as exc:
-            raise Refused(f"invalid event: {m.explain(exc)}", m.claim_of(msg.data, msg.subject)) from None
+            raise Refused(f"invalid event: {m.explain(exc)}", m.claim_of(payload, msg.subject)) from None
         if not isinstance(event, self.stage.accepts):
             raise Refused(
                 f"invalid event: stage {self.stage.name} does not handle {type(event).__name__} "
