@@ -50,16 +50,17 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     if not await bucket_exists(ctx, bucket):
         raise Reject(f"source bucket {bucket!r} does not exist")
 
+    limit = ctx.settings.export_max_files
     wanted: list[tuple[str, str | None, int | None]] = [(key, None, None) for key in data.keys]
     wanted += [(item.key, item.name, None) for item in data.items]
-    if data.prefix is not None:
-        wanted += [(key, None, size) for key, size in await _list(ctx, bucket, data.prefix)]
+    if data.prefix is not None and len(wanted) <= limit:
+        wanted += [(key, None, size) for key, size in await _list(ctx, bucket, data.prefix, limit + 1 - len(wanted))]
     if not wanted:
         where = f" under s3://{bucket}/{data.prefix}" if data.prefix is not None else ""
         raise Reject(f"nothing to export: the request names no objects{where}")
-    limit = ctx.settings.export_max_files
     if len(wanted) > limit:
-        raise Reject(f"export names {len(wanted)} objects, over the limit of {limit} (JETMEDIA_EXPORT_MAX_FILES)")
+        count = f"more than {limit}" if data.prefix is not None else str(len(wanted))
+        raise Reject(f"export names {count} objects, over the limit of {limit} (JETMEDIA_EXPORT_MAX_FILES)")
 
     names = NameRegistry()
     ext = TRANSFORM_EXTENSIONS[data.transform]
@@ -101,15 +102,19 @@ async def bucket_exists(ctx: Context, bucket: str) -> bool:
     return True
 
 
-async def _list(ctx: Context, bucket: str, prefix: str) -> list[tuple[str, int]]:
-    """Keys and sizes under a prefix (sizes let chunks respect the byte limit)."""
+async def _list(ctx: Context, bucket: str, prefix: str, most: int) -> list[tuple[str, int]]:
+    """Keys and sizes under a prefix (sizes let chunks respect the byte limit), at most `most`:
+    past the export's limit the answer is no anyway, and `"prefix": ""` on a bucket of millions
+    of objects listed them all (minutes of requests, gigabytes of keys) before saying so."""
     found: list[tuple[str, int]] = []
     paginator = ctx.storage.client.get_paginator("list_objects_v2")
     page: dict[str, Any]
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", []))
         ctx.progress()
-    return found
+        if len(found) >= most:
+            break
+    return found[:most]
 
 
 async def cancel_job(event: m.CancelRequested, ctx: Context) -> list[Emit]:

@@ -46,3 +46,19 @@ async def test_keys_s3_refuses_fail_at_once_and_an_export_lists_them_missing(ser
     assert sorted(letter.data.job or "" for letter in letters) == ["wk-0", "wk-1"]
     assert all(letter.data.permanent and letter.data.delivery_count == 1 for letter in letters)
     assert export.status == "ready" and export.missing_count == len(REFUSED), export
+
+
+async def test_a_prefix_export_past_the_file_limit_stops_listing_at_the_limit(services: Services) -> None:
+    """`"prefix": ""` on a bucket of millions listed every key before refusing; now the listing
+    stops one past JETMEDIA_EXPORT_MAX_FILES (here 3)."""
+    await services.storage.put_bytes("many/keep.txt", b"x")
+    for n in range(5):
+        await services.storage.put_bytes(f"many/{n}.txt", b"x")
+    capped = services.settings.replace(export_max_files=3)
+    async with Services.open(capped, name="capped") as stage_services, \
+            running(stage_services, [stages.load("upload")]):
+        await services.js.publish(m.UPLOAD_EXPORT, raw("jetmedia.export.requested.v1", "wk-many", {"prefix": "many/"}),
+                                  headers={bus.MSG_ID: "wk-many"})
+        job = await eventually(partial(final_job, services, "wk-many"), timeout=30)
+    assert job.status == "failed"
+    assert job.errors[-1].reason == "export names more than 3 objects, over the limit of 3 (JETMEDIA_EXPORT_MAX_FILES)"
