@@ -81,10 +81,16 @@ def fit(settings: Settings) -> str:
 TO_SDR = "zscale=p=bt709:t=bt709:m=bt709:r=tv:npl=203,format=yuv420p"
 
 
+# Interlaced sources (1080i AVCHD camcorders, DV, broadcast captures) are deinterlaced before
+# scaling, one frame per frame (25i stays 25p); only frames flagged interlaced are touched.
+DEINTERLACE = "bwdif=mode=send_frame:deint=interlaced"
+
+
 def video_filters(facts: Probe, settings: Settings, *, fps: bool = True) -> str:
-    """Fit, frame rate cap, and HDR to SDR: the `-vf` of the MP4/WebM and of the poster."""
+    """Deinterlace, fit, frame rate cap, and HDR to SDR: the `-vf` of the MP4/WebM and of the poster."""
     assert facts.video is not None
-    filters = [fit(settings)]
+    filters = [DEINTERLACE] if facts.video.interlaced else []
+    filters.append(fit(settings))
     if fps and facts.video.fps and facts.video.fps > settings.transcode_max_fps:
         filters.append(f"fps={settings.transcode_max_fps:g}")
     if facts.video.hdr:

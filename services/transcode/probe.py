@@ -50,10 +50,12 @@ class StreamFacts:
     channels: int | None = None
     duration: float | None = None
     hdr: bool = False  # an HDR transfer (HLG: iPhones since the 12; PQ: HDR10), shown washed out as SDR
+    interlaced: bool = False  # fields, not frames (camcorders' 1080i AVCHD, DV, broadcast): combs unless deinterlaced
 
 
 # AVColorTransferCharacteristic values of HDR video (libavutil/pixfmt.h)
 HDR_TRANSFERS = {16: "smpte2084", 18: "arib-std-b67"}
+INTERLACED_FIELD_ORDERS = {2, 3, 4, 5}  # AVFieldOrder: TT, BB, TB, BT (0 unknown, 1 progressive)
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,8 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
             rate = stream.average_rate or stream.guessed_rate
             video = StreamFacts(index=stream.index, codec=vcc.codec.canonical_name, width=vcc.width or None,
                                 height=vcc.height or None, fps=round(float(rate), 3) if rate else None,
-                                duration=_seconds(stream), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS)
+                                duration=_seconds(stream), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS,
+                                interlaced=int(vcc.field_order or 0) in INTERLACED_FIELD_ORDERS)
         elif isinstance(stream, AudioStream) and audio is None:
             acc = stream.codec_context
             audio = StreamFacts(index=stream.index, codec=acc.codec.canonical_name,

@@ -77,6 +77,23 @@ async def test_an_hdr_phone_video_comes_out_sdr_not_washed_out(services: Service
     assert not probe(str(made)).video.hdr  # type: ignore[union-attr]
 
 
+async def test_interlaced_camcorder_video_is_deinterlaced(services: Services, tmp_path: Path) -> None:
+    """A 576i AVCHD-style clip (M2TS, fields 1/50 s apart): the MP4 came out with the two fields
+    woven into each frame, combs on everything that moves (ffmpeg's idet: 50 of 50 frames TFF)."""
+    extra = ["-vf", "tinterlace=mode=interleave_top,setfield=tff", "-flags", "+ildct+ilme", "-x264opts", "tff=1"]
+    source = lavfi("mts", 2.0, size="720x576", rate=50, extra=extra)
+    await services.storage.put_bytes("uploads/00001.MTS", source)
+    job = await _run_asset(services, "uploads/00001.MTS", "camcorder")
+
+    assert job.status == "ready", job.errors
+    outputs = {o.preset: o for o in job.outputs}
+    assert (outputs["mp4"].width, outputs["mp4"].height, outputs["mp4"].fps) == (720, 576, 25.0)
+    made = tmp_path / "made.mp4"
+    made.write_bytes(await services.storage.get_bytes(outputs["mp4"].key))
+    combed, progressive = _idet(made)
+    assert progressive >= 40 and combed <= 5, (combed, progressive)
+
+
 async def _run_asset(services: Services, key: str, event_id: str) -> Job:
     async with running(services, [stages.load(name) for name in ASSET_STAGES]):
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=event_id))
@@ -96,3 +113,13 @@ def _hlg_clip(path: Path) -> Path:
         "-c:v", "libx264", "-preset", "ultrafast", "-color_primaries", "bt2020", "-color_trc", "arib-std-b67",
         "-colorspace", "bt2020nc", "-y", str(path)], check=True, capture_output=True, timeout=60)
     return path
+
+
+def _idet(path: Path) -> tuple[int, int]:
+    """ffmpeg's interlace detector over a file: (frames that look interlaced, progressive ones)."""
+    run = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path), "-vf", "idet", "-f", "null", "-"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    line = [line for line in run.stderr.splitlines() if "Multi frame detection" in line][-1]  # the last: all frames
+    numbers = [int(word) for word in line.replace(":", " ").split() if word.isdigit()]
+    tff, bff, progressive = numbers[-4:-1]
+    return tff + bff, progressive
