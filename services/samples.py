@@ -48,6 +48,17 @@ def cmyk_jpeg(width: int = 400, height: int = 300) -> bytes:
     return bytes(cmyk.jpegsave_buffer(Q=92, keep="icc"))
 
 
+def ultra_hdr_jpeg(width: int = 400, height: int = 300, *, orientation: int = 1) -> bytes:
+    """What Android 14+ cameras save: an SDR JPEG plus a gain map (ISO 21496-1 / Ultra HDR), the
+    swatches, stored as a phone held at `orientation` stores them."""
+    image = swatches(width, height)
+    if orientation == 6:
+        image = image.rot270()  # stored sideways; displayed upright
+    hdr = image.colourspace("scrgb").copy()
+    hdr.set_type(pyvips.GValue.gint_type, "orientation", orientation)
+    return bytes(hdr.uhdrsave_buffer(Q=90, keep="exif"))
+
+
 def animated_gif(width: int = 160, height: int = 120, frames: int = 4) -> bytes:
     """Frames of different solid colours (red first), stacked as libvips' pages."""
     palette = [(220, 20, 20), (20, 200, 20), (20, 20, 220), (240, 240, 240)]

@@ -35,6 +35,7 @@ FAIL_ON = "error"  # truncated or corrupt data fails the load instead of coming 
 JPEG_EOI = b"\xff\xd9"
 LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else is refused
     "jpegload_source": "jpeg",
+    "uhdrload_source": "jpeg",  # Ultra HDR (Android 14+ cameras): a JPEG plus a gain map; the SDR JPEG is what we read
     "pngload_source": "png",
     "webpload_source": "webp",
     "gifload_source": "gif",

@@ -45,3 +45,16 @@ def test_a_jpeg_missing_only_its_end_marker_renders_but_a_cut_one_is_still_refus
         for cut in (source[:-3], source[: len(source) * 3 // 4]):  # a byte of the picture gone: refused
             with pytest.raises(Reject, match="premature end of JPEG image"):
                 render(cut, DEFAULTS)
+
+
+def test_an_android_ultra_hdr_jpeg_is_a_jpeg_upright_and_colour_managed() -> None:
+    """libvips opens a JPEG with a gain map with its `uhdrload`, which was not on the allow-list:
+    "unsupported image format (uhdrload)" for every photo of a recent Pixel or Galaxy."""
+    source = samples.ultra_hdr_jpeg(600, 400, orientation=6)
+    assert pyvips.Image.new_from_buffer(source, "").get("vips-loader") == "uhdrload_buffer"
+    rendered = render(source, DEFAULTS)
+    assert (rendered.source.format, rendered.source.width, rendered.source.height) == ("jpeg", 600, 400)
+    out = pyvips.Image.new_from_buffer(next(v for v in rendered.variants if v.preset.name == "display").data, "")
+    assert (out.width, out.height) == (600, 400)
+    red = [out.crop(10, 150, 40, 100).extract_band(i).avg() for i in range(3)]  # upright: red band on the left
+    assert red[0] > 140 and red[1] < 50 and red[2] < 50, red
