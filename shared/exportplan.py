@@ -110,10 +110,11 @@ class NameRegistry:
     def __init__(self, reserved: Iterable[str] = RESERVED) -> None:
         self.files: set[str] = {fold(name) for name in reserved}
         self.dirs: set[str] = set()
-        # the last number handed out per wanted segment: names are never given back, so the next
-        # free one is never lower; counting from 1 each time made N copies of one name O(N^2)
-        # (10,000 keys named `a.jpg`: 80 s of the upload stage's event loop, no heartbeats)
-        self._last: dict[tuple[str, str, bool], int] = {}
+        # the last number handed out per wanted segment (as compared: folded): names are never
+        # given back, so the next free one is never lower; counting from 1 each time made N copies
+        # of one name, or N case variants of it, O(N^2) (10,000 keys named `a.jpg`: 80 s of the
+        # upload stage's event loop, no heartbeats)
+        self._last: dict[tuple[str, bool], int] = {}
 
     def add(self, wanted: str) -> str:
         parts = sanitise(wanted).split("/")
@@ -127,7 +128,7 @@ class NameRegistry:
         return name
 
     def _free(self, parent: list[str], segment: str, *, is_dir: bool) -> str:
-        wanted = ("/".join(parent), segment, is_dir)
+        wanted = (fold("/".join([*parent, segment])), is_dir)
         n = self._last.get(wanted, 0)
         candidate = segment if n == 0 else _numbered(segment, n, is_dir=is_dir)
         while True:

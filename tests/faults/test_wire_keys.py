@@ -67,10 +67,16 @@ async def test_a_prefix_export_past_the_file_limit_stops_listing_at_the_limit(se
 
 
 def test_an_export_naming_one_key_20000_times_is_planned_in_a_blink() -> None:
-    """Each copy of a name counted up from `(1)` again: 10,000 copies of `a.jpg` (40 KB of JSON)
-    held the upload stage's event loop for ~80 s, 100,000 for hours, with no heartbeats."""
+    """Each copy of a name (or case variant of it) counted up from `(1)` again: 10,000 copies of
+    `a.jpg` (40 KB of JSON) held the upload stage's event loop ~80 s, 100,000 for hours, with no
+    heartbeats."""
     started = time.process_time()
     names = unique_names(["a.jpg"] * 20_000)
     assert time.process_time() - started < 10  # was ~330 s; now ~0.15 s
     assert names[:3] == ["a.jpg", "a (1).jpg", "a (2).jpg"] and names[-1] == "a (19999).jpg"
     assert len(set(names)) == 20_000
+    variants = ["".join(c.upper() if n >> i & 1 else c for i, c in enumerate("abcdefghijklmnop")) + ".jpg"
+                for n in range(20_000)]  # the same name on a case-insensitive disk: numbered too
+    started = time.process_time()
+    assert len({name.casefold() for name in unique_names(variants)}) == 20_000
+    assert time.process_time() - started < 10  # was ~270 s
