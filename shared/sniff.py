@@ -21,6 +21,7 @@ class Sniffed:
 _HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1", b"avif", b"avis"}
 _AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
 _W64 = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"  # Sony Wave64's RIFF GUID
+_QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}  # first atoms of a MOV without `ftyp`
 _TS_SYNC = 0x47  # MPEG-TS: every 188-byte packet starts with it (M2TS/AVCHD: 192, after a 4-byte timecode)
 
 
@@ -58,6 +59,8 @@ def sniff(head: bytes) -> Sniffed | None:
         return Sniffed("audio", "aiff")  # Logic, GarageBand, Pro Tools exports
     if _transport_stream(head):
         return Sniffed("video", "mpegts")  # broadcast captures, AVCHD camcorders (.MTS); the probe decides
+    if len(head) >= 8 and head[4:8] in _QUICKTIME_ATOMS and _atom_size_ok(int.from_bytes(head[:4], "big")):
+        return Sniffed("video", "mov")  # QuickTime before `ftyp` (older cameras and Macs): the probe decides
     if head.startswith(b"fLaC"):
         return Sniffed("audio", "flac")
     if head.startswith(b"OggS"):
@@ -71,6 +74,11 @@ def sniff(head: bytes) -> Sniffed | None:
     if head.startswith(b"\x1a\x45\xdf\xa3"):
         return Sniffed("video", "webm" if b"webm" in head[:64] else "mkv")
     return None
+
+
+def _atom_size_ok(size: int) -> bool:
+    """A QuickTime atom's size: 0 (to the end), 1 (64-bit size follows) or at least its 8-byte header."""
+    return size in (0, 1) or size >= 8
 
 
 def _transport_stream(head: bytes) -> bool:

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from services import samples
+from services.transcode.samples import lavfi
 from shared.sniff import found, rejection, sniff
 
 
@@ -31,6 +32,8 @@ from shared.sniff import found, rejection, sniff
     (b"FORM\x00\x01\x58\xb6AIFCFVER", "audio", "aiff"),
     (b"\x47\x40\x11\x10" + bytes(184) + b"\x47\x40\x00\x10", "video", "mpegts"),
     (b"\x0e\xbf\x46\x22\x47\x40\x11\x10" + bytes(188) + b"\x47\x40\x00\x10", "video", "mpegts"),
+    (b"\x00\x00\x00\x08wide\x00\x0c\x8e\x5amdat", "video", "mov"),  # QuickTime without `ftyp`
+    (b"\x00\x00\x04\x2amoov\x00\x00\x00\x6cmvhd", "video", "mov"),
 ])
 def test_magic_numbers(head: bytes, media: str, fmt: str) -> None:
     found = sniff(head)
@@ -40,6 +43,15 @@ def test_magic_numbers(head: bytes, media: str, fmt: str) -> None:
 def test_real_files() -> None:
     assert sniff(samples.photo(64, 64)[:64]).format == "jpeg"  # type: ignore[union-attr]
     assert sniff(samples.png_with_alpha(32, 32)[:64]).format == "png"  # type: ignore[union-attr]
+
+
+def test_real_media_files_that_do_not_start_with_a_famous_magic_number() -> None:
+    """Camcorders' M2TS, AIFF exports and QuickTime files older than `ftyp` were refused at upload."""
+    mov = lavfi("mov", 0.2)
+    without_ftyp = mov[int.from_bytes(mov[:4], "big"):]
+    assert without_ftyp[4:8] == b"wide"
+    for data, fmt in ((lavfi("mts", 0.2), "mpegts"), (lavfi("aiff", 0.2), "aiff"), (without_ftyp, "mov")):
+        assert sniff(data[:256]).format == fmt  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("head", [b"", b"hello world", b"%PDF-1.7\n", b"PK\x03\x04", b"<svg xmlns="])
