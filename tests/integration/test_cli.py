@@ -281,43 +281,45 @@ def test_nats_down_every_command_exits_3_within_the_timeout(tmp_path: Path) -> N
     photo = tmp_path / "p.jpg"
     photo.write_bytes(b"\xff\xd8\xff")
     url = f"nats://127.0.0.1:{_closed_port()}"
-    env = {**BASE_ENV, "JETMEDIA_NATS_URL": url, "JETMEDIA_CONNECT_TIMEOUT": "1"}
+    env = {**BASE_ENV, "JETMEDIA_NATS_URL": url}
     for command in PEOPLE:
+        args = [part.format(photo=photo) for part in command]
+        said = f"cannot reach NATS at {url} within 1 s: connection refused"
+        assert _waited(args, env, said) < WAITED, command
+
+
+def _waited(args: list[str], env: dict[str, str], said: str) -> float:
+    """How much longer the command takes with a 1-s connect timeout than with 0.01 s: its wait,
+    without the interpreter's start and the command's imports (0.7-1.1 s idle), which a loaded
+    machine stretches (CI: `dlq` took 2.59 s). The least of three tries: a try is a pair of runs
+    side by side, and a wait that overran does so in every one."""
+    tries = []
+    for _ in range(3):
         started = time.monotonic()
-        done = jetmedia(*(part.format(photo=photo) for part in command), env=env, timeout=30)
-        took = time.monotonic() - started
-        line = one_line(done, 3)
-        assert f"cannot reach NATS at {url} within 1 s: connection refused" in line, (command, line)
-        assert took < WITHIN or took < WITHIN + 2 * _load_slack(env), (command, took)
+        one_line(jetmedia(*args, env={**env, "JETMEDIA_CONNECT_TIMEOUT": "0.01"}, timeout=30), 3)
+        base = time.monotonic() - started
+        started = time.monotonic()
+        line = one_line(jetmedia(*args, env={**env, "JETMEDIA_CONNECT_TIMEOUT": "1"}, timeout=30), 3)
+        tries.append(time.monotonic() - started - base)
+        assert said in line, (args, line)
+        if tries[-1] < WAITED:
+            break
+    return min(tries)
 
 
-WITHIN = 1.0 + 1.5
-"""The 1-s connect timeout plus the interpreter's start and the command's imports (0.8-1.1 s on an idle
-machine; CI once took 1.11 s of them, and a bound of 2.0 failed it). A command that waited twice the
-timeout takes 2.8-3.1 s here; one left to nats-py's own defaults, minutes."""
-
-
-def _load_slack(env: dict[str, str]) -> float:
-    """How much longer than usual (0.6 s) the interpreter takes to start right now (asked only when
-    a command took too long): the machine is shared with other test runs, and the bound is about
-    our connect, not about their load. Callers allow twice this: one sample of a loaded machine
-    undershoots the next (CI: 3.15 s against 2 + 1.0)."""
-    started = time.monotonic()
-    jetmedia("--version", env=env)
-    return max(0.0, time.monotonic() - started - 0.6)
+WAITED = 1.0 + 0.6
+"""The 1-s timeout and what follows it (closing, the message): 1.1 s here. A command that waited
+twice the timeout shows 2 s or more; one left to nats-py's own defaults, minutes."""
 
 
 def test_s3_down_submit_and_export_exit_3_within_the_timeout(up: Up, tmp_path: Path) -> None:
     photo = tmp_path / "p.jpg"
     photo.write_bytes(samples.photo(64, 64))
     endpoint = f"http://127.0.0.1:{_closed_port()}"
-    env = {**up.env, "JETMEDIA_S3_ENDPOINT": endpoint, "JETMEDIA_CONNECT_TIMEOUT": "1"}
-    for command in (("submit", str(photo)), ("export", "some/key")):
-        started = time.monotonic()
-        line = one_line(jetmedia(*command, env=env, timeout=30), 3)
-        assert f"cannot connect to S3 endpoint {endpoint}: connection refused" in line, line
-        took = time.monotonic() - started
-        assert took < WITHIN or took < WITHIN + 2 * _load_slack(env), (command, took)
+    env = {**up.env, "JETMEDIA_S3_ENDPOINT": endpoint}
+    for command in (["submit", str(photo)], ["export", "some/key"]):
+        said = f"cannot connect to S3 endpoint {endpoint}: connection refused"
+        assert _waited(command, env, said) < WAITED, command
 
 
 class Pty:
