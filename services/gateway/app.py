@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 import botocore.exceptions
 import msgspec
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, post, route
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
@@ -460,9 +460,10 @@ async def s3_hook(request: Request[Any, Any, Any], data: JSONBody[S3Notification
     return HookResult(jobs=jobs, skipped=skipped)
 
 
-@get("/healthz", tags=["ops"])
+@route("/healthz", http_method=["GET", "HEAD"], tags=["ops"])
 async def healthz(request: Request[Any, Any, Any]) -> Response[Health]:
-    """200 while NATS is connected (compose's health check), 503 otherwise."""
+    """200 while NATS is connected (compose's health check), 503 otherwise; HEAD too (uptime
+    monitors and `curl -I` ask with HEAD, which was a 405)."""
     connected = bool(gw(request).services.nc.is_connected)
     body = Health(status="ok" if connected else "degraded", nats=connected, version=__version__)
     return Response(body, status_code=200 if connected else 503)

@@ -100,7 +100,7 @@ async def test_openapi_document_validates_and_lists_every_route(services: Servic
         expected = {
             "/v1/uploads": {"post"}, "/v1/assets": {"post"}, "/v1/exports": {"post"}, "/v1/jobs": {"get"},
             "/v1/jobs/{job_id}": {"get", "delete"}, "/v1/jobs/{job_id}/retry": {"post"},
-            "/v1/jobs/{job_id}/events": {"get"}, "/v1/hooks/s3": {"post"}, "/healthz": {"get"},
+            "/v1/jobs/{job_id}/events": {"get"}, "/v1/hooks/s3": {"post"}, "/healthz": {"get", "head"},
         }
         assert {path: set(ops) for path, ops in paths.items()} == expected
         schemas = document["components"]["schemas"]

@@ -41,6 +41,8 @@ async def test_hostile_bodies_get_specific_problems(services: Services, caplog: 
                                   422, "invalid-callback-url")
             assert "Port out of range" in port["detail"]
         assert (await http.post("/v1/assets", json={"key": "uploads/there.jpg"})).status_code == 202  # still serving
+        head = await http.head("/healthz")  # `curl -I`, uptime monitors
+        assert head.status_code == 200 and head.content == b"", head
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage()[:200] for r in caplog.records]
 
 
