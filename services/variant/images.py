@@ -42,6 +42,7 @@ LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else
     "tiffload_source": "tiff",
     "heifload_source": "heif",
 }
+WIDE_INTEGERS = {"ushort": 65535, "short": 32767, "uint": 4294967295, "int": 2147483647}  # format -> full scale
 ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 NO_DECODER = "has not been built in"  # libheif, when a codec's plugin is missing
 NO_HEVC = ("this server's libvips has no HEVC decoder (the pyvips-binary wheel ships without libde265), "
@@ -254,6 +255,10 @@ def _to_srgb(image: pyvips.Image, header: Header) -> pyvips.Image:
     if header.has_icc or header.cmyk:
         image = image.icc_transform("srgb", embedded=True, input_profile="cmyk" if header.cmyk else "srgb",
                                     intent="perceptual")
+    if image.format in WIDE_INTEGERS and image.interpretation in ("srgb", "b-w", "multiband"):
+        # integer samples wider than 8 bits in an 8-bit colour space (a 32-bit TIFF): the cast below
+        # would clip them (a red came out cyan); their range is scaled to 0-255 instead
+        image = (image * (255 / WIDE_INTEGERS[image.format])).cast("uchar")
     if image.format != "uchar" or image.interpretation not in ("srgb", "b-w"):
         image = image.colourspace("srgb")  # 16-bit PNG/TIFF, odd TIFF colour spaces
         if image.format != "uchar":

@@ -58,3 +58,13 @@ def test_an_android_ultra_hdr_jpeg_is_a_jpeg_upright_and_colour_managed() -> Non
     assert (out.width, out.height) == (600, 400)
     red = [out.crop(10, 150, 40, 100).extract_band(i).avg() for i in range(3)]  # upright: red band on the left
     assert red[0] > 140 and red[1] < 50 and red[2] < 50, red
+
+
+def test_a_32_bit_integer_tiff_keeps_its_colours() -> None:
+    """Samples wider than 16 bits tagged sRGB were cast to 8 bits, i.e. clipped: red came out cyan."""
+    wide = (samples.swatches(400, 300).cast("uint") * 16843009).cast("uint")  # 0-255 -> 0-2^32-1
+    source = bytes(wide.tiffsave_buffer())
+    assert pyvips.Image.new_from_buffer(source, "").format == "uint"
+    out = pyvips.Image.new_from_buffer(render(source, DEFAULTS).variants[1].data, "")
+    red = [out.crop(10, 100, 50, 100).extract_band(i).avg() for i in range(3)]
+    assert abs(red[0] - 200) < 6 and abs(red[1] - 30) < 6 and abs(red[2] - 30) < 6, red
