@@ -111,7 +111,8 @@ PROBLEMS = {
     for code, text in {
         400: "malformed request", 401: "no or unknown token", 403: "scope or key prefix not allowed",
         404: "no such job", 409: "conflict with the job's state or an earlier request",
-        413: "body over the limit", 422: "body does not fit the schema", 429: "rate limit or jobs-in-flight quota",
+        413: "body over the limit", 415: "body not JSON: a form, multipart or compressed",
+        422: "body does not fit the schema", 429: "rate limit or jobs-in-flight quota",
     }.items()
 }
 AUTHED: list[dict[str, list[str]]] = [{"bearer": []}]

@@ -25,7 +25,8 @@ TYPE_PREFIX = "urn:jetmedia:problem:"
 
 TITLES = {
     400: "bad request", 401: "unauthorized", 403: "forbidden", 404: "not found", 405: "method not allowed",
-    409: "conflict", 413: "request body too large", 422: "unprocessable request", 429: "too many requests",
+    409: "conflict", 413: "request body too large", 415: "unsupported media type", 422: "unprocessable request",
+    429: "too many requests",
     500: "internal error", 503: "service unavailable",
 }
 
@@ -90,15 +91,29 @@ def on_too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Respons
     return problem_response(400, "malformed-body", "the body is not JSON the gateway reads: nested too deeply")
 
 
-def on_http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def on_http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     kinds = {400: "malformed-body", 404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
     detail = str(exc.detail)
     if status == 400:
         detail = f"the body is not JSON ({exc.detail})"
+        if unsupported := _not_json(request):  # `curl -d a=b` sends a form; `-F` multipart; gzip
+            return problem_response(415, "unsupported-media-type", f"{detail}: {unsupported}")
     elif status == 413:
         detail = "the request body is over the gateway's limit (JETMEDIA_GATEWAY_BODY_LIMIT)"
     return problem_response(status, kinds.get(status, "http"), detail, dict(exc.headers or {}))
+
+
+def _not_json(request: Request[Any, Any, Any]) -> str | None:
+    """Why a body that did not parse was never JSON to begin with, from its headers, or None. A
+    JSON body under another Content-Type is still read (curl's `-d` says form-urlencoded)."""
+    encoding = request.headers.get("content-encoding", "")
+    if encoding and encoding.lower() != "identity":
+        return f"it is {encoding[:40]!r}-encoded; send it uncompressed (no Content-Encoding)"
+    sent = request.headers.get("content-type", "")
+    if sent and "json" not in sent.lower():
+        return f"it was sent as {sent.split(';')[0][:80]!r}; send JSON with Content-Type: application/json"
+    return None
 
 
 def on_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -9,6 +9,7 @@ and a callback URL with port 99999 was accepted, to fail as a job a moment later
 from __future__ import annotations
 
 import asyncio
+import gzip
 import logging
 
 import pytest
@@ -41,6 +42,14 @@ async def test_hostile_bodies_get_specific_problems(services: Services, caplog: 
                                   422, "invalid-callback-url")
             assert "Port out of range" in port["detail"]
         assert (await http.post("/v1/assets", json={"key": "uploads/there.jpg"})).status_code == 202  # still serving
+        form = assert_problem(await http.post("/v1/assets", data={"key": "uploads/there.jpg"}), 415)  # curl -d k=v
+        assert "'application/x-www-form-urlencoded'; send JSON with Content-Type: application/json" in form["detail"]
+        gzipped = assert_problem(await http.post("/v1/assets", content=gzip.compress(b'{"key": "k"}'),
+                                                 headers={**JSON, "Content-Encoding": "gzip"}), 415)
+        assert "'gzip'-encoded" in gzipped["detail"]
+        plain = await http.post("/v1/assets", content=b'{"key": "uploads/there.jpg"}',  # JSON under another type:
+                                headers={"Content-Type": "text/plain"})  # still read
+        assert plain.status_code == 202, plain.text
         head = await http.head("/healthz")  # `curl -I`, uptime monitors
         assert head.status_code == 200 and head.content == b"", head
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage()[:200] for r in caplog.records]
