@@ -27,6 +27,7 @@ import pyvips
 
 from shared.malloc import reuse_big_buffers
 from shared.runtime import Reject
+from shared.sniff import sniff
 
 from . import colours, thumbhash
 from .presets import Preset
@@ -43,6 +44,8 @@ LOADERS: dict[str, str] = {  # libvips loader -> format we report; anything else
     "heifload_source": "heif",
 }
 WIDE_INTEGERS = {"ushort": 65535, "short": 32767, "uint": 4294967295, "int": 2147483647}  # format -> full scale
+FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF", "tiff": "TIFF", "heif": "HEIF",
+                "avif": "AVIF"}
 ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 NO_DECODER = "has not been built in"  # libheif, when a codec's plugin is missing
 NO_HEVC = ("this server's libvips has no HEVC decoder (the pyvips-binary wheel ships without libde265), "
@@ -126,6 +129,10 @@ def probe(source: bytes, limits: Limits) -> Header:
         image = pyvips.Image.new_from_source(_memory(source), "", access="sequential", fail_on=FAIL_ON)
         loader = str(image.get("vips-loader"))
     except pyvips.Error as exc:
+        kind = sniff(source[:64])  # it starts like one we serve: then it is that one, damaged
+        if kind is not None and kind.media == "image":
+            name = FORMAT_NAMES.get(kind.format, kind.format.upper())
+            raise Reject(f"not a readable {name} image (truncated or corrupt): {_first_line(exc)}") from None
         raise Reject(f"not a supported image (unknown format or corrupt header): {_first_line(exc)}") from None
     fmt = LOADERS.get(loader)
     if fmt is None:

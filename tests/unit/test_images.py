@@ -193,7 +193,7 @@ def test_pixel_and_frame_limits_are_settings() -> None:
     [
         (b"", "empty"),
         (b"just some text, not an image", "not a supported image"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 200, "not a supported image"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 200, r"not a readable JPEG image \(truncated or corrupt\)"),
     ],
 )
 def test_unusable_bytes_are_rejected_with_a_reason(source: bytes, reason: str) -> None:

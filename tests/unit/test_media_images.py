@@ -68,3 +68,11 @@ def test_a_32_bit_integer_tiff_keeps_its_colours() -> None:
     out = pyvips.Image.new_from_buffer(render(source, DEFAULTS).variants[1].data, "")
     red = [out.crop(10, 100, 50, 100).extract_band(i).avg() for i in range(3)]
     assert abs(red[0] - 200) < 6 and abs(red[1] - 30) < 6 and abs(red[2] - 30) < 6, red
+
+
+@pytest.mark.parametrize(("fmt", "name"), [("tiff", "TIFF"), ("webp", "WebP"), ("avif", "AVIF"), ("gif", "GIF")])
+def test_a_truncated_upload_is_named_as_the_format_it_starts_as(fmt: str, name: str) -> None:
+    """Half a TIFF was "not a supported image (unknown format ...): source is not in a known format"."""
+    whole = samples.encoded(fmt, 320, 240)
+    with pytest.raises(Reject, match=rf"not a readable {name} image \(truncated or corrupt\)|cannot decode"):
+        render(whole[: len(whole) // 2], DEFAULTS)
