@@ -63,14 +63,16 @@ def choose(media: str, requested: list[str] | None, settings: Settings) -> list[
     return chosen
 
 
-def fit(settings: Settings) -> str:
-    """Scale filter: inside max_height x (16:9 of it), either orientation, never up, even sizes,
-    square pixels. Anamorphic video (DV/DVD 720x576 shown 16:9, HDV 1440x1080 shown 1920x1080)
-    is widened to its display width (`iw*sar`) and its SAR reset: a JPEG poster has no pixel
-    aspect a browser honours, and the sizes in the job record are then the ones shown."""
+def fit(settings: Settings, *, anamorphic: bool = False) -> str:
+    """Scale filter: inside max_height x (16:9 of it), either orientation, never up, even sizes.
+    Anamorphic video (DV/DVD 720x576 shown 16:9, HDV 1440x1080 shown 1920x1080) is widened to
+    its display width (`iw*sar`) and its SAR reset to square pixels: a JPEG poster has no pixel
+    aspect a browser honours, and the sizes in the job record are then the ones shown
+    (`reset_sar` needs ffmpeg 7.1+, so square-pixel video, nearly all of it, does without)."""
     short, long = settings.transcode_max_height, settings.transcode_max_height * 16 // 9
-    return (f"scale=w='min(iw*sar,if(gte(iw*sar,ih),{long},{short}))':h='min(ih,if(gte(iw*sar,ih),{short},{long}))'"
-            ":force_original_aspect_ratio=decrease:force_divisible_by=2:reset_sar=1")
+    w = "iw*sar" if anamorphic else "iw"
+    return (f"scale=w='min({w},if(gte({w},ih),{long},{short}))':h='min(ih,if(gte({w},ih),{short},{long}))'"
+            ":force_original_aspect_ratio=decrease:force_divisible_by=2" + (":reset_sar=1" if anamorphic else ""))
 
 
 # HDR (HLG, PQ) to SDR BT.709, 8-bit: reference white (203 cd/m², BT.2408) becomes SDR white and
@@ -90,7 +92,7 @@ def video_filters(facts: Probe, settings: Settings, *, fps: bool = True) -> str:
     """Deinterlace, fit, frame rate cap, and HDR to SDR: the `-vf` of the MP4/WebM and of the poster."""
     assert facts.video is not None
     filters = [DEINTERLACE] if facts.video.interlaced else []
-    filters.append(fit(settings))
+    filters.append(fit(settings, anamorphic=facts.video.anamorphic))
     if fps and facts.video.fps and facts.video.fps > settings.transcode_max_fps:
         filters.append(f"fps={settings.transcode_max_fps:g}")
     if facts.video.hdr:

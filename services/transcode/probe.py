@@ -51,6 +51,7 @@ class StreamFacts:
     duration: float | None = None
     hdr: bool = False  # an HDR transfer (HLG: iPhones since the 12; PQ: HDR10), shown washed out as SDR
     interlaced: bool = False  # fields, not frames (camcorders' 1080i AVCHD, DV, broadcast): combs unless deinterlaced
+    anamorphic: bool = False  # pixels not square (DV/DVD 16:11, HDV 4:3): shown wider than stored
 
 
 # AVColorTransferCharacteristic values of HDR video (libavutil/pixfmt.h)
@@ -147,7 +148,9 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
             video = StreamFacts(index=stream.index, codec=vcc.codec.canonical_name, width=vcc.width or None,
                                 height=vcc.height or None, fps=round(float(rate), 3) if rate else None,
                                 duration=_seconds(stream), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS,
-                                interlaced=int(vcc.field_order or 0) in INTERLACED_FIELD_ORDERS)
+                                interlaced=int(vcc.field_order or 0) in INTERLACED_FIELD_ORDERS,
+                                anamorphic=any(sar and sar != 1 for sar in (stream.sample_aspect_ratio,
+                                                                            vcc.sample_aspect_ratio)))
         elif isinstance(stream, AudioStream) and audio is None:
             acc = stream.codec_context
             audio = StreamFacts(index=stream.index, codec=acc.codec.canonical_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 import socket
@@ -184,8 +185,12 @@ def test_video_args_cap_size_and_frame_rate_and_downmix() -> None:
     settings = Settings(transcode_x264_preset="medium")
     args = output_args(PRESETS["mp4"], _facts(fps=120, channels=6), settings)
     vf = args[args.index("-vf") + 1]
-    assert "min(iw*sar,if(gte(iw*sar,ih),1920,1080))" in vf and "force_original_aspect_ratio=decrease" in vf
-    assert "reset_sar=1" in vf  # square pixels out (anamorphic sources widened)
+    assert "min(iw,if(gte(iw,ih),1920,1080))" in vf and "force_original_aspect_ratio=decrease" in vf
+    assert "reset_sar" not in vf  # square pixels already: nothing an older ffmpeg lacks
+    dv = dataclasses.replace(_facts(), video=StreamFacts(index=0, codec="dvvideo", width=720, height=576,
+                                                         anamorphic=True))
+    widened = output_args(PRESETS["mp4"], dv, settings)[3]
+    assert "min(iw*sar,if(gte(iw*sar,ih),1920,1080))" in widened and widened.endswith(":reset_sar=1")
     assert vf.endswith(",fps=60")
     assert args[args.index("-preset") + 1] == "medium"
     assert args[args.index("-ac") + 1] == "2"
