@@ -8,7 +8,9 @@ One event per record revision the watch sees, in revision order; the stream ends
 status (ready, failed, cancelled, expired). A `: heartbeat` comment every JETMEDIA_GATEWAY_HEARTBEAT
 seconds keeps proxies from closing an idle stream. A client that reconnects sends the last id it
 saw (`Last-Event-ID`, or `?last_event_id=` for clients that cannot set headers): revisions up to
-it are not sent again, later ones are, none skipped that the bucket still holds.
+it are not sent again, later ones are, none skipped that the bucket still holds. An id past every
+revision the bucket has (a bogus one, or one from before the bucket was made anew) still gets the
+final record, so such a stream ends with the job instead of heartbeating forever.
 
 The jobs bucket keeps one revision per job (history 1), so a client that was away while the record
 changed several times gets the newest of those revisions, then every later one: the record is the
@@ -55,7 +57,7 @@ async def job_events(
         if current is not None:
             raw, revision = current
             job = decode_job(raw)
-            if revision > after:
+            if revision > after or (job.final and revision < after):
                 yield message(await render(job), revision)
                 after = revision
             if job.final:
@@ -70,9 +72,11 @@ async def job_events(
             if update is None or listener.ended:
                 return
             revision, raw = update
-            if revision <= after:  # already sent (it was the current record)
+            if revision == after:  # already sent (it was the current record)
                 continue
             job = decode_job(raw)
+            if revision < after and not job.final:
+                continue  # the client claims a later revision than this one: only the end is news to it
             yield message(await render(job), revision)
             after = revision
             if job.final:

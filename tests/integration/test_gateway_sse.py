@@ -235,3 +235,17 @@ async def test_a_lost_watch_ends_the_streams_cleanly_and_is_made_anew(services: 
         assert update is not None and b'"ready"' in update[1]
     finally:
         await feed.stop()
+
+
+async def test_a_last_event_id_past_every_revision_still_gets_the_end(services: Services) -> None:
+    """A Last-Event-ID no revision has reached (a bogus one, or one from before the bucket was made
+    anew) skipped every update, the final one too: the stream heartbeated forever."""
+    job_id = f"sse-past-{secrets.token_hex(4)}"
+    await services.jobs.create(new_job(job_id, "asset", status="running", stage="variant"))
+    async with gateway(services.settings, gateway_heartbeat=0.5) as gw:
+        stream = asyncio.create_task(follow(gw, job_id, last_event_id=str(10**12)))
+        await asyncio.sleep(0.5)
+        await services.jobs.update(job_id, lambda job: msgspec.structs.replace(job, percent=50.0))
+        await services.jobs.update(job_id, lambda job: msgspec.structs.replace(job, status="ready", percent=100.0))
+        events = await asyncio.wait_for(stream, 20)
+    assert [(e["status"], e["percent"]) for e in events] == [("ready", 100.0)]
