@@ -288,6 +288,12 @@ async def create_asset(request: Request[Any, Any, Any], data: JSONBody[m.AssetUp
     auth.require_key(principal, data.key)
     check_bucket(gateway, principal, data.bucket)
     check_callback(data.callback_url)
+    if principal.prefix and "admin" not in principal.scopes and data.asset_id not in (None, data.job_id):
+        # outputs live at variants/{asset}/, transcodes/{asset}/ whoever asked: a chosen asset id
+        # would overwrite another tenant's outputs
+        raise Problem(403, "forbidden-asset-id", f"token {principal.name!r} is limited to the prefix "
+                                                 f"{principal.prefix!r} and may not choose asset_id "
+                                                 "(the job id names the asset)")
     where = f"s3://{data.bucket or gateway.settings.bucket}/{data.key}"
     try:
         found = await gateway.services.storage.head(data.key, data.bucket)

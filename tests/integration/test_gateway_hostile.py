@@ -64,3 +64,19 @@ async def test_the_same_request_sent_ten_times_at_once_is_one_job_started_once(s
     assert [r.status_code for r in answers] == [202] * 10, [r.text for r in answers]
     assert sorted(r.json()["duplicate"] for r in answers) == [False] + [True] * 9
     assert (await services.js.stream_info("JM_UPLOAD")).state.messages == 1  # the copies were dropped
+
+
+async def test_a_tenant_cannot_write_into_another_assets_outputs(services: Services) -> None:
+    """Outputs go to `variants/{asset}/`: a token limited to `tenant-a/` that named another
+    tenant's asset id got its photo's variants written over theirs."""
+    await services.storage.put_bytes("tenant-a/mine.jpg", samples.photo(64, 48))
+    async with gateway(services.settings) as gw, gw.client("tenant") as tenant, gw.client("admin") as admin:
+        refused = assert_problem(await tenant.post("/v1/assets", json={"key": "tenant-a/mine.jpg",
+                                                                        "asset_id": "someone-elses"}),
+                                 403, "forbidden-asset-id")
+        assert "may not choose asset_id" in refused["detail"]
+        same = await tenant.post("/v1/assets", json={"key": "tenant-a/mine.jpg", "job_id": "ta-1",
+                                                     "asset_id": "ta-1"})
+        assert same.status_code == 202, same.text  # naming the asset after its own job changes nothing
+        admins = await admin.post("/v1/assets", json={"key": "tenant-a/mine.jpg", "asset_id": "any"})
+        assert admins.status_code == 202, admins.text
