@@ -123,3 +123,33 @@ def hevc_heif(width: int = 64, height: int = 48) -> bytes:
 
     head = ftyp + meta(0)
     return ftyp + meta(len(head) + 8) + box(b"mdat", payload)
+
+
+def raw_like_tiff(*, make: str = "NIKON CORPORATION", dng: bool = False) -> bytes:
+    """The first directory of a camera RAW (NEF, ARW, DNG...): a 160×120 RGB thumbnail marked as a
+    reduced-resolution image (NewSubfileType 1), the camera's Make; the sensor data a real file
+    keeps in SubIFDs is left out (nothing here reads it)."""
+    import struct
+
+    width, height = 160, 120
+    pixels = bytes([200, 30, 30]) * (width * height)
+    make_bytes = make.encode() + b"\0"
+    entries = [  # (tag, type, count, value or offset): filled in below, sorted by tag
+        (254, 4, 1, 1), (256, 3, 1, width), (257, 3, 1, height), (258, 3, 3, 0), (259, 3, 1, 1),
+        (262, 3, 1, 2), (271, 2, len(make_bytes), 0), (273, 4, 1, 0), (277, 3, 1, 3), (278, 3, 1, height),
+        (279, 4, 1, len(pixels)),
+    ]
+    if dng:
+        entries.append((50706, 1, 4, 0x00000401))  # DNGVersion 1.4.0.0, inline
+    ifd_size = 2 + 12 * len(entries) + 4
+    bits_at = 8 + ifd_size
+    make_at = bits_at + 6
+    pixels_at = make_at + len(make_bytes)
+    values = {258: bits_at, 271: make_at, 273: pixels_at}
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        value = values.get(tag, value)
+        packed = struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, count) + packed
+    ifd += struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<HHH", 8, 8, 8) + make_bytes + pixels

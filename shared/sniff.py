@@ -50,6 +50,8 @@ def sniff(head: bytes) -> Sniffed | None:
             return Sniffed("image", "avif" if brand in (b"avif", b"avis") else "heif")
         if brand in _AUDIO_BRANDS:
             return Sniffed("audio", "m4a")
+        if brand == b"crx ":
+            return None  # a Canon RAW (CR3) photo in an MP4-like box structure: not a video
         return Sniffed("video", "mov" if brand == b"qt  " else "mp4")
     if head[:4] in (b"RF64", b"BW64") and head[8:12] == b"WAVE":
         return Sniffed("audio", "wav")  # WAV past 4 GB: field recorders, broadcast (EBU)
@@ -112,6 +114,10 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", "a Windows Media (ASF: WMA/WMV) file"),
     (b"caff", "a Core Audio (CAF) file"),
     (b"#!AMR", "an AMR voice recording"),
+    (b"\x00\x00\x00\x18ftypcrx ", "a Canon RAW (CR3) photo"),
+    (b"FUJIFILMCCD-RAW", "a Fujifilm RAW (RAF) photo"),
+    (b"IIRO", "an Olympus RAW (ORF) photo"),
+    (b"IIU\x00", "a Panasonic RAW (RW2) photo"),
 )
 
 

@@ -31,6 +31,7 @@ from shared.sniff import sniff
 
 from . import colours, thumbhash
 from .presets import Preset
+from .raw import camera_raw
 
 FAIL_ON = "error"  # truncated or corrupt data fails the load instead of coming out grey
 JPEG_EOI = b"\xff\xd9"
@@ -137,6 +138,9 @@ def probe(source: bytes, limits: Limits) -> Header:
     fmt = LOADERS.get(loader)
     if fmt is None:
         raise Reject(f"unsupported image format ({loader.removesuffix('_source')})")
+    if fmt == "tiff" and (raw := camera_raw(source)):
+        raise Reject(f"{raw} photo: only its embedded thumbnail could be read here, not the sensor data; "
+                     "upload a JPEG, HEIF or TIFF exported from the camera or an editor")
     fields = set(image.get_fields())
     if fmt == "heif" and "heif-compression" in fields and str(image.get("heif-compression")) == "av1":
         fmt = "avif"

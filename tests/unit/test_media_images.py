@@ -76,3 +76,22 @@ def test_a_truncated_upload_is_named_as_the_format_it_starts_as(fmt: str, name: 
     whole = samples.encoded(fmt, 320, 240)
     with pytest.raises(Reject, match=rf"not a readable {name} image \(truncated or corrupt\)|cannot decode"):
         render(whole[: len(whole) // 2], DEFAULTS)
+
+
+@pytest.mark.parametrize(("source", "named"), [
+    (samples.raw_like_tiff(make="NIKON CORPORATION"), r"a camera RAW \(NIKON CORPORATION\) photo"),
+    (samples.raw_like_tiff(make="Apple", dng=True), "a DNG camera RAW photo"),
+])
+def test_a_camera_raw_is_refused_not_rendered_from_its_thumbnail(source: bytes, named: str) -> None:
+    """A NEF/ARW/DNG starts like a TIFF; libvips read its first directory, the 160×120 thumbnail,
+    and the job was "ready" with a postage stamp as its display image."""
+    assert pyvips.Image.new_from_buffer(source, "").width == 160  # what used to become the "display"
+    with pytest.raises(Reject, match=named + ": only its embedded thumbnail could be read"):
+        render(source, DEFAULTS)
+
+
+def test_tiffs_that_are_images_are_not_taken_for_raw() -> None:
+    swatches = samples.swatches(64, 48)
+    for options in ({}, {"pyramid": True, "tile": True, "tile_width": 16, "tile_height": 16}, {"compression": "jpeg"}):
+        rendered = render(bytes(swatches.tiffsave_buffer(**options)), DEFAULTS)
+        assert rendered.source.format == "tiff" and rendered.variants[0].width == 64

@@ -99,3 +99,8 @@ def test_rejection_reads_as_words_first_and_keeps_hex_last() -> None:
 @given(st.binary(max_size=300))
 def test_found_never_raises(head: bytes) -> None:
     assert found(head)
+
+
+def test_a_canon_cr3_is_a_photo_not_a_video() -> None:
+    head = b"\x00\x00\x00\x18ftypcrx \x00\x00\x00\x01crx isom"
+    assert sniff(head) is None and found(head) == "a Canon RAW (CR3) photo"
