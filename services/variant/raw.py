@@ -19,7 +19,7 @@ def camera_raw(source: bytes) -> str | None:
     if len(source) < 16 or source[:4] not in (b"II*\x00", b"MM\x00*"):  # classic TIFF (not BigTIFF)
         return None
     order = "<" if source[:2] == b"II" else ">"
-    if source[8:10] == b"CR":
+    if source[8:12] == b"CR\x02\x00":  # CR2 header after the TIFF one: "CR", version 2.0
         return "a Canon RAW (CR2)"
     (first,) = struct.unpack_from(order + "I", source, 4)
     tags = _directory(source, order, first)
