@@ -4,7 +4,8 @@ Runs in the runtime's CPU pool (libvips releases the GIL, so both cores work), n
 loop. The pipeline, and why:
 
 1. `probe`: the header only (libvips loads lazily). Format allow-list, pixel and frame limits are
-   checked here, so a decompression bomb is rejected before a single pixel is allocated.
+   checked here, so a decompression bomb is rejected before a single pixel is allocated. A camera
+   RAW that starts like a TIFF is refused here too (raw.py): only its thumbnail would be read.
 2. One decode, streamed, at the largest preset's size: JPEG with DCT scaling (shrink-on-load),
    one resize (alpha premultiplied), then the EXIF orientation and ICC profile → sRGB (CMYK
    included) applied to the small image. Only frame 1 of an animation is decoded unless a preset
