@@ -270,6 +270,10 @@ async def create_upload(request: Request[Any, Any, Any], data: JSONBody[UploadRe
     POST /v1/assets. The key is under the token's prefix."""
     principal = await caller(request, "submit")
     gateway = gw(request)
+    if not (data.content_type.isascii() and data.content_type.isprintable()):
+        # signed into the URL, sent back as a header: one with CR/LF or non-ASCII no client can send
+        raise Problem(422, "invalid-body", f"content_type: {data.content_type[:80]!r} is not a header value "
+                                           "(printable ASCII, e.g. image/jpeg)")
     key = f"{principal.prefix}uploads/{m.new_id()[:16]}/{safe_filename(data.filename)}"
     ttl = int(gateway.settings.gateway_upload_ttl)
     url: str = await gateway.services.storage.client.generate_presigned_url(

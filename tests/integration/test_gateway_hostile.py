@@ -50,6 +50,9 @@ async def test_hostile_bodies_get_specific_problems(services: Services, caplog: 
         plain = await http.post("/v1/assets", content=b'{"key": "uploads/there.jpg"}',  # JSON under another type:
                                 headers={"Content-Type": "text/plain"})  # still read
         assert plain.status_code == 202, plain.text
+        crlf = assert_problem(await http.post("/v1/uploads", json={"filename": "a.jpg",
+                                                                    "content_type": "image/jpeg\r\nX-Evil: 1"}), 422)
+        assert "is not a header value" in crlf["detail"]
         head = await http.head("/healthz")  # `curl -I`, uptime monitors
         assert head.status_code == 200 and head.content == b"", head
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage()[:200] for r in caplog.records]
