@@ -21,6 +21,9 @@ class ConfigError(ValueError):
     """Settings that cannot work: reported at start-up with the variable to fix, exit code 2."""
 
 
+JOB_MAX_AGE_FLOOR = 86400.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # --- NATS / JetStream ---
     nats_url: str = "nats://127.0.0.1:4222"
@@ -34,6 +37,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     dedup_window: float = 120.0  # seconds the server remembers a Nats-Msg-Id
     events_max_age: float = 7 * 86400.0
     dlq_max_age: float = 14 * 86400.0
+    job_max_age: float = 0.0  # seconds a job record is kept after its last change; 0 = for good
     connect_timeout: float = 5.0  # seconds people's commands (submit, status, ...) wait for NATS/S3 before exit 3
 
     # --- worker runtime ---
@@ -116,6 +120,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = ".jetmedia"
     log_level: str = "INFO"
     source: str = "jetmedia"  # CloudEvents `source` of what we emit
+
+    def __post_init__(self) -> None:
+        if 0 < self.job_max_age < max(JOB_MAX_AGE_FLOOR, self.url_ttl):
+            raise ValueError(f"JETMEDIA_JOB_MAX_AGE is {self.job_max_age:g} s: 0 keeps job records for good, "
+                             f"else at least a day and the download window (JETMEDIA_URL_TTL, {self.url_ttl:g} s): "
+                             "a record removed while its job runs, or while its link is valid, loses the job")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

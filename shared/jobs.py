@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 from collections import OrderedDict
 from collections.abc import Callable
@@ -143,11 +144,18 @@ class JobStore:
             self._written.popitem(last=False)
 
     @classmethod
-    async def open(cls, js: JetStreamContext, replicas: int = 1) -> JobStore:
+    async def open(cls, js: JetStreamContext, replicas: int = 1, max_age: float | None = None) -> JobStore:
+        """`max_age` (JETMEDIA_JOB_MAX_AGE): records unchanged for that long are removed by the
+        server, 0 keeps them for good; a worker's start applies it to the bucket, and None (a
+        person's command, whose environment may lack the setting) leaves the bucket as it is."""
         try:
             kv = await js.key_value(BUCKET)
         except BucketNotFoundError:
-            kv = await js.create_key_value(bucket=BUCKET, history=1, replicas=replicas)
+            kv = await js.create_key_value(bucket=BUCKET, history=1, replicas=replicas, ttl=max_age or None)
+        else:
+            config = (await kv.status()).stream_info.config
+            if max_age is not None and (config.max_age or 0.0) != max_age:
+                await js.update_stream(dataclasses.replace(config, max_age=max_age))
         return cls(kv, js)
 
     async def get(self, job_id: str) -> Job | None:

@@ -153,7 +153,8 @@ class Services:
             js = nc.jetstream()
             if layout:
                 await bus.ensure_layout(js, settings)
-            jobs = await bus.retrying("jobs KV", lambda: JobStore.open(js, settings.replicas))
+            jobs = await bus.retrying("jobs KV", lambda: JobStore.open(
+                js, settings.replicas, settings.job_max_age if layout else None))
             async with Storage(settings) as storage:
                 services = cls(settings, nc, js, jobs, storage)
                 await services._listen_for_cancels()

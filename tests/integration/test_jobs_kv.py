@@ -1,5 +1,6 @@
 """Concurrent stages change one job record at once: compare-and-set loses no update. Listing the
-newest jobs reads the bucket's tail, and says what a read of the whole bucket says."""
+newest jobs reads the bucket's tail, and says what a read of the whole bucket says. Records stay
+for good unless JETMEDIA_JOB_MAX_AGE says otherwise."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import msgspec
 import pytest
 
 from shared import jobs as jobs_module
-from shared.jobs import Job, new_job, recent_jobs
+from shared.config import Settings
+from shared.jobs import Job, JobStore, new_job, recent_jobs
 from shared.runtime import Services
 
 
@@ -81,3 +83,23 @@ async def test_the_newest_jobs_come_from_the_tail_and_agree_with_the_whole_bucke
     first = (await services.jobs.kv.status()).stream_info.state.first_seq
     assert [job.id for job in await recent_jobs(services.jobs, 2)] == ["recent-late-c", "recent-late-b"]
     assert starts and min(starts) > first  # the newest two, without reading the whole bucket
+
+
+async def test_job_records_are_kept_for_good_unless_a_worker_sets_a_max_age(services: Services) -> None:
+    """JETMEDIA_JOB_MAX_AGE: the server removes records unchanged for that long. A worker's start
+    applies it (either way); a person's command, whose environment may lack it, leaves it."""
+    async def max_age() -> float:
+        return (await services.jobs.kv.status()).stream_info.config.max_age or 0.0
+
+    assert await max_age() == 0.0
+    await services.jobs.create(new_job("aged", "asset"))
+    month = 30 * 86400.0
+    async with Services.open(services.settings.replace(job_max_age=month), name="worker"):
+        assert await max_age() == month
+    await JobStore.open(services.js, 1)  # `jetmedia status` and the like
+    assert await max_age() == month
+    async with Services.open(services.settings, name="worker"):
+        assert await max_age() == 0.0
+    assert await services.jobs.get("aged") is not None
+    with pytest.raises(ValueError, match=r"JETMEDIA_JOB_MAX_AGE is 3600 s: 0 keeps job records for good"):
+        Settings.from_env({"JETMEDIA_JOB_MAX_AGE": "3600"})
