@@ -27,6 +27,7 @@ from .app import Gateway, create_app
 from .feed import JobFeed
 from .httpmetrics import Instrumented
 from .limits import GatewayState
+from .slowclients import TimedH11Protocol
 
 log = logging.getLogger("jetmedia.gateway")
 CORS_RULES = {"CORSRules": [{
@@ -86,7 +87,7 @@ async def serve(settings: Settings, stopping: asyncio.Event, *, on_ready: Callab
             config = uvicorn.Config(
                 Instrumented(create_app(gateway)), host=settings.gateway_host, port=settings.gateway_port,
                 log_level="warning", log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5,
-                proxy_headers=False, server_header=False,
+                proxy_headers=False, server_header=False, http=TimedH11Protocol,  # slow clients: slowclients.py
             )
             server = _Server(config)
             task = asyncio.create_task(server.serve())

@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import time
 
 import pytest
 
 from services import samples
+from services.gateway import slowclients
+from shared.jobs import new_job
 from shared.runtime import Services
 from tests.gatewaykit import gateway
 from tests.integration.test_gateway_api import assert_problem
@@ -83,3 +86,32 @@ async def test_a_tenant_cannot_write_into_another_assets_outputs(services: Servi
         assert same.status_code == 202, same.text  # naming the asset after its own job changes nothing
         admins = await admin.post("/v1/assets", json={"key": "tenant-a/mine.jpg", "asset_id": "any"})
         assert admins.status_code == 202, admins.text
+
+
+async def test_a_request_that_trickles_in_is_cut_off_and_a_long_answer_is_not(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that sent half a request head (or nothing) was held for good: a few hundred of
+    them (slowloris) took every file descriptor. Now the request must be in within the limit; an
+    SSE stream, once asked for, runs as long as it likes."""
+    monkeypatch.setattr(slowclients, "REQUEST_TIMEOUT", 1.0)
+    await services.jobs.create(new_job("gw-slow", "asset", status="running", stage="variant"))
+    async with gateway(services.settings, gateway_heartbeat=0.4) as gw:
+        host, port = gw.url.removeprefix("http://").split(":")
+
+        async def held_for(first: bytes) -> float:
+            reader, writer = await asyncio.open_connection(host, int(port))
+            started = time.monotonic()
+            writer.write(first)
+            assert await asyncio.wait_for(reader.read(), 20) == b""  # closed without an answer
+            writer.close()
+            return time.monotonic() - started
+
+        assert await held_for(b"GET /healthz HTTP/1.1\r\nHost: x\r\n") < 10
+        assert await held_for(b"") < 10
+        async with gw.client("web") as http, http.stream("GET", "/v1/jobs/gw-slow/events") as stream:
+            started, beats = time.monotonic(), 0
+            async for line in stream.aiter_lines():
+                beats += line == ": heartbeat"
+                if time.monotonic() - started > 2.5:
+                    break
+        assert beats >= 3  # still streaming well past the request limit
