@@ -84,9 +84,10 @@ def _atom_size_ok(size: int) -> bool:
 
 
 def _transport_stream(head: bytes) -> bool:
-    """Two packets' sync bytes where 188-byte TS (or 192-byte M2TS) packets would put them."""
+    """Two packets' sync bytes where 188-byte TS (or 192-byte M2TS) packets would put them, in
+    binary data (a text file that starts with "G" can have another at byte 188)."""
     return any(len(head) > at + stride and head[at] == head[at + stride] == _TS_SYNC
-               for at, stride in ((0, 188), (4, 192)))
+               for at, stride in ((0, 188), (4, 192))) and not _is_text(head)
 
 
 ACCEPTED = ("JPEG, PNG, WebP, GIF, TIFF, HEIF, AVIF images; MP3, AAC, M4A, FLAC, Ogg, WAV, AIFF audio; "
