@@ -61,7 +61,8 @@ def sniff(head: bytes) -> Sniffed | None:
         return Sniffed("audio", "aiff")  # Logic, GarageBand, Pro Tools exports
     if _transport_stream(head):
         return Sniffed("video", "mpegts")  # broadcast captures, AVCHD camcorders (.MTS); the probe decides
-    if len(head) >= 8 and head[4:8] in _QUICKTIME_ATOMS and _atom_size_ok(int.from_bytes(head[:4], "big")):
+    if (len(head) >= 8 and head[4:8] in _QUICKTIME_ATOMS and _atom_size_ok(int.from_bytes(head[:4], "big"))
+            and not _is_text(head)):  # "The free software..." is text
         return Sniffed("video", "mov")  # QuickTime before `ftyp` (older cameras and Macs): the probe decides
     if head.startswith(b"fLaC"):
         return Sniffed("audio", "flac")

@@ -83,6 +83,7 @@ def test_never_raises_on_any_bytes(head: bytes) -> None:
     (b"#!AMR\n<$\x03", "an AMR voice recording"),
     (b"\x47\x40\x11\x10" + bytes(100), "binary data of an unknown type"),  # one TS sync byte is not enough
     (b"Good morning" + b" and more text" * 12 + b"G" * 40, "plain text"),  # "G" at 0 and 188: text, not TS
+    (b"The free software foundation\n", "plain text"),  # "free" at 4: text, not a QuickTime atom
     (b"", "empty"),
 ])
 def test_found_names_what_it_is(head: bytes, words: str) -> None:
