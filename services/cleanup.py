@@ -179,7 +179,7 @@ async def _read_jobs(services: Services, known: Known) -> list[tuple[int, Job]]:
         if job is not None and job.final and outbox_announcement(job, services.settings.source) is not None:
             unannounced.append((sequence, job))
 
-    if known.since < known.end:
+    if state.messages and known.since < known.end:  # (an empty stream's first sequence is 0: no start)
         await scan_records(services.jobs, known.since, known.end, collect)
         known.end = last[0] + 1  # a read that stalled (a leader change, say) goes on from there next time
     return unannounced

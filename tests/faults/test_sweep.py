@@ -159,3 +159,15 @@ async def test_a_read_of_the_bucket_that_stalls_goes_on_from_where_it_stopped(
     assert (await cleanup.sweep(services, known=known)).announced == 1  # st-5, at sequence 6
     assert read == [(1, 7), (4, 7)]
     assert await events_of(services, "st-5") == ["JobFailed"]
+
+
+async def test_a_sweep_of_an_empty_bucket_reads_nothing_and_fails_nothing(services: Services,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A fresh install: the jobs bucket's stream has no messages (its first sequence is 0, which
+    no consumer may start from: NATS error 10094 failed every sweep until the first job)."""
+    known = cleanup.Known()
+    assert await cleanup.sweep(services, known=known) == cleanup.Swept()
+    await services.jobs.create(Job(id="e-1", kind="asset", status="ready", created=m.now(), updated=m.now(),
+                                   announced=["ready"]))
+    assert await cleanup.sweep(services, known=known) == cleanup.Swept()
+    assert known.since == 2 and not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
