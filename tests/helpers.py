@@ -11,9 +11,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from services import stages
 from shared import bus
 from shared import messages as m
 from shared.config import Settings
+from shared.jobs import Job
 from shared.runtime import Services, Stage, run_stages
 
 T = TypeVar("T")
@@ -97,6 +99,17 @@ async def final_job(services: Services, job_id: str):  # type: ignore[no-untyped
     """The job record once it reached a final status, else None (for `eventually`)."""
     job = await services.jobs.get(job_id)
     return job if job is not None and job.final else None
+
+
+ASSET_STAGES = ("upload", "transcode", "variant", "finalize")
+
+
+async def run_asset(services: Services, key: str, job_id: str, timeout: float = 60) -> Job:
+    """Publish the upload of `key` as job `job_id` with the asset stages running; its final record."""
+    async with running(services, [stages.load(name) for name in ASSET_STAGES]):
+        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=job_id))
+        job: Job = await eventually(lambda: final_job(services, job_id), timeout=timeout)
+        return job
 
 
 def download(url: str, path: str) -> int:

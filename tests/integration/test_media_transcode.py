@@ -9,18 +9,12 @@ from pathlib import Path
 import pytest
 import pyvips
 
-from services import stages
 from services.transcode.ffmpeg import ffmpeg_exe
 from services.transcode.probe import probe
 from services.transcode.samples import lavfi
-from shared import bus
-from shared import messages as m
 from shared.config import Settings
-from shared.jobs import Job
 from shared.runtime import Services
-from tests.helpers import asset_event, eventually, running
-
-ASSET_STAGES = ("upload", "transcode", "variant", "finalize")
+from tests.helpers import run_asset
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ async def test_a_still_picture_under_a_song_gets_its_poster_from_its_one_frame(s
     poster was no frame and the job failed with "Non full-range YUV is non-standard"."""
     source = lavfi("mp4", 4.0, size="320x240", video_seconds=0.04)
     await services.storage.put_bytes("uploads/song.mp4", source)
-    job = await _run_asset(services, "uploads/song.mp4", "still-song")
+    job = await run_asset(services, "uploads/song.mp4", "still-song")
 
     assert job.status == "ready", job.errors
     outputs = {o.preset: o for o in job.outputs}
@@ -47,7 +41,7 @@ async def test_anamorphic_video_comes_out_in_square_pixels_poster_included(servi
     widen it) but the JPEG poster, and its variants, came out 720x576: squeezed."""
     source = lavfi("mp4", 1.0, size="720x576", extra=["-vf", "setsar=16/11"])
     await services.storage.put_bytes("uploads/dv.mp4", source)
-    job = await _run_asset(services, "uploads/dv.mp4", "dv")
+    job = await run_asset(services, "uploads/dv.mp4", "dv")
 
     assert job.status == "ready", job.errors
     outputs = {o.preset: o for o in job.outputs}
@@ -65,7 +59,7 @@ async def test_an_hdr_phone_video_comes_out_sdr_not_washed_out(services: Service
     source = _hlg_clip(tmp_path / "hlg.mov")
     assert probe(str(source)).video.hdr  # type: ignore[union-attr]
     await services.storage.put_bytes("uploads/hlg.mov", source.read_bytes())
-    job = await _run_asset(services, "uploads/hlg.mov", "hlg")
+    job = await run_asset(services, "uploads/hlg.mov", "hlg")
 
     assert job.status == "ready", job.errors
     outputs = {o.preset: o for o in job.outputs}
@@ -83,7 +77,7 @@ async def test_interlaced_camcorder_video_is_deinterlaced(services: Services, tm
     extra = ["-vf", "tinterlace=mode=interleave_top,setfield=tff", "-flags", "+ildct+ilme", "-x264opts", "tff=1"]
     source = lavfi("mts", 2.0, size="720x576", rate=50, extra=extra)
     await services.storage.put_bytes("uploads/00001.MTS", source)
-    job = await _run_asset(services, "uploads/00001.MTS", "camcorder")
+    job = await run_asset(services, "uploads/00001.MTS", "camcorder")
 
     assert job.status == "ready", job.errors
     outputs = {o.preset: o for o in job.outputs}
@@ -94,15 +88,6 @@ async def test_interlaced_camcorder_video_is_deinterlaced(services: Services, tm
     assert progressive >= 40 and combed <= 5, (combed, progressive)
 
 
-async def _run_asset(services: Services, key: str, event_id: str) -> Job:
-    async with running(services, [stages.load(name) for name in ASSET_STAGES]):
-        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=event_id))
-        return await eventually(lambda: _final(services, event_id), timeout=60)
-
-
-async def _final(services: Services, job_id: str) -> Job | None:
-    job = await services.jobs.get(job_id)
-    return job if job is not None and job.final else None
 
 
 def _hlg_clip(path: Path) -> Path:

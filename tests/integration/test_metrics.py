@@ -16,7 +16,7 @@ from shared import bus, metrics, queue_metrics
 from shared import messages as m
 from shared.jobs import JobKind, JobStatus
 from shared.runtime import Services, dead_letter
-from tests.helpers import asset_event, eventually, running
+from tests.helpers import asset_event, eventually, final_job, running
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -57,7 +57,7 @@ async def test_counters_move_by_exactly_the_jobs_that_ran(services: Services, me
         for job, key in zip(jobs, photos, strict=True):
             await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=job))
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/bad.jpg", event_id="metrics-bad"))
-        records = [await eventually(lambda j=j: _final(services, j)) for j in [*jobs, "metrics-bad"]]
+        records = [await eventually(lambda j=j: final_job(services, j)) for j in [*jobs, "metrics-bad"]]
     after = scrape(metrics_url)
 
     def moved(name: str, **labels: str) -> float:
@@ -166,10 +166,6 @@ async def test_collector_reports_queue_depth_redeliveries_and_dead_letters(
         await msg.ack()
     await sub.unsubscribe()
 
-
-async def _final(services: Services, job_id: str):  # type: ignore[no-untyped-def]
-    job = await services.jobs.get(job_id)
-    return job if job is not None and job.final else None
 
 
 def test_primed_job_series_match_the_job_record_types() -> None:

@@ -19,9 +19,7 @@ from shared import messages as m
 from shared.config import Settings
 from shared.jobs import Job
 from shared.runtime import Context, Reject, Services
-from tests.helpers import asset_event, eventually, running, stream_events
-
-ASSET_STAGES = ("upload", "transcode", "variant", "finalize")
+from tests.helpers import eventually, final_job, run_asset, running, stream_events
 
 
 @pytest.fixture
@@ -33,7 +31,7 @@ def settings(settings: Settings, tmp_path: Path) -> Settings:
 @pytest.mark.parametrize("container", ["wav", "flac", "ogg", "m4a", "aiff"])
 async def test_audio_becomes_mp3_and_opus(services: Services, tmp_path: Path, container: str) -> None:
     await services.storage.put_bytes(f"uploads/song.{container}", lavfi(container, 2.0))
-    job = await _run_asset(services, f"uploads/song.{container}", f"song-{container}")
+    job = await run_asset(services, f"uploads/song.{container}", f"song-{container}")
 
     assert job.status == "ready", job.errors
     assert job.media == "audio" and job.parts_needed == ["transcode"] and job.percent == 100.0
@@ -57,7 +55,7 @@ async def test_video_becomes_faststart_mp4_and_a_poster_with_variants(
     services: Services, tmp_path: Path, container: str
 ) -> None:
     await services.storage.put_bytes(f"uploads/clip.{container}", lavfi(container, 2.0, size="320x240"))
-    job = await _run_asset(services, f"uploads/clip.{container}", f"clip-{container}")
+    job = await run_asset(services, f"uploads/clip.{container}", f"clip-{container}")
 
     assert job.status == "ready", job.errors
     assert job.media == "video" and sorted(job.parts) == ["poster", "transcode"]
@@ -114,7 +112,7 @@ async def test_big_and_fast_video_is_fitted_never_upscaled_and_webm_is_optional(
 
 async def test_an_mp4_with_only_sound_is_transcoded_as_audio_without_a_poster(services: Services) -> None:
     await services.storage.put_bytes("uploads/voice.mp4", lavfi("mp4", 1.0, video=False))
-    job = await _run_asset(services, "uploads/voice.mp4", "voice")
+    job = await run_asset(services, "uploads/voice.mp4", "voice")
 
     assert job.status == "ready", job.errors
     assert job.media == "audio"  # upload's guess from the `ftyp` box was video; the probe decided
@@ -170,7 +168,7 @@ async def test_corrupt_and_non_media_files_fail_once_with_the_reason(
         content = whole[: int(len(whole) * 0.4)]
     assert isinstance(content, bytes)
     await services.storage.put_bytes(f"uploads/{name}", content)
-    job = await _run_asset(services, f"uploads/{name}", "bad")
+    job = await run_asset(services, f"uploads/{name}", "bad")
 
     assert job.status == "failed" and job.errors[-1].stage == "transcode"
     assert reason in job.errors[-1].reason, job.errors
@@ -200,7 +198,7 @@ async def test_playlists_pointing_elsewhere_are_refused(services: Services, play
     )
     async with running(services, [stages.load("transcode")]):
         await bus.publish(services.js, m.TRANSCODE, request)
-        job = await eventually(lambda: _final(services, "hls"))
+        job = await eventually(lambda: final_job(services, "hls"))
     assert job.status == "failed"
     assert "not accepted" in job.errors[-1].reason, job.errors
 
@@ -208,15 +206,6 @@ async def test_playlists_pointing_elsewhere_are_refused(services: Services, play
 # --- helpers ------------------------------------------------------------------------------
 
 
-async def _run_asset(services: Services, key: str, event_id: str) -> Job:
-    async with running(services, [stages.load(name) for name in ASSET_STAGES]):
-        await bus.publish(services.js, m.UPLOAD_ASSET, asset_event(key, event_id=event_id))
-        return await eventually(lambda: _final(services, event_id), timeout=60)
-
-
-async def _final(services: Services, job_id: str) -> Job | None:
-    job = await services.jobs.get(job_id)
-    return job if job is not None and job.final else None
 
 
 async def _probe_stored(services: Services, key: str, tmp_path: Path) -> Probe:

@@ -22,11 +22,9 @@ from services.transcode.samples import lavfi
 from shared import bus
 from shared import messages as m
 from shared.config import Settings
-from shared.jobs import Job
 from shared.runtime import Services
-from tests.helpers import asset_event, eventually, processes_with, running
+from tests.helpers import ASSET_STAGES, asset_event, eventually, final_job, processes_with, running
 
-ASSET_STAGES = ("upload", "transcode", "variant", "finalize")
 CLIP_SECONDS = 6.0
 
 
@@ -81,7 +79,7 @@ async def test_stalled_ffmpeg_is_killed_and_the_message_retried(
         stopped_at = time.monotonic()
         await eventually(lambda: _gone(pid), timeout=15)
         killed_after = time.monotonic() - stopped_at
-        job = await eventually(lambda: _final(services, "stall"), timeout=60)
+        job = await eventually(lambda: final_job(services, "stall"), timeout=60)
 
     # the stall clock starts at the last progress block, up to ~0.5 s before the SIGSTOP
     assert settings.transcode_stall_timeout - 1 <= killed_after < settings.transcode_stall_timeout + 5
@@ -141,6 +139,3 @@ def _listing(root: Path) -> list[str] | None:
     return sorted(os.listdir(root)) if os.path.isdir(root) else None
 
 
-async def _final(services: Services, job_id: str) -> Job | None:
-    job = await services.jobs.get(job_id)
-    return job if job is not None and job.final else None

@@ -14,12 +14,7 @@ from shared import bus
 from shared import messages as m
 from shared.jobs import Job, new_job
 from shared.runtime import Services
-from tests.helpers import asset_event, eventually, running, stream_events
-
-
-async def _final(services: Services, job_id: str) -> Job | None:
-    job = await services.jobs.get(job_id)
-    return job if job is not None and job.final else None
+from tests.helpers import asset_event, eventually, final_job, running, stream_events
 
 
 async def _image(services: Services, key: str) -> pyvips.Image:
@@ -30,7 +25,7 @@ async def test_photo_gets_thumb_display_colours_and_placeholder(services: Servic
     await services.storage.put_bytes("uploads/beach.jpg", samples.photo(3000, 2000))
     async with running(services, stages.load_all()):
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/beach.jpg", event_id="beach"))
-        job = await eventually(lambda: _final(services, "beach"), timeout=60)
+        job = await eventually(lambda: final_job(services, "beach"), timeout=60)
 
     assert job.status == "ready", job.errors
     part = job.parts["variant"]
@@ -59,7 +54,7 @@ async def test_producer_picks_presets_including_optional_avif(services: Services
     event = asset_event("uploads/logo.png", event_id="logo", presets=["display-avif", "thumb"])
     async with running(services, stages.load_all()):
         await bus.publish(services.js, m.UPLOAD_ASSET, event)
-        job = await eventually(lambda: _final(services, "logo"), timeout=60)
+        job = await eventually(lambda: final_job(services, "logo"), timeout=60)
 
     assert job.status == "ready", job.errors
     assert [(o.preset, o.key, o.format) for o in job.outputs] == [
@@ -78,7 +73,7 @@ async def test_presets_come_from_the_environment(services: Services) -> None:
     await services.storage.put_bytes("uploads/tiny.jpg", samples.photo(640, 480))
     async with running(services, stages.load_all()):
         await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/tiny.jpg", event_id="tiny"))
-        job = await eventually(lambda: _final(services, "tiny"), timeout=60)
+        job = await eventually(lambda: final_job(services, "tiny"), timeout=60)
     assert job.status == "ready", job.errors
     assert [(o.key, o.width, o.height) for o in job.outputs] == [("variants/tiny/square.jpg", 128, 96)]
 
@@ -118,7 +113,7 @@ async def test_bad_input_fails_the_job_once_with_the_reason(services: Services, 
     await _start_job(services, case, ["variant"])
     async with running(services, [stages.load("variant"), stages.load("finalize")]):
         await bus.publish(services.js, m.VARIANT, _request(case, key, presets=presets))
-        job = await eventually(lambda: _final(services, case), timeout=30)
+        job = await eventually(lambda: final_job(services, case), timeout=30)
         letters = await eventually(lambda: stream_events(services, "JM_DLQ"))
 
     assert job.status == "failed" and job.stage == "variant"
@@ -135,7 +130,7 @@ async def test_source_over_the_byte_limit_is_refused_without_reading_it_all(serv
     await _start_job(services, "big", ["variant"])
     async with running(services, [stages.load("variant")]):
         await bus.publish(services.js, m.VARIANT, _request("big", "uploads/big.png"))
-        job = await eventually(lambda: _final(services, "big"), timeout=30)
+        job = await eventually(lambda: final_job(services, "big"), timeout=30)
     assert job.status == "failed"
     assert "over the limit of 10000 bytes" in job.errors[-1].reason
 
@@ -198,6 +193,6 @@ async def test_many_images_at_once_all_finish(services: Services) -> None:
             bus.publish(services.js, m.UPLOAD_ASSET, asset_event(f"uploads/{name}.jpg", event_id=name))
             for name in names
         ))
-        jobs = [await eventually(lambda n=name: _final(services, n), timeout=90) for name in names]  # type: ignore[misc]
+        jobs = [await eventually(lambda n=name: final_job(services, n), timeout=90) for name in names]  # type: ignore[misc]
     assert all(job.status == "ready" for job in jobs), [j.errors for j in jobs]
     assert len(await services.storage.list_keys("variants/")) == 2 * len(names)
