@@ -141,13 +141,14 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
     if demuxer is None:
         raise Reject(f"container format {container.format.name!r} is not accepted ({HUMAN_FORMATS})")
     video = audio = None
+    end = (container.start_time or 0) / av.time_base + container.duration / av.time_base if container.duration else None
     for stream in container.streams:
         if isinstance(stream, VideoStream) and video is None and not stream.disposition & Disposition.attached_pic:
             vcc = stream.codec_context
             rate = stream.average_rate or stream.guessed_rate
             video = StreamFacts(index=stream.index, codec=vcc.codec.canonical_name, width=vcc.width or None,
                                 height=vcc.height or None, fps=round(float(rate), 3) if rate else None,
-                                duration=_seconds(stream), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS,
+                                duration=_seconds(stream, end), hdr=int(vcc.color_trc or 0) in HDR_TRANSFERS,
                                 interlaced=int(vcc.field_order or 0) in INTERLACED_FIELD_ORDERS,
                                 anamorphic=any(sar and sar != 1 for sar in (stream.sample_aspect_ratio,
                                                                             vcc.sample_aspect_ratio)))
@@ -155,7 +156,7 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
             acc = stream.codec_context
             audio = StreamFacts(index=stream.index, codec=acc.codec.canonical_name,
                                 sample_rate=acc.sample_rate or None, channels=acc.channels or None,
-                                duration=_seconds(stream))
+                                duration=_seconds(stream, end))
     if video is None and audio is None:
         raise Reject("the file has no audio or video stream")
     duration = container.duration / av.time_base if container.duration else None
@@ -171,9 +172,14 @@ def _facts(container: av.container.InputContainer, size: int | None) -> Probe:
     return Probe(demuxer=demuxer, duration=duration, bitrate=bitrate, bytes=size or 0, video=video, audio=audio)
 
 
-def _seconds(stream: av.stream.Stream) -> float | None:
+def _seconds(stream: av.stream.Stream, end: float | None) -> float | None:
+    """The stream's own length. Without one (WebM and MKV keep none per stream), the most it can
+    span: from its first timestamp to the container's `end`; sound that starts 2 s into a video
+    is 2 s shorter than the video, not damaged (check_output compares outputs with this)."""
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
+    if end is not None and stream.start_time is not None and stream.time_base:
+        return max(0.0, end - float(stream.start_time * stream.time_base))
     return None
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import pyvips
 
+from services.transcode import transcode_file
 from services.transcode.ffmpeg import ffmpeg_exe
 from services.transcode.probe import probe
 from services.transcode.samples import lavfi
 from shared.config import Settings
-from shared.runtime import Services
+from shared.runtime import Context, Services
 from tests.helpers import run_asset
 
 
@@ -89,6 +90,15 @@ async def test_interlaced_camcorder_video_is_deinterlaced(services: Services, tm
 
 
 
+
+
+async def test_sound_that_starts_late_in_a_webm_is_not_taken_for_damage(services: Services) -> None:
+    """WebM keeps no length per stream: the sound's (3 s, from 2 s on) was taken to be the whole
+    file's 5 s, so its 3-s MP3 read as "damaged media: only 3.0 s of 5.0 s could be decoded"."""
+    await services.storage.put_bytes("uploads/late.webm", lavfi("webm", 3.0, video_seconds=5.0,
+                                                                 extra=["-af", "asetpts=PTS+2/TB"]))
+    made = await transcode_file(Context(services, "transcode", None, 1), "uploads/late.webm", "mp3")
+    assert made.duration == pytest.approx(3.0, abs=0.2)
 
 def _hlg_clip(path: Path) -> Path:
     """1 s of red (200, 30, 30) as a phone stores HDR: HLG transfer, BT.2020, 10-bit, tagged."""
