@@ -22,6 +22,7 @@ by `max_image_bytes` and the preset sizes, not by the source's pixel count.
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import dataclass
 
 import pyvips
@@ -50,9 +51,9 @@ FORMAT_NAMES = {"jpeg": "JPEG", "png": "PNG", "webp": "WebP", "gif": "GIF", "tif
                 "avif": "AVIF"}
 ROTATED = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
 NO_DECODER = "has not been built in"  # libheif, when a codec's plugin is missing
-NO_HEVC = ("this server's libvips has no HEVC decoder (the pyvips-binary wheel ships without libde265), "
-           "so it cannot be read; AVIF and other HEIF work: export it as JPEG or AVIF, or run the variant stage "
-           "with a libvips built with libde265")
+NO_HEVC = ("this server's libvips has no HEVC decoder (the pyvips-binary wheel ships without libde265) and "
+           "the optional one is not installed: pip install 'jetmedia[heic]' (pi-heif: libheif with libde265), "
+           "or export it as JPEG or AVIF; AVIF and other HEIF work")
 KERNEL = "cubic"  # resize kernel: chosen on bytes and PSNR in bench/variant.py (see docs/benchmarks.md)
 
 
@@ -145,7 +146,8 @@ def probe(source: bytes, limits: Limits) -> Header:
     fields = set(image.get_fields())
     if fmt == "heif" and "heif-compression" in fields and str(image.get("heif-compression")) == "av1":
         fmt = "avif"
-    frames = int(image.get("n-pages")) if "n-pages" in fields else 1
+    # HEIF's pages are its top-level images (a burst, a depth map's sibling), not an animation: the primary one
+    frames = int(image.get("n-pages")) if "n-pages" in fields and fmt != "heif" else 1
     width, height = image.width, image.height  # one page: n=1 is the default
     pixels = width * height
     if pixels > limits.max_pixels:
@@ -231,10 +233,40 @@ def _decode(source: bytes, size: int, header: Header, fail_on: str = FAIL_ON) ->
         image = pyvips.Image.jpegload_source(_memory(source), shrink=shrink, **options)
     else:
         image = pyvips.Image.new_from_source(_memory(source), "", **options)
-    image = _resize(image, size).copy_memory()  # the decode happens here, streamed
+    try:
+        image = _resize(image, size).copy_memory()  # the decode happens here, streamed
+    except pyvips.Error as exc:
+        if header.format != "heif" or NO_DECODER not in str(exc):
+            raise
+        image = _resize(_decode_hevc(source), size).copy_memory()
     if header.orientation != 1:
         image = image.autorot()
     return _to_srgb(image, header).copy_memory()
+
+
+def _decode_hevc(source: bytes) -> pyvips.Image:
+    """An HEIC photo (HEVC-coded HEIF: the iPhone's default) through libheif's own decoder from
+    the optional pi-heif wheel, which carries libde265; the pyvips-binary wheel leaves HEVC out
+    (patents). libheif applies the container's rotation and mirroring (irot/imir), so the pixels
+    come upright; the ICC profile is attached for `_to_srgb`. Only the primary image is read."""
+    try:
+        import pi_heif
+    except ImportError:
+        raise Reject(f"HEIC photo (HEVC-coded HEIF, as iPhones save them): {NO_HEVC}") from None
+    try:
+        heif = pi_heif.open_heif(io.BytesIO(source), convert_hdr_to_8bit=True)
+        width, height = heif.size
+        bands = len(heif.mode)  # RGB or RGBA, 8 bits each
+        rows = memoryview(heif.data)
+        row = width * bands
+        pixels = rows.tobytes() if heif.stride == row else b"".join(
+            rows[y * heif.stride:y * heif.stride + row] for y in range(height))
+    except (RuntimeError, ValueError) as exc:  # libheif's errors (a damaged or unsupported file)
+        raise Reject(f"cannot decode heif image: {_first_line(exc)}") from None
+    image = pyvips.Image.new_from_memory(pixels, width, height, bands, "uchar").copy(interpretation="srgb")
+    if icc := heif.info.get("icc_profile"):
+        image.set_type(pyvips.GValue.blob_type, "icc-profile-data", icc)
+    return image
 
 
 def _memory(source: bytes) -> pyvips.Source:

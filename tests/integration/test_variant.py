@@ -100,7 +100,7 @@ BAD_INPUTS = {
     "missing": (None, None, "does not exist"),
     "not-an-image": (lambda: b"%PDF-1.7 not an image at all", None, "not a supported image"),
     "unknown-preset": (lambda: samples.photo(64, 64), ["poster-huge"], "unknown variant preset(s) poster-huge"),
-    "iphone-heic": (lambda: samples.hevc_heif(), None, "HEIC photo (HEVC-coded HEIF, as iPhones save them)"),
+    "damaged-heic": (lambda: samples.hevc_heif(), None, "cannot decode heif image: "),
 }
 
 

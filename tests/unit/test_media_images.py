@@ -3,8 +3,13 @@ reach: each case here was a wrong or vague outcome once."""
 
 from __future__ import annotations
 
+import io
+import sys
+
+import pillow_heif
 import pytest
 import pyvips
+from PIL import Image
 
 from services import samples
 from services.variant import presets
@@ -25,12 +30,54 @@ def test_a_jpeg_strip_thinner_than_the_dct_shrink_renders(width: int, height: in
     assert rendered.colours == ["#0ac81e"]
 
 
-def test_an_iphone_heic_is_refused_with_the_reason_not_a_decoder_detail() -> None:
-    """The wheel's libvips has no HEVC decoder: the reason was "source: bad seek to 1024"."""
-    source = samples.hevc_heif(64, 48)
-    assert pyvips.Image.new_from_buffer(source, "").get("heif-compression") == "hevc"
-    with pytest.raises(Reject, match=r"HEIC photo \(HEVC-coded HEIF.*no HEVC decoder.*AVIF and other HEIF work"):
-        render(source, DEFAULTS)
+def test_an_iphone_heic_renders_upright_in_srgb() -> None:
+    """HEVC-coded HEIF, the iPhone's default. The wheel's libvips has no HEVC decoder (it said
+    "source: bad seek to 1024", then a refusal); libheif's own, from pi-heif, decodes it. Made by
+    libheif with x265 (pillow-heif), in Display P3 like the phone's, rotated by the container."""
+    p3 = pyvips.Image.new_from_array([[0]]).cast("uchar").colourspace("srgb").icc_export(output_profile="p3")
+    picture = Image.new("RGB", (640, 320), P3_ORANGE)
+    picture.paste((0, 0, 255), (320, 0, 640, 320))  # left orange, right blue
+    source = _heic(picture, icc=p3.get("icc-profile-data"))
+    header = pyvips.Image.new_from_buffer(source, "")
+    assert header.get("heif-compression") == "hevc" and (header.width, header.height) == (640, 320)
+    rendered = render(source, DEFAULTS)
+    assert [(v.width, v.height) for v in rendered.variants] == [(400, 200), (640, 320)]
+    display = pyvips.Image.new_from_buffer(rendered.variants[1].data, "")
+    expected = pyvips.Image.black(1, 1).new_from_image(list(P3_ORANGE)).cast("uchar").copy(interpretation="srgb")
+    expected = expected.icc_transform("srgb", input_profile="p3", intent="perceptual").getpoint(0, 0)
+    assert all(abs(a - b) <= 6 for a, b in zip(display.getpoint(40, 160), expected, strict=True)), expected
+    assert display.getpoint(600, 160)[2] > 200  # blue stays on the right
+
+    # stored on its side (portrait, blue on top), shown upright: the container turns it 90° clockwise
+    turned = render(_heic(picture.rotate(90, expand=True), orientation=6), DEFAULTS)
+    assert [(v.width, v.height) for v in turned.variants] == [(400, 200), (640, 320)]
+    upright = pyvips.Image.new_from_buffer(turned.variants[1].data, "")
+    assert upright.getpoint(40, 160)[0] > 200 and upright.getpoint(600, 160)[2] > 200  # orange left, blue right
+
+
+def test_a_damaged_heic_and_a_missing_decoder_are_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    placeholder = samples.hevc_heif(64, 48)  # the container of an iPhone photo, no picture data in it
+    with pytest.raises(Reject, match=r"cannot decode heif image: "):
+        render(placeholder, DEFAULTS)
+    monkeypatch.setitem(sys.modules, "pi_heif", None)  # a server without the optional decoder
+    with pytest.raises(Reject, match=r"HEIC photo \(HEVC-coded HEIF.*pip install 'jetmedia\[heic\]'"):
+        render(_heic(Image.new("RGB", (64, 48), P3_ORANGE)), DEFAULTS)
+
+
+P3_ORANGE = (230, 120, 40)
+
+
+def _heic(picture: Image.Image, icc: bytes | None = None, orientation: int = 1) -> bytes:
+    """An HEIC as a phone writes one (libheif + x265); `orientation` (EXIF's numbering) is
+    written as the container's rotation (irot), which viewers apply."""
+    heif = pillow_heif.from_pillow(picture)
+    if icc:
+        heif.info["icc_profile"] = icc
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    heif.save(out, quality=92, exif=exif.tobytes())
+    return out.getvalue()
 
 
 def test_a_jpeg_missing_only_its_end_marker_renders_but_a_cut_one_is_still_refused() -> None:
