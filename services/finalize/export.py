@@ -32,6 +32,7 @@ import hashlib
 import logging
 import stat
 import time
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -95,11 +96,18 @@ class Cancelled(Exception):
     """The job turned `cancelled` while we were streaming (seen at a file boundary)."""
 
 
+# stream-zip's "upgrade the central directory to Zip64 when it needs it" marker, as ZIP_AUTO gives it
+_AUTO_UPGRADE_CENTRAL_DIRECTORY = ZIP_AUTO(0)._get(0, zlib.compressobj)[1]
+
+
 class StoredAuto(Method):
     """Stored with a known size and CRC-32: Zip32 unless the size or the offset needs Zip64.
 
     stream-zip's ZIP_AUTO makes that choice for deflated members; this does it for stored ones
-    through the same `Method._get(offset, ...)` hook."""
+    through the same `Method._get(offset, ...)` hook, and like ZIP_AUTO it lets the central
+    directory turn Zip64 when it must: NO_COMPRESSION_32 alone forbids that, so the 65,536th
+    stored member (70,000 thumbnails) or a Zip32 member ending past 4 GiB (a part bigger than
+    4 GiB) raised an overflow error instead of writing the Zip64 end records."""
 
     def __init__(self, size: int, crc32: int) -> None:
         self.size = size
@@ -107,7 +115,8 @@ class StoredAuto(Method):
 
     def _get(self, offset: int, default_get_compressobj: Any) -> Any:
         method = NO_COMPRESSION_64 if self.size > ZIP32_LIMIT or offset > ZIP32_LIMIT else NO_COMPRESSION_32
-        return method(self.size, self.crc32)._get(offset, default_get_compressobj)
+        got = method(self.size, self.crc32)._get(offset, default_get_compressobj)
+        return (got[0], _AUTO_UPGRADE_CENTRAL_DIRECTORY, *got[2:])
 
 
 @dataclass(eq=False)

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from stream_zip import async_stream_zip
+from stream_zip import ZIP_AUTO, async_stream_zip, stream_zip
+from zlib_ng import zlib_ng
 
-from services.finalize.export import READ_CHUNK, choose_method
+from services.finalize.export import READ_CHUNK, StoredAuto, choose_method
 from shared.exportplan import MAX_UPLOAD_PARTS, archive_bound, upload_part_size
 from tests.helpers import zip_tools_accept
 
@@ -134,3 +135,55 @@ async def test_a_stored_member_whose_bytes_do_not_match_its_crc_fails_the_archiv
     with zipfile.ZipFile(path) as archive:
         assert archive.read("rows.json") == text
         assert archive.getinfo("rows.json").compress_size < len(text) // 20
+
+
+def write_sync(path: Path, members: Iterator[tuple[str, int, int, Iterator[bytes]]]) -> None:
+    """README (deflated, as finalize writes it) then stored members with a known CRC-32, through
+    stream-zip itself (no thread, no S3): the cheapest way to many members or a 4 GiB offset.
+    Runs of zero bytes are skipped in the file, left sparse: 4 GiB of them cost no disk."""
+    def files() -> Iterator[tuple]:  # type: ignore[type-arg]
+        yield "README.txt", WHEN, MODE, ZIP_AUTO(6, level=2), iter((b"readme",))
+        for name, size, crc, pieces in members:
+            yield name, WHEN, MODE, StoredAuto(size, crc), pieces
+
+    with open(path, "wb") as out:
+        for block in stream_zip(files(), chunk_size=READ_CHUNK):
+            if block.count(0) == len(block):
+                out.seek(len(block), os.SEEK_CUR)
+            else:
+                out.write(block)
+        out.truncate()
+
+
+def test_65536_stored_members_get_zip64_end_records(tmp_path: Path) -> None:
+    """70,000 thumbnails (stored, with S3's CRC) are more entries than Zip32's end record counts:
+    the central directory turns Zip64 as it does for deflated members (it raised an overflow)."""
+    path = tmp_path / "many.zip"
+    write_sync(path, ((f"t/{i}.jpg", 0, 0, iter((b"",))) for i in range(65_536)))
+    zip_tools_accept(str(path))
+    with zipfile.ZipFile(path) as archive:
+        assert len(archive.infolist()) == 65_537
+    assert b"PK\x06\x06" in path.read_bytes()[-200:]
+
+
+def test_a_stored_zip32_member_ending_past_4_gib_gets_zip64_end_records(tmp_path: Path) -> None:
+    """A part bigger than 4 GiB (JETMEDIA_EXPORT_PART_BYTES raised) whose member starts below
+    4 GiB, Zip32, and ends above: the central directory's offset needs Zip64 (it raised)."""
+    block = bytes(READ_CHUNK)
+    size = 0xFFFFFFFF - 50  # with README and its header before it, it ends past 4 GiB
+    crc = 0
+    for _ in range(size // READ_CHUNK):
+        crc = zlib_ng.crc32(block, crc)
+    tail = block[:size % READ_CHUNK]
+    crc = zlib_ng.crc32(tail, crc)
+    pieces = iter([*(block for _ in range(size // READ_CHUNK)), tail])
+    path = tmp_path / "offset.zip"
+    write_sync(path, iter([("big.bin", size, crc, pieces), ("after.txt", 5, zlib.crc32(b"after"),
+                                                                iter((b"after",)))]))
+    with zipfile.ZipFile(path) as archive:  # the file is sparse: only its ends are read here
+        info = archive.getinfo("big.bin")
+        assert (info.file_size, info.compress_type) == (size, zipfile.ZIP_STORED)
+        assert archive.getinfo("after.txt").header_offset > 0xFFFFFFFF
+        assert archive.read("after.txt") == b"after"
+        assert archive.read("README.txt") == b"readme"
+    path.unlink()
