@@ -7,7 +7,6 @@ The S3 side lives in `shared.seaweed`.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -24,13 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .children import dying_with_parent
+
 if TYPE_CHECKING:
     from .seaweed import SeaweedS3
 
 log = logging.getLogger("jetmedia.devstack")
 
 LOCAL = "127.0.0.1"
-PR_SET_PDEATHSIG = 1
 
 
 def nats_server_binary(configured: str | None = None) -> str:
@@ -97,21 +97,9 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def _resolve_prctl() -> Callable[..., int] | None:
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl  # type: ignore[no-any-return]
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _resolve_prctl()  # resolved here: the child, between fork and exec, only calls it
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: on Linux, ask for SIGTERM when the process that started us
-    dies, so a SIGKILLed `jetmedia up` (or test run) leaves no nats-server or S3 server behind."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+# Runs in the child before exec: SIGTERM when the process that started us dies, so a SIGKILLed
+# `jetmedia up` (or test run) leaves no nats-server or S3 server behind.
+_die_with_parent = dying_with_parent(signal.SIGTERM)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import devstack
+from .children import dying_with_parent
 
 log = logging.getLogger("jetmedia.seaweed")
 
@@ -80,12 +81,9 @@ def identity(data_dir: Path) -> tuple[str, str]:
     return str(creds["accessKey"]), str(creds["secretKey"])
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL (not SIGTERM, which weed takes ~25 s to honour) when the
-    process that started us dies, so a killed `jetmedia up` or test run leaves no weed behind."""
-    prctl = devstack._PRCTL
-    if prctl is not None:
-        prctl(devstack.PR_SET_PDEATHSIG, signal.SIGKILL)
+# SIGKILL (not SIGTERM, which weed takes ~25 s to honour) when the process that started us dies,
+# so a killed `jetmedia up` or test run leaves no weed behind
+_die_with_parent = dying_with_parent(signal.SIGKILL)
 
 
 @dataclass

@@ -10,7 +10,8 @@
 - no advance for `stall_timeout` seconds: killed, `Retry` (a starved machine may do better
   next time); past `deadline`: killed, `Reject`;
 - whatever happens (error, task cancelled because the job was cancelled, shutdown), the
-  `finally` kills and waits for the process: no orphan encodes.
+  `finally` kills and waits for the process: no orphan encodes; a worker killed with SIGKILL
+  runs no `finally`, and the kernel kills ffmpeg then (shared/children.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
 
+from shared.children import dying_with_parent
 from shared.runtime import Reject, Retry
 
 log = logging.getLogger("jetmedia.transcode.ffmpeg")
@@ -33,6 +35,7 @@ INPUT_GUARD = ("-protocol_whitelist", "file,pipe")
 _TRANSIENT = ("No space left on device", "Cannot allocate memory", "Resource temporarily unavailable",
               "Too many open files")
 ProgressCallback = Callable[[float], Awaitable[None]]
+_DIE_WITH_US = dying_with_parent(signal.SIGKILL)
 
 
 @cache
@@ -71,6 +74,7 @@ async def run_ffmpeg(
         proc = await asyncio.create_subprocess_exec(
             *command, stdin=asyncio.subprocess.DEVNULL if stdin is None else stdin, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C is ours to relay
+            preexec_fn=_DIE_WITH_US,  # a worker killed with SIGKILL leaves no encode running on
         )
     finally:
         if stdin is not None:

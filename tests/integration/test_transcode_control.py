@@ -23,7 +23,7 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.runtime import Services
-from tests.helpers import ASSET_STAGES, asset_event, eventually, final_job, processes_with, running
+from tests.helpers import ASSET_STAGES, asset_event, eventually, final_job, processes_with, running, worker_process
 
 CLIP_SECONDS = 6.0
 
@@ -139,3 +139,29 @@ def _listing(root: Path) -> list[str] | None:
     return sorted(os.listdir(root)) if os.path.isdir(root) else None
 
 
+
+
+async def test_a_worker_killed_with_sigkill_takes_its_ffmpeg_with_it(services: Services, settings: Settings) -> None:
+    """`kill -9` runs no `finally`: ffmpeg, in its own session, went on encoding as an orphan
+    (parent PID 1) for as long as the file took, beside the redelivered job's new encode. The
+    clip takes 30 s at playback speed: an ffmpeg still there 5 s after the kill was left behind."""
+    await services.storage.put_bytes("uploads/longer.mkv", lavfi("mkv", 30.0, size="160x120", rate=15))
+    marker = settings.transcode_tmp_dir or ""
+    worker = worker_process(settings, "transcode")
+    try:
+        async with running(services, [stages.load("upload")]):  # routes the upload to the worker's transcode
+            await bus.publish(services.js, m.UPLOAD_ASSET, asset_event("uploads/longer.mkv", event_id="orphan"))
+            await eventually(lambda: _percent_over(services, "orphan", 0.0), timeout=60)
+        encoding = processes_with(marker)
+        assert encoding
+        worker.kill()
+        worker.wait(timeout=10)
+        await eventually(lambda: _all_gone(encoding), timeout=5)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(timeout=10)
+
+
+async def _all_gone(pids: list[int]) -> bool:
+    return all([await _gone(pid) for pid in pids])
