@@ -110,11 +110,19 @@ async def _list(ctx: Context, bucket: str, prefix: str, most: int) -> list[tuple
     paginator = ctx.storage.client.get_paginator("list_objects_v2")
     page: dict[str, Any]
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", []))
+        found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", [])
+                     if not is_folder_marker(item["Key"], int(item["Size"])))
         ctx.progress()
         if len(found) >= most:
             break
     return found[:most]
+
+
+def is_folder_marker(key: str, size: int) -> bool:
+    """An empty object whose key ends in `/`: what the S3 consoles' "Create folder" leaves. It
+    holds nothing, and archived it became an empty file `photos` beside which the real folder had
+    to be renamed `photos (1)/`."""
+    return size == 0 and key.endswith("/")
 
 
 async def cancel_job(event: m.CancelRequested, ctx: Context) -> list[Emit]:
