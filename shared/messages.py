@@ -72,7 +72,8 @@ class Event(Struct, kw_only=True, frozen=True, tag_field="type", omit_defaults=F
     source: Annotated[str, Meta(min_length=1)] = "jetmedia"
     time: datetime | None = None
     subject: str | None = None  # the job id, on every message jetmedia emits
-    datacontenttype: Literal["application/json"] = "application/json"
+    # JSON; media-type parameters as HTTP gives them (`application/json; charset=utf-8`) are fine
+    datacontenttype: Annotated[str, Meta(pattern=r"^application/json\s*(;.*)?$")] = "application/json"
 
 
 # --- asset flow ------------------------------------------------------------------------
