@@ -584,8 +584,8 @@ class Worker:
             elapsed = time.perf_counter() - started
             series.processing(elapsed)
             series.outcomes[outcome].inc()
-            log.info("stage=%s job=%s outcome=%s delivery=%d seconds=%.3f",
-                     stage, flight.job, outcome, delivery, elapsed)
+            log.info("stage=%s job=%s outcome=%s delivery=%d seconds=%.3f",  # job "-": no job id could be read
+                     stage, flight.job or "-", outcome, delivery, elapsed)
 
     async def _record(self, job: str, event: m.AnyEvent, msg: Msg) -> Job | None:
         """The job's record, from the process's watched cache (shared/recordcache.py) unless it
