@@ -35,8 +35,8 @@ _SEPARATORS = re.compile(r"[/\\]+")
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 _DEVICES = frozenset(
     {"con", "prn", "aux", "nul", "conin$", "conout$"}
-    | {f"com{i}" for i in "123456789¹²³"}
-    | {f"lpt{i}" for i in "123456789¹²³"}
+    | {f"com{i}" for i in "0123456789¹²³"}  # 0: reserved too, per Windows' naming rules
+    | {f"lpt{i}" for i in "0123456789¹²³"}
 )
 
 
@@ -100,8 +100,10 @@ def _fit(segment: str, limit: int, suffix: str = "") -> str:
 
 
 def fold(name: str) -> str:
-    """Names that collide on a case-insensitive filesystem fold to the same string."""
-    return unicodedata.normalize("NFC", name).casefold()
+    """Names that collide on a case-insensitive filesystem fold to the same string: casefolded
+    after uppercasing, as NTFS compares (`ı.txt` is `I.TXT` there, so it overwrote `i.txt`;
+    casefold alone keeps the dotless ı apart)."""
+    return unicodedata.normalize("NFC", name).upper().casefold()
 
 
 class NameRegistry:

@@ -99,6 +99,13 @@ def test_hostile_examples() -> None:
     assert names[13] == "file"
 
 
+def test_names_that_collide_on_windows_or_macos_are_numbered() -> None:
+    """NTFS compares names uppercased (the dotless ı is I there), both file systems fold NFC and
+    NFD forms of one name together; COM0 and LPT0 are device names too."""
+    assert unique_names(["i.txt", "ı.txt", "café.txt", "cafe\u0301.txt", "COM0.txt", "lpt0"]) == [
+        "i.txt", "ı (1).txt", "café.txt", "café (1).txt", "_COM0.txt", "_lpt0"]
+
+
 @given(st.lists(st.one_of(st.none(), st.integers(0, 200)), max_size=300),
        st.integers(1, 20), st.integers(1, 500))
 def test_runs_cover_everything_in_order_within_limits(sizes: list[int | None], max_files: int, max_bytes: int) -> None:
