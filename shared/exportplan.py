@@ -230,9 +230,10 @@ def part_names(archive: str, parts: int) -> list[str]:
 
 
 def archive_name(wanted: str | None, job: str) -> str:
-    """A file name for the download: one safe segment, no `.zip` (added per part)."""
+    """A file name for the download: one safe segment, no `.zip` (added per part), not starting
+    with a dot (`../..` made `.._.zip`, a file that browsers save and `ls` does not show)."""
     base = (wanted or f"export-{job}").removesuffix(".zip").removesuffix(".ZIP")
-    segment = _segment(base.replace("/", "_").replace("\\", "_"))
+    segment = _segment(_segment(base.replace("/", "_").replace("\\", "_")).lstrip(". "))  # again: `.CON`
     return segment.replace('"', "_") or f"export-{job}"
 
 

@@ -129,7 +129,10 @@ def test_part_and_archive_names() -> None:
     assert part_names("photos", 3) == ["photos.part01.zip", "photos.part02.zip", "photos.part03.zip"]
     assert part_names("p", 120)[-1] == "p.part120.zip"
     assert archive_name(None, "j1") == "export-j1"
-    assert archive_name('../my "x".zip', "j1") == "_my _x_" or "/" not in archive_name('../my "x".zip', "j1")
+    assert archive_name('../my "x".zip', "j1") == "_my _x_"
+    assert archive_name("../..", "j1") == "_"
+    assert (archive_name(".hidden", "j1"), archive_name("...", "j1"), archive_name(".\x00CON", "j1")) == (
+        "hidden", "export-j1", "_CON")
     assert '"' not in archive_name('a"b', "j")
 
 
