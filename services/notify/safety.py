@@ -6,6 +6,12 @@ call the cloud metadata service (169.254.169.254), an admin port on loopback or 
 private network. The host is resolved once here and every address checked (one bad address
 refuses the URL: a name that also resolves inward is not trusted); the caller connects to exactly
 these addresses (services/notify/send.py), so a second DNS answer cannot swap them.
+
+The host checked is the host as the HTTP client (aiohttp, through yarl) reads the URL, not as
+urllib does: the two disagree on some non-ASCII hosts (`http://127.0.0.\U0001ccf1/` is the literal
+127.0.0.1 to yarl's IDNA 2008 and an unresolvable name to Python's IDNA 2003), and aiohttp connects
+to an IP literal without asking the resolver, so a check of urllib's reading could pass a name that
+the client then treats as a loopback literal.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import yarl
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -77,12 +85,12 @@ async def check(url: str, allowed: tuple[Network, ...]) -> Checked:
     try:
         parts = urlsplit(url)
         port = parts.port
-    except ValueError as exc:
+        host = yarl.URL(url).raw_host  # what aiohttp connects to (module docstring)
+    except ValueError as exc:  # UnicodeError too: a host IDNA cannot encode
         raise Unsafe(f"not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise Unsafe(f"scheme {scheme or '(none)'!r} is not http or https")
-    host = parts.hostname
     if not host:
         raise Unsafe("the URL names no host")
     if parts.username is not None or parts.password is not None:
@@ -105,6 +113,8 @@ async def _resolve(host: str, port: int) -> tuple[IPAddress, ...]:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise Unresolved(f"cannot resolve {host}: {exc.strerror or exc}") from None
+    except UnicodeError:  # a label over 63 characters: no DNS answer can ever come
+        raise Unsafe(f"{host[:100]!r} is not a valid host name (a label longer than 63 characters?)") from None
     found: list[IPAddress] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])

@@ -43,6 +43,11 @@ def test_configured_networks_are_allowed() -> None:
     ("http://169.254.169.254/latest/meta-data/", "link-local (cloud metadata)"),
     ("http://[::1]:8080/", "::1 is a loopback address"), ("http://0.0.0.0/", "unspecified"),
     ("http://localhost/", "localhost resolves to"),
+    ("http://2130706433/", "resolves to 127.0.0.1"), ("http://0x7f.1/", "resolves to 127.0.0.1"),
+    ("http://[::ffff:127.0.0.1]/", "is a loopback address"),
+    # yarl (what aiohttp connects to) reads this as the literal 127.0.0.1; urllib saw a name
+    ("http://127.0.0.\U0001ccf1:8080/", "127.0.0.1 is a loopback address"),
+    ("http://" + "a" * 64 + ".example/", "not a valid host name"),  # was a UnicodeError out of send.post
 ])
 async def test_unsafe_urls_are_refused_before_any_connection(url: str, why: str) -> None:
     with pytest.raises(safety.Unsafe, match=why.replace("(", r"\(").replace(")", r"\)")):
