@@ -41,7 +41,7 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     job: str | None
     target: str
-    url: str  # without query or fragment (they may carry a receiver's token)
+    url: str  # without user:password@, query or fragment (they may carry a receiver's token)
     attempt: int
     outcome: str  # delivered, retry, gone, refused, dead
     status: int | None = None
@@ -55,12 +55,14 @@ _decoder = msgspec.json.Decoder(Attempt)
 
 
 def shown(url: str) -> str:
-    """A URL as records and letters show it: scheme, host and path only."""
+    """A URL as records, logs and letters show it: scheme, host, port and path only (no
+    `user:password@`, query or fragment: they may carry a receiver's credentials)."""
     try:
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        host = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{host}{parts.path}"
     except ValueError:
-        return url[:100]
+        return url.partition("://")[0][:20] + "://(not a valid URL)"
 
 
 def key(delivery: Delivery, attempt: int) -> str:

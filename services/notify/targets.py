@@ -7,9 +7,11 @@ secret: the secret is looked up here when the attempt is made, so secrets stay o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -18,6 +20,7 @@ from shared.config import Settings
 from shared.jobs import Job
 
 from . import signing
+from .records import shown
 
 CALLBACK = "callback"  # the receiver name of a job's own callback_url
 FINAL_TYPES = (m.AssetReady, m.ExportReady, m.JobFailed, m.JobCancelled, m.JobExpired)
@@ -70,7 +73,7 @@ def subscriptions(settings: Settings) -> dict[str, Subscription]:
         if name in named or name == CALLBACK or not m.is_job_id(name) or "." in name:
             raise ValueError(f"JETMEDIA_WEBHOOKS: subscription name {name!r} is taken, reserved or not "
                              "a token of [-_=a-zA-Z0-9]")
-        if problem := m.callback_problem(sub.url):
+        if problem := _url_problem(sub.url):
             raise ValueError(f"JETMEDIA_WEBHOOKS: subscription {name}: {problem}")
         try:
             signing.check(sub.secret)
@@ -78,6 +81,16 @@ def subscriptions(settings: Settings) -> dict[str, Subscription]:
             raise ValueError(f"JETMEDIA_WEBHOOKS: subscription {name}: {exc}") from None
         named[name] = msgspec.structs.replace(sub, name=name)
     return named
+
+
+def _url_problem(url: str) -> str | None:
+    """callback_problem's, refusing `user:password@` first: it would be refused at every attempt
+    (safety.check), and callback_problem quotes the URL, password and all, into the start-up error."""
+    with contextlib.suppress(ValueError):
+        if "@" in urlsplit(url).netloc:
+            return (f"{shown(url)}: user:password@ in a webhook URL is not supported "
+                    "(put a token in the path or query instead)")
+    return m.callback_problem(url)
 
 
 def check(settings: Settings) -> None:

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from services.notify import safety, targets
+from services.notify.records import shown
 from shared import messages as m
 from shared.config import Settings
 from shared.jobs import new_job
@@ -93,3 +94,14 @@ def test_subscriptions_match_by_event_and_key_prefix() -> None:
 def test_unusable_subscriptions_stop_the_start(webhooks: str, why: str) -> None:
     with pytest.raises(ValueError, match=why):
         targets.check(Settings(webhooks=webhooks))
+
+
+def test_a_password_in_a_webhook_url_is_never_shown() -> None:
+    """Records, logs and dead letters show URLs through shown(); a subscription with
+    user:password@ is refused at start-up without quoting the password (it would be refused at
+    every attempt anyway)."""
+    assert shown("https://shop:hunter2@shop.example:8443/hooks?token=t0k#f") == "https://shop.example:8443/hooks"
+    webhooks = '[{"url": "https://shop:hunter2@shop.example/h", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]'
+    with pytest.raises(ValueError, match="user:password@ in a webhook URL is not supported") as found:
+        targets.check(Settings(webhooks=webhooks))
+    assert "hunter2" not in str(found.value) and "https://shop.example/h" in str(found.value)
