@@ -33,6 +33,9 @@ FALLBACK = "file"
 
 _SEPARATORS = re.compile(r"[/\\]+")
 _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
+# zero-width non-joiner and joiner: invisible format characters, but letters of Persian and Indic
+# words (`mi\u200cxaham`) and of emoji (`👩\u200d💻`); removed, those names changed. Kept inside a segment.
+_JOINERS = "\u200c\u200d"
 _DEVICES = frozenset(
     {"con", "prn", "aux", "nul", "conin$", "conout$"}
     | {f"com{i}" for i in "0123456789¹²³"}  # 0: reserved too, per Windows' naming rules
@@ -66,7 +69,11 @@ def _sanitise_once(name: str) -> str:
 
 def _segment(part: str) -> str:
     text = "".join(_char(c) for c in part)
-    text = text.lstrip(" ").rstrip(" .")  # Windows drops trailing dots/spaces; `..` becomes empty
+    while True:  # Windows drops trailing dots/spaces; `..` becomes empty; a joiner joins nothing at an end
+        trimmed = text.strip(_JOINERS).lstrip(" ").rstrip(" .")
+        if trimmed == text:
+            break
+        text = trimmed
     if not text:
         return ""
     if text.split(".", 1)[0].rstrip(" ").casefold() in _DEVICES:
@@ -76,7 +83,7 @@ def _segment(part: str) -> str:
 
 def _char(c: str) -> str:
     category = unicodedata.category(c)
-    if category in ("Cc", "Cf", "Cs", "Zl", "Zp"):  # controls, bidi overrides, lone surrogates
+    if category in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in _JOINERS:  # controls, bidi overrides, lone surrogates
         return ""
     if c in _WINDOWS_FORBIDDEN:
         return "_"

@@ -29,12 +29,16 @@ from shared.exportplan import (
 # bidi overrides, Windows specials, combining marks, very long runs.
 hostile_text = st.lists(
     st.one_of(
-        st.sampled_from([*list('/\\.. :*?"<>|\x00\x1b\n\t\u202e\u200d~-_ aAcC'), "con", "NUL", "..", "/", "x" * 90]),
+        st.sampled_from([*list('/\\.. :*?"<>|\x00\x1b\n\t\u202e\u200d\u200c~-_ aAcC'),
+                         "con", "NUL", "..", "/", "x" * 90]),
         st.characters(codec="utf-8"),
         st.characters(),  # includes lone surrogates
     ),
     max_size=120,
 ).map("".join)
+
+
+JOINERS = "\u200c\u200d"  # zero-width non-joiner and joiner: kept inside a segment
 
 
 def assert_safe(name: str) -> None:
@@ -45,7 +49,8 @@ def assert_safe(name: str) -> None:
         assert segment not in ("", ".", "..")
         assert segment == segment.strip(" ") and not segment.endswith(".")
         assert len(segment.encode()) <= MAX_SEGMENT_BYTES
-        assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in segment)
+        assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in segment if c not in JOINERS)
+        assert segment[0] not in JOINERS and segment[-1] not in JOINERS
         assert not set(segment) & set('<>:"|?*')
         assert segment.split(".")[0].strip(" ").casefold() not in ("con", "nul", "prn", "aux", "com1", "lpt1")
     name.encode("utf-8")  # strict: no surrogates left
@@ -104,6 +109,14 @@ def test_names_that_collide_on_windows_or_macos_are_numbered() -> None:
     NFD forms of one name together; COM0 and LPT0 are device names too."""
     assert unique_names(["i.txt", "ı.txt", "café.txt", "cafe\u0301.txt", "COM0.txt", "lpt0"]) == [
         "i.txt", "ı (1).txt", "café.txt", "café (1).txt", "_COM0.txt", "_lpt0"]
+
+
+def test_joiners_inside_words_and_emoji_are_kept() -> None:
+    """ZWNJ and ZWJ are letters of Persian and Indic words and of emoji sequences: kept inside a
+    name (it was changed), dropped where they join nothing; other format characters still go."""
+    persian, coder = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.txt", "\U0001f469\u200d\U0001f4bb.png"
+    assert unique_names([persian, coder, "\u200d\u200ccon.txt", "a.\u200d", "\u200b\u2066x\u00ad.txt"]) == [
+        persian, coder, "_con.txt", "a", "x.txt"]
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(0, 200)), max_size=300),
