@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Iterator
@@ -186,4 +187,7 @@ def test_a_stored_zip32_member_ending_past_4_gib_gets_zip64_end_records(tmp_path
         assert archive.getinfo("after.txt").header_offset > 0xFFFFFFFF
         assert archive.read("after.txt") == b"after"
         assert archive.read("README.txt") == b"readme"
+    for command in (["unzip", "-l", str(path)], ["bsdtar", "-tf", str(path)]):  # the central directory only
+        listed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "big.bin" in listed and "after.txt" in listed
     path.unlink()
