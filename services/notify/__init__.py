@@ -245,8 +245,7 @@ class Notifier:
         if outcome in ("delivered", "gone"):
             await msg.ack()
         elif outcome == "retry":
-            schedule = self.settings.webhook_retry_schedule
-            await msg.nak(delay=schedule[min(attempt, len(schedule)) - 1])
+            await msg.nak(delay=retry_delay(answer, attempt, self.settings.webhook_retry_schedule))
         else:
             await self._dead_letter(msg, delivery, attempt, answer)
             await msg.term()
@@ -321,6 +320,16 @@ def _receiver(url: str) -> str:
         return f"{parts.hostname}:{parts.port}"
     except ValueError:
         return url
+
+
+def retry_delay(answer: send.Answer, attempt: int, schedule: tuple[float, ...]) -> float:
+    """The schedule's delay after `attempt`, or longer when the receiver asked for it (Retry-After
+    of a 429 or 503: an attempt sooner is refused again and spends one of the few), but never
+    longer than the schedule's longest delay: a receiver cannot park a delivery for a year."""
+    delay = schedule[min(attempt, len(schedule)) - 1]
+    if answer.retry_after is not None:
+        delay = max(delay, min(answer.retry_after, max(schedule)))
+    return delay
 
 
 def _outcome(answer: send.Answer, attempt: int, last: int) -> str:

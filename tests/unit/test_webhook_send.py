@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from aiohttp import web
 
+import services.notify as notify
 from services.notify import safety, send
 from shared.devstack import free_port
 
@@ -60,7 +64,8 @@ async def test_redirects_are_not_followed() -> None:
 
         async with serving(redirect) as port:
             answer = await post(f"http://127.0.0.1:{port}/hook")
-    assert answer.status == 302 and answer.error == "HTTP 302" and followed == []
+    assert answer.status == 302 and followed == []
+    assert answer.error == f"HTTP 302: a redirect to http://127.0.0.1:{target}/stolen, not followed"
 
 
 async def test_a_receiver_slower_than_the_total_timeout_is_an_error_not_a_hang() -> None:
@@ -80,3 +85,53 @@ async def test_only_the_first_kilobyte_of_an_answer_is_kept() -> None:
     async with serving(chatty) as port:
         answer = await post(f"http://127.0.0.1:{port}/hook")
     assert answer.status == 500 and len(answer.body.encode()) <= 1024 + 3
+
+
+@contextlib.asynccontextmanager
+async def raw(head: bytes, then: float = 0.0) -> AsyncIterator[int]:
+    """A receiver that writes `head` as its whole answer (status line, headers, maybe a body
+    start), then holds the connection `then` seconds."""
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+            await asyncio.sleep(then)
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+async def test_a_2xx_whose_body_stalls_is_delivered_not_sent_again() -> None:
+    async with raw(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", then=5) as port:
+        answer = await post(f"http://127.0.0.1:{port}/hook", timeout=0.5)
+    assert (answer.status, answer.error) == (200, None) and answer.seconds < 3
+
+
+async def test_retry_after_of_a_429_or_503_stretches_the_next_delay_up_to_the_schedules_longest() -> None:
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+    schedule = (5.0, 300.0)
+    for head, wait in ((b"HTTP/1.1 429 Too Many\r\nRetry-After: 120\r\nContent-Length: 0\r\n\r\n", 120),
+                       (f"HTTP/1.1 503 Busy\r\nRetry-After: {later}\r\nContent-Length: 0\r\n\r\n".encode(), 90)):
+        async with raw(head) as port:
+            answer = await post(f"http://127.0.0.1:{port}/hook")
+        assert answer.retry_after is not None and abs(answer.retry_after - wait) < 3
+        assert answer.error is not None and "asked to retry after" in answer.error
+        assert abs(notify.retry_delay(answer, 1, schedule) - wait) < 3  # not the schedule's 5 s
+    asks_a_day = send.Answer(429, 0.1, retry_after=86400.0)
+    assert notify.retry_delay(asks_a_day, 1, schedule) == 300.0  # capped
+    assert notify.retry_delay(send.Answer(500, 0.1), 1, schedule) == 5.0
+
+
+async def test_a_resolver_that_never_answers_ends_the_attempt_in_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def never(host: str, port: int) -> tuple[safety.IPAddress, ...]:
+        await asyncio.Event().wait()
+        raise AssertionError
+
+    monkeypatch.setattr(safety, "_resolve", never)
+    answer = await post("http://hooks.example/hook", timeout=0.5)
+    assert answer.status is None and answer.error == "the host did not resolve within 0.5 s"
