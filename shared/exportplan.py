@@ -36,6 +36,10 @@ _WINDOWS_FORBIDDEN = frozenset('<>:"|?*')
 # zero-width non-joiner and joiner: invisible format characters, but letters of Persian and Indic
 # words (`mi\u200cxaham`) and of emoji (`👩\u200d💻`); removed, those names changed. Kept inside a segment.
 _JOINERS = "\u200c\u200d"
+# every character whose compatibility form (NFKC) holds `/` or `\`: fullwidth `／` `＼`, `℅`...
+# A tool that writes names through Windows' ANSI file API gets them "best-fit" to the ASCII
+# separator, so `．．／．．／x` would unpack as `../../x` there.
+_SEPARATOR_LOOKALIKES = frozenset("\u2100\u2101\u2105\u2106\ufe68\uff0f\uff3c")
 _DEVICES = frozenset(
     {"con", "prn", "aux", "nul", "conin$", "conout$"}
     | {f"com{i}" for i in "0123456789¹²³"}  # 0: reserved too, per Windows' naming rules
@@ -74,7 +78,7 @@ def _segment(part: str) -> str:
         if trimmed == text:
             break
         text = trimmed
-    if not text:
+    if not text or _only_dots(text):
         return ""
     if text.split(".", 1)[0].rstrip(" ").casefold() in _DEVICES:
         text = "_" + text
@@ -85,9 +89,14 @@ def _char(c: str) -> str:
     category = unicodedata.category(c)
     if category in ("Cc", "Cf", "Cs", "Zl", "Zp") and c not in _JOINERS:  # controls, bidi overrides, lone surrogates
         return ""
-    if c in _WINDOWS_FORBIDDEN:
+    if c in _WINDOWS_FORBIDDEN or c in _SEPARATOR_LOOKALIKES:
         return "_"
     return c
+
+
+def _only_dots(segment: str) -> bool:
+    """`．．`, `‥`, `…`: dots only once compatibility forms become ASCII (the best-fit below)."""
+    return not segment.isascii() and not unicodedata.normalize("NFKC", segment).strip(". ")
 
 
 def _split_ext(segment: str) -> tuple[str, str]:

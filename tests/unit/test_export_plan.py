@@ -29,7 +29,7 @@ from shared.exportplan import (
 # bidi overrides, Windows specials, combining marks, very long runs.
 hostile_text = st.lists(
     st.one_of(
-        st.sampled_from([*list('/\\.. :*?"<>|\x00\x1b\n\t\u202e\u200d\u200c~-_ aAcC'),
+        st.sampled_from([*list('/\\.. :*?"<>|\x00\x1b\n\t\u202e\u200d\u200c~-_ aAcC\uff0e\uff0f\uff3c\u2025'),
                          "con", "NUL", "..", "/", "x" * 90]),
         st.characters(codec="utf-8"),
         st.characters(),  # includes lone surrogates
@@ -51,6 +51,8 @@ def assert_safe(name: str) -> None:
         assert len(segment.encode()) <= MAX_SEGMENT_BYTES
         assert not any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in segment if c not in JOINERS)
         assert segment[0] not in JOINERS and segment[-1] not in JOINERS
+        best_fit = unicodedata.normalize("NFKC", segment)  # what Windows' ANSI file API may write
+        assert best_fit.strip(". ") and "/" not in best_fit and "\\" not in best_fit
         assert not set(segment) & set('<>:"|?*')
         assert segment.split(".")[0].strip(" ").casefold() not in ("con", "nul", "prn", "aux", "com1", "lpt1")
     name.encode("utf-8")  # strict: no surrogates left
@@ -117,6 +119,13 @@ def test_joiners_inside_words_and_emoji_are_kept() -> None:
     persian, coder = "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645.txt", "\U0001f469\u200d\U0001f4bb.png"
     assert unique_names([persian, coder, "\u200d\u200ccon.txt", "a.\u200d", "\u200b\u2066x\u00ad.txt"]) == [
         persian, coder, "_con.txt", "a", "x.txt"]
+
+
+def test_fullwidth_separators_and_dots_cannot_climb_out_on_windows() -> None:
+    """Through Windows' ANSI file API (best-fit), `／` `＼` become `/` `\\` and `．．` `‥` become `..`."""
+    assert unique_names(["\uff0e\uff0e\uff0f\uff0e\uff0e\uff3cevil.exe", "\u2025/\u2026/y.txt", "c\u2105o.txt",
+                         "\u2026 draft.txt", "\uff21\uff22.txt"]) == [
+        "\uff0e\uff0e_\uff0e\uff0e_evil.exe", "y.txt", "c_o.txt", "\u2026 draft.txt", "\uff21\uff22.txt"]
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(0, 200)), max_size=300),
