@@ -27,6 +27,8 @@ import yarl
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT: inside someone's network too
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix + an IPv4 address
+NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: a site's own translation prefixes
 
 
 class Unsafe(Exception):
@@ -60,9 +62,10 @@ def why_refused(address: IPAddress, allowed: tuple[Network, ...]) -> str | None:
     """The kind of address that is refused (loopback, link-local, private, ...), or None."""
     if any(address in network for network in allowed):
         return None
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:  # ::ffff:10.0.0.1 reaches 10.0.0.1
-        return why_refused(mapped, allowed)
+    if isinstance(address, ipaddress.IPv6Address) and (inner := _embedded_ipv4(address)) is not None:
+        return why_refused(inner, allowed)
+    if isinstance(address, ipaddress.IPv6Address) and address in NAT64_LOCAL:
+        return "private"  # a site's own NAT64 prefix: where it leads is the site's business
     if address.is_unspecified:
         return "unspecified"
     if address.is_loopback:
@@ -78,6 +81,17 @@ def why_refused(address: IPAddress, allowed: tuple[Network, ...]) -> str | None:
     if not address.is_global:  # documentation, benchmarking, ... ranges
         return "reserved"
     return None
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 one reaches: ::ffff:10.0.0.1 (mapped), 64:ff9b::a00:1 (NAT64,
+    what DNS64 answers in an IPv6-only network: judged by the IPv4 behind it, neither refused as
+    reserved for a public receiver nor passed for a private one), 2002:a00:1:: (6to4)."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.sixtofour
 
 
 async def check(url: str, allowed: tuple[Network, ...]) -> Checked:

@@ -23,6 +23,9 @@ NONE: tuple[safety.Network, ...] = ()
     ("224.0.0.1", "multicast"), ("ff02::1", "multicast"), ("0.0.0.0", "unspecified"), ("::", "unspecified"),
     ("240.0.0.1", "reserved"),
     ("93.184.215.14", None), ("2606:2800:21f:cb07:6820:80da:af6b:8b2c", None),
+    # IPv4 inside IPv6 is judged by the IPv4 it reaches: NAT64 (DNS64's answers), 6to4
+    ("64:ff9b::a00:1", "private"), ("64:ff9b::a9fe:a9fe", "link-local (cloud metadata)"),
+    ("64:ff9b::5db8:d70e", None), ("64:ff9b:1::a00:1", "private"), ("2002:7f00:1::1", "loopback"),
 ])
 def test_addresses_inside_a_deployment_are_refused(address: str, kind: str | None) -> None:
     assert safety.why_refused(ipaddress.ip_address(address), NONE) == kind
