@@ -73,6 +73,7 @@ class Receiver:
     secrets: dict[str, str]  # path -> secret that must verify it
     script: dict[str, list[int]] = field(default_factory=dict)
     hang: set[str] = field(default_factory=set)
+    headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> headers of its non-2xx answers
     got: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -94,7 +95,8 @@ class Receiver:
         if request.path in self.hang:
             await asyncio.Event().wait()
         status = self.script[request.path].pop(0) if self.script.get(request.path) else 200
-        return web.Response(status=status, text="x" * 3000)  # more than a record keeps
+        extra = self.headers.get(request.path, {}) if status >= 300 else {}
+        return web.Response(status=status, text="x" * 3000, headers=extra)  # more than a record keeps
 
 
 @contextlib.asynccontextmanager
@@ -195,6 +197,20 @@ async def test_500_three_times_then_200_is_delivered_once_after_four_attempts(se
     assert [r.status for r in records] == [500, 500, 500, 200]
     assert all(len(r.response) == 1024 and r.seconds > 0 for r in records)  # answers kept to 1 KB
     assert not await letters(services)
+
+
+async def test_a_429_with_retry_after_is_retried_that_much_later_and_the_record_says_so(services: Services) -> None:
+    services.settings = services.settings.replace(webhook_retry_schedule=(0.2, 3.0))
+    async with receiver(script={"/busy": [429]}, headers={"/busy": {"Retry-After": "2"}}) as hooks, \
+            notifying(services):
+        await ready_job(services, "busy", hooks.url("/busy"))
+        await eventually(_delivered(services, "busy"))
+    records = await (await Records.open(services.js, services.settings)).of_job(services.js, "busy")
+    assert [(r.outcome, r.status) for r in records] == [("retry", 429), ("delivered", 200)]
+    assert records[0].error == "HTTP 429: asked to retry after 2 s"
+    waited = (records[1].at - records[0].at).total_seconds()
+    assert waited >= 1.8, waited  # not the schedule's 0.2 s
+    assert {r.headers["webhook-id"] for r in hooks.got} == {"busy:ready"} and all(r.verified for r in hooks.got)
 
 
 async def test_410_stops_further_attempts(services: Services) -> None:
