@@ -80,9 +80,15 @@ def _segment(part: str) -> str:
         text = trimmed
     if not text or _only_dots(text):
         return ""
-    if text.split(".", 1)[0].rstrip(" ").casefold() in _DEVICES:
+    if _is_device(text):
         text = "_" + text
     return _fit(text, MAX_SEGMENT_BYTES)
+
+
+def _is_device(segment: str) -> bool:
+    """`CON`, `nul.txt`, and `ＣＯＮ．txt` too (Windows' ANSI best-fit makes it `CON.txt`)."""
+    forms = (segment,) if segment.isascii() else (segment, unicodedata.normalize("NFKC", segment))
+    return any(form.split(".", 1)[0].rstrip(" ").casefold() in _DEVICES for form in forms)
 
 
 def _char(c: str) -> str:

@@ -54,7 +54,8 @@ def assert_safe(name: str) -> None:
         best_fit = unicodedata.normalize("NFKC", segment)  # what Windows' ANSI file API may write
         assert best_fit.strip(". ") and "/" not in best_fit and "\\" not in best_fit
         assert not set(segment) & set('<>:"|?*')
-        assert segment.split(".")[0].strip(" ").casefold() not in ("con", "nul", "prn", "aux", "com1", "lpt1")
+        for form in (segment, best_fit):
+            assert form.split(".")[0].rstrip(" ").casefold() not in ("con", "nul", "prn", "aux", "com1", "lpt1")
     name.encode("utf-8")  # strict: no surrogates left
 
 
@@ -122,10 +123,12 @@ def test_joiners_inside_words_and_emoji_are_kept() -> None:
 
 
 def test_fullwidth_separators_and_dots_cannot_climb_out_on_windows() -> None:
-    """Through Windows' ANSI file API (best-fit), `／` `＼` become `/` `\\` and `．．` `‥` become `..`."""
+    """Through Windows' ANSI file API (best-fit), `／` `＼` become `/` `\\`, `．．` `‥` become `..` and
+    `ＣＯＮ` the console."""
     assert unique_names(["\uff0e\uff0e\uff0f\uff0e\uff0e\uff3cevil.exe", "\u2025/\u2026/y.txt", "c\u2105o.txt",
-                         "\u2026 draft.txt", "\uff21\uff22.txt"]) == [
-        "\uff0e\uff0e_\uff0e\uff0e_evil.exe", "y.txt", "c_o.txt", "\u2026 draft.txt", "\uff21\uff22.txt"]
+                         "\u2026 draft.txt", "\uff21\uff22.txt", "\uff23\uff2f\uff2e\uff0etxt"]) == [
+        "\uff0e\uff0e_\uff0e\uff0e_evil.exe", "y.txt", "c_o.txt", "\u2026 draft.txt", "\uff21\uff22.txt",
+        "_\uff23\uff2f\uff2e\uff0etxt"]
 
 
 @given(st.lists(st.one_of(st.none(), st.integers(0, 200)), max_size=300),
