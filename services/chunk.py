@@ -115,7 +115,7 @@ async def check_sources(data: m.ChunkRequestedData, ctx: Context) -> ChunkRecord
             missing.append(item)
         else:
             found.append(SourceInfo(key=item.key, name=item.name or item.key, size=info.size,
-                                    crc32=info.crc32, etag=info.etag))
+                                    crc32=info.crc32, etag=info.etag, modified=info.modified))
     return ChunkRecord(chunk=data.chunk, bucket=data.bucket, found=found, missing=missing)
 
 
@@ -131,8 +131,8 @@ async def head(ctx: Context, bucket: str, key: str) -> ObjectInfo | None:
             if s3_status(exc) == 400:  # S3 refuses the key itself (SeaweedFS: `..` segments, NUL): no
                 return None  # object has it, so it is missing; retrying it only failed the whole export
             raise
-    size, crc32, etag = fast
-    return ObjectInfo(key=key, size=size, content_type=None, crc32=crc32, etag=etag)
+    size, crc32, etag, modified = fast
+    return ObjectInfo(key=key, size=size, content_type=None, crc32=crc32, etag=etag, modified=modified)
 
 
 async def bucket_exists(ctx: Context, bucket: str) -> bool:

@@ -230,7 +230,7 @@ async def run_item(ctx: Context, job_id: str, ref: m.ExportItemRef, make: Make) 
                 raise Retry(f"transform output s3://{bucket}/{out} vanished right after it was written")
             result = ItemDone(index=ref.index, output=SourceInfo(
                 key=out, name=source.name, size=info.size, crc32=info.crc32, etag=info.etag,
-                bucket=None if bucket == items.bucket else bucket, source=source.key,
+                bucket=None if bucket == items.bucket else bucket, source=source.key, modified=source.modified,
             ))
         ctx.progress()
         return await _report(ctx, job_id, ref, result)

@@ -16,6 +16,7 @@ import posixpath
 import re
 import unicodedata
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 
 from msgspec import Struct
 from zlib_ng import zlib_ng
@@ -292,6 +293,7 @@ class SourceInfo(Struct, kw_only=True, frozen=True):
     etag: str | None = None
     bucket: str | None = None  # None: the chunk record's bucket (a transform's output may live elsewhere)
     source: str | None = None  # the requested key when `key` is a transform's output
+    modified: datetime | None = None  # the source's Last-Modified: its file date in the archive
 
 
 class Untransformed(Struct, kw_only=True, frozen=True):

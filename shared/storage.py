@@ -22,6 +22,7 @@ import unicodedata
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,7 @@ class ObjectInfo:
     content_type: str | None
     crc32: int | None  # present when the object was uploaded with a CRC32 checksum (single part)
     etag: str | None = None
+    modified: datetime | None = None  # Last-Modified: the file date an export gives the member
 
 
 class Storage:
@@ -186,6 +188,7 @@ class Storage:
             content_type=resp.get("ContentType"),
             crc32=_crc_from_b64(crc) if crc and "-" not in crc else None,
             etag=resp.get("ETag"),
+            modified=resp.get("LastModified"),
         )
 
     async def get_bytes(self, key: str, bucket: str | None = None, *, first: int | None = None) -> bytes:

@@ -221,8 +221,8 @@ async def write_archive(
             method, how = choose_method(job.compression, source.size, source.crc32, first, level)
             member = Member(source, method=how)
             members.append(member)
-            yield Streamed(source.name, modified, MODE, method, _counted(first, rest, ctx, progress),
-                           seen=member.add, tag=member)
+            yield Streamed(source.name, file_date(source.modified, modified), MODE, method,
+                           _counted(first, rest, ctx, progress), seen=member.add, tag=member)
             progress.files += 1
         # made in the writer thread once every member before it has been hashed
         yield Built(MANIFEST, modified, MODE, lambda: built(
@@ -421,3 +421,14 @@ async def _remove(storage: Storage, keys: list[str]) -> None:
     for key in keys:
         with contextlib.suppress(Exception):
             await storage.delete(key)
+
+
+ZIP_DATES = (datetime(1980, 1, 1, tzinfo=UTC), datetime(2107, 12, 31, tzinfo=UTC))  # what a ZIP can say
+
+
+def file_date(source: datetime | None, fallback: datetime) -> datetime:
+    """A member's date: its source's Last-Modified, so unpacked files keep their dates (the
+    export's own date for README, manifest and a source S3 gave none), within ZIP's range."""
+    if source is None:
+        return fallback
+    return min(max(source.astimezone(UTC), ZIP_DATES[0]), ZIP_DATES[1])

@@ -299,3 +299,35 @@ async def test_cleanup_removes_leftovers_of_cancelled_and_unknown_jobs(services:
     assert (later.deleted, later.expired) == (1, 0)
     assert await services.storage.list_keys("exports/") == []
     await live.abort()
+
+
+async def test_members_keep_their_sources_dates(services: Services, tmp_path: Path) -> None:
+    """Unpacked files keep the dates S3 has for them (every member had the export's own date: a
+    photo archive lost every file's date); README and manifest carry the export's."""
+    for name in ("old.txt", "new.txt"):
+        await services.storage.put_bytes(f"dates/{name}", name.encode())
+    await asyncio.sleep(2.5)  # the export starts later than the sources were written
+    async with running(services, export_stages()):
+        await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("exp-dates", prefix="dates/"))
+        job = await eventually(lambda: final_job(services, "exp-dates"), timeout=60)
+    assert job.status == "ready" and job.url is not None, job.errors
+    path = tmp_path / "dates.zip"
+    await asyncio.to_thread(download, job.url, str(path))
+    stamps = {info.filename: _unix_time(info) for info in zipfile.ZipFile(path).infolist()}
+    for name in ("old.txt", "new.txt"):
+        head = await services.storage.head(f"dates/{name}")
+        assert head is not None and head.modified is not None
+        assert stamps[name] == int(head.modified.timestamp()), name
+    assert stamps["README.txt"] == stamps["manifest.json"] == int(job.created.timestamp())
+    assert stamps["README.txt"] >= stamps["new.txt"] + 2
+
+
+def _unix_time(info: zipfile.ZipInfo) -> int:
+    """The member's modification time from its extended-timestamp field (0x5455, UTC seconds)."""
+    extra = info.extra
+    while len(extra) >= 4:
+        tag, size = int.from_bytes(extra[:2], "little"), int.from_bytes(extra[2:4], "little")
+        if tag == 0x5455 and extra[4] & 1:
+            return int.from_bytes(extra[5:9], "little")
+        extra = extra[4 + size:]
+    raise AssertionError(f"{info.filename}: no extended timestamp")

@@ -94,7 +94,7 @@ async def test_the_fast_head_reads_what_botocore_reads(storage: Storage) -> None
                 await storage.put_bytes(key, b"odd name")
             slow = await storage.head(key)
             assert slow is not None
-            assert await fast.head(storage.bucket, key) == (slow.size, slow.crc32, slow.etag)
+            assert await fast.head(storage.bucket, key) == (slow.size, slow.crc32, slow.etag, slow.modified)
         one = await fast.head(storage.bucket, "io/head/one.bin")
         assert one is not None and one[1] == zlib.crc32(b"x" * 100_001)
         assert await fast.head(storage.bucket, "io/head/nothing.bin") is None

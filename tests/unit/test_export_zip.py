@@ -191,3 +191,15 @@ def test_a_stored_zip32_member_ending_past_4_gib_gets_zip64_end_records(tmp_path
         listed = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
         assert "big.bin" in listed and "after.txt" in listed
     path.unlink()
+
+
+def test_a_members_date_is_its_sources_within_what_a_zip_can_say() -> None:
+    from datetime import UTC, datetime
+
+    from services.finalize.export import file_date
+
+    export = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)
+    assert file_date(None, export) == export  # S3 gave none
+    assert file_date(datetime(2024, 5, 1, 12, 0, tzinfo=UTC), export) == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+    assert file_date(datetime(1970, 1, 1, tzinfo=UTC), export) == datetime(1980, 1, 1, tzinfo=UTC)
+    assert file_date(datetime(2200, 1, 1, tzinfo=UTC), export).year == 2107
