@@ -31,14 +31,14 @@ from typing import Any
 import msgspec
 
 from shared.exportitems import outputs_folder
-from shared.exportplan import chunk_key
+from shared.exportplan import ARCHIVES, chunk_key
 from shared.jobs import Job, scan_records
 from shared.outbox import announcement as outbox_announcement
 from shared.runtime import Services, announcements
 
 log = logging.getLogger("jetmedia.cleanup")
 
-PREFIX = "exports/"
+PREFIX = ARCHIVES
 ORPHAN_AGE = timedelta(days=1)  # exports/ objects of unknown jobs are deleted after this
 # a final record older than this without its event was given up on by the runtime, which
 # publishes then marks within milliseconds: announcing sooner would only race it

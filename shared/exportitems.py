@@ -36,7 +36,7 @@ from msgspec import Struct
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from . import messages as m
-from .exportplan import ChunkRecord, SourceInfo, Untransformed, chunk_key
+from .exportplan import ARCHIVES, ChunkRecord, SourceInfo, Untransformed, chunk_key
 from .jobs import Job
 from .runtime import Context, Emit, Reject, Retry
 
@@ -88,7 +88,7 @@ def items_key(job: str, n: int) -> str:
 def outputs_folder(job: str) -> str:
     """`exports/{job}/items/`: the export's transform outputs, until its archive holds them (the
     cleanup sweep deletes the folder once the job is ready, and everything once it ends otherwise)."""
-    return f"exports/{job}/items/"
+    return f"{ARCHIVES}{job}/items/"
 
 
 def output_key(job: str, ref: m.ExportItemRef, filename: str) -> str:

@@ -23,6 +23,7 @@ from zlib_ng import zlib_ng
 
 from .messages import ExportItem
 
+ARCHIVES = "exports/"  # in jetmedia's bucket: `{job}/` holds an export's archives and its transforms' outputs
 README = "README.txt"
 MANIFEST = "manifest.json"
 RESERVED = (README, MANIFEST)  # written by finalize at the archive's root

@@ -52,6 +52,7 @@ from zlib_ng import zlib_ng
 
 from shared import messages as m
 from shared.exportplan import (
+    ARCHIVES,
     MANIFEST,
     README,
     ChunkRecord,
@@ -156,7 +157,7 @@ async def finalize_export(event: m.ExportFinalize, ctx: Context) -> list[Emit]:
     found = [s if s.bucket is not None else msgspec.structs.replace(s, bucket=r.bucket)
              for r in records for s in r.found]
 
-    prefix = f"exports/{job_id}/"
+    prefix = f"{ARCHIVES}{job_id}/"
     leftovers = await ctx.storage.abort_multipart_uploads(prefix)
     if leftovers:
         log.info("export %s: aborted %d multipart upload(s) of an earlier attempt", job_id, leftovers)

@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from shared import messages as m
 from shared.exportplan import (
+    ARCHIVES,
     TRANSFORM_EXTENSIONS,
     NameRegistry,
     archive_name,
@@ -109,9 +110,14 @@ async def _list(ctx: Context, bucket: str, prefix: str, most: int) -> list[tuple
     found: list[tuple[str, int]] = []
     paginator = ctx.storage.client.get_paginator("list_objects_v2")
     page: dict[str, Any]
+    # jetmedia's own archives are not the user's files: `"prefix": ""` archived every earlier export
+    # (and the outputs of exports still running, which cleanup may delete mid-export); asked for by
+    # name (`"prefix": "exports/…"`), they are exported
+    ours = ARCHIVES if bucket == ctx.settings.bucket and not prefix.startswith(ARCHIVES) else None
     async for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         found.extend((item["Key"], int(item["Size"])) for item in page.get("Contents", [])
-                     if not is_folder_marker(item["Key"], int(item["Size"])))
+                     if not is_folder_marker(item["Key"], int(item["Size"]))
+                     and not (ours and item["Key"].startswith(ours)))
         ctx.progress()
         if len(found) >= most:
             break

@@ -331,3 +331,20 @@ def _unix_time(info: zipfile.ZipInfo) -> int:
             return int.from_bytes(extra[5:9], "little")
         extra = extra[4 + size:]
     raise AssertionError(f"{info.filename}: no extended timestamp")
+
+
+async def test_the_whole_bucket_leaves_jetmedias_own_archives_out(services: Services, tmp_path: Path) -> None:
+    """`"prefix": ""` archived every earlier export, and the outputs of exports still running
+    (which cleanup may delete mid-export); named by their own prefix, archives are exported."""
+    await services.storage.put_bytes("mine/a.txt", b"a")
+    await services.storage.put_bytes("exports/exp-old/old.zip", b"PK\x05\x06" + b"\x00" * 18)
+    async with running(services, export_stages()):
+        for job_id, prefix in (("exp-all", ""), ("exp-archives", "exports/exp-old/")):
+            await bus.publish(services.js, m.UPLOAD_EXPORT, export_event(job_id, prefix=prefix))
+        jobs = [await eventually(lambda j=j: final_job(services, j), timeout=60) for j in ("exp-all", "exp-archives")]
+    assert [(job.status, job.total) for job in jobs] == [("ready", 1), ("ready", 1)], [job.errors for job in jobs]
+    for job, member in zip(jobs, ("a.txt", "old.zip"), strict=True):
+        assert job.url is not None
+        path = tmp_path / f"{job.id}.zip"
+        await asyncio.to_thread(download, job.url, str(path))
+        assert member in zipfile.ZipFile(path).namelist(), job.id
