@@ -32,7 +32,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import botocore.exceptions
@@ -417,6 +417,22 @@ async def cmd_webhooks(args: argparse.Namespace) -> int:
     return 0 if answer.status is not None and 200 <= answer.status < 300 else 1
 
 
+def count(least: int) -> Callable[[str], int]:
+    """`--limit N`: a whole number of at least `least`, else argparse's usage line and exit 2
+    (`jobs --limit 0` died of an IndexError, a negative limit printed an empty table as if none)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"{value} is less than {least}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     env_table = "\n".join(f"  {name:<28} {default}" for name, default in settings_help())
     parser = argparse.ArgumentParser(
@@ -511,14 +527,14 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = sub.add_parser("jobs", parents=people, help="list job records, newest first")
     jobs.add_argument("--status", choices=JOB_STATUSES)
     jobs.add_argument("--kind", choices=["asset", "export"])
-    jobs.add_argument("--limit", type=int, default=50, help="at most this many (default %(default)s)")
+    jobs.add_argument("--limit", type=count(1), default=50, help="at most this many (default %(default)s)")
     jobs.set_defaults(run=cmd_jobs)
 
     events = sub.add_parser("events", parents=people, help="show the events stream (ready, failed, ...)")
     events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
     events.add_argument("--job", help="only this job's events")
     events.add_argument("--since", help="from this time (ISO, UTC) or age (90s, 15m, 2h, 1d)")
-    events.add_argument("--limit", type=int, default=20, help="past events to show (default %(default)s)")
+    events.add_argument("--limit", type=count(0), default=20, help="past events to show (default %(default)s)")
     events.set_defaults(run=cmd_events)
 
     cancel = sub.add_parser("cancel", parents=people, help="cancel a job")
@@ -527,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = sub.add_parser("dlq", parents=people, help="list dead letters (newest first); `dlq show ID` for one")
     dlq.add_argument("--stage", help="only this stage's")
-    dlq.add_argument("--limit", type=int, default=50, help="the newest this many (default %(default)s)")
+    dlq.add_argument("--limit", type=count(1), default=50, help="the newest this many (default %(default)s)")
     dlq.set_defaults(run=cmd_dlq, action="list")
     dlq_actions = dlq.add_subparsers(dest="action", metavar="ACTION")
     dlq_show = dlq_actions.add_parser("show", parents=[as_json_too, debug],
@@ -596,6 +612,15 @@ def _fail(message: str, code: int, debug: bool) -> int:
     return code
 
 
+def _reader_gone() -> int:
+    """The reader of our output left (`jetmedia jobs | head -1`): stop quietly with 141, as `git log
+    | head` does (SIGPIPE), not "unexpected error: BrokenPipeError"; stdout goes to /dev/null so the
+    interpreter's last flush does not complain either."""
+    with contextlib.suppress(OSError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def _nats_where() -> str:
     from shared.config import _strip_userinfo
 
@@ -611,9 +636,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = args.run(args)
         if asyncio.iscoroutine(result):
             result = asyncio.run(result)
+        sys.stdout.flush()  # here, not at exit: a reader gone (`| head`) is caught below
         return int(result or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
     except (bus.Unreachable, StorageUnreachable) as exc:
         return _fail(str(exc), 3, debug)
     except (ConfigError, UsageError) as exc:

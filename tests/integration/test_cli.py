@@ -325,12 +325,12 @@ def test_s3_down_submit_and_export_exit_3_within_the_timeout(up: Up, tmp_path: P
 class Pty:
     """The binary on a pseudo-terminal (stdin, stdout and stderr), as a person runs it."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], columns: int = 160) -> None:
         import pty
 
         self.main, child = pty.openpty()
         os.set_blocking(self.main, False)
-        self.proc = subprocess.Popen([*COMMAND, *args], env={**env, "TERM": "xterm-256color", "COLUMNS": "160"},
+        self.proc = subprocess.Popen([*COMMAND, *args], env={**env, "TERM": "xterm-256color", "COLUMNS": str(columns)},
                                      stdin=child, stdout=child, stderr=child, close_fds=True)
         os.close(child)
         self.seen = b""
@@ -434,6 +434,37 @@ def test_up_log_at_info_has_no_libvips_chatter(up: Up, submitted: dict[str, Any]
     log = up.log.read_text()
     assert "logger=jetmedia.runtime" in log  # INFO lines are there ...
     assert "logger=pyvips" not in log  # ... but not libvips' ~50 per image
+
+
+def test_many_files_on_a_narrow_terminal_one_bar_then_a_record_each(up: Up, tmp_path: Path) -> None:
+    files = []
+    for n in range(12):  # more than MAX_BARS
+        path = tmp_path / f"tiny-{n}.jpg"
+        path.write_bytes(samples.photo(32, 32, seed=n + 20))
+        files.append(str(path))
+    run = Pty(["submit", *files, "--wait"], up.env, columns=60)
+    try:
+        seen = run.read(timeout=90)
+        assert run.proc.wait(10) == 0, seen[-2000:]
+    finally:
+        run.close()
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", seen).replace("\r", "")
+    assert "12 jobs" in plain and "12 ready" in plain  # one bar for all, counting them ...
+    assert not re.search(r"^job \w+ +[━╸╺]", plain, re.M)  # ... not twelve bars
+    records = re.findall(r"^job +(\w+) *$", plain, re.M)
+    assert len(records) == 12 and "┏" not in plain and "…" not in plain  # no table cut to fit 60 columns
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
+    """`jetmedia ... | head -1`: exit 141 as git does, not "unexpected error: BrokenPipeError"."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([*COMMAND, "schemas", "--check"], cwd=SCHEMAS.parent, env=BASE_ENV, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60, check=False)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_submit_with_priority_and_callback_url(up: Up, tmp_path: Path) -> None:

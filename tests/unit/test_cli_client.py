@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
+from rich.console import Console
 
+from services import client
+from services.cli import build_parser
 from services.client import UsageError, _coarse, describe, fraction, job_id_arg, parse_since
-from shared.jobs import new_job
+from shared.jobs import Job, Part, new_job
+from shared.messages import OutputFile
 
 
 def test_an_asset_bar_follows_the_running_transcode() -> None:
@@ -44,3 +50,50 @@ def test_job_ids_are_checked_before_connecting(bad: str) -> None:
     with pytest.raises(UsageError, match="is not a job id"):
         job_id_arg(bad)
     assert job_id_arg("photo-1.v2") == "photo-1.v2"
+
+
+def test_many_jobs_share_one_bar_that_counts_them() -> None:
+    jobs: list[Job | None] = [new_job(f"j{n}", "asset", status="ready") for n in range(3)]
+    jobs += [new_job("f", "asset", status="failed"), None]
+    assert client._tally(jobs) == "1 queued, 1 failed, 3 ready"
+    assert client._mean_percent(jobs) == pytest.approx(80.0)  # 4 ended of 5, the one without a record at 0
+
+
+def test_what_still_runs_names_ten_jobs_and_counts_the_rest(capsys: pytest.CaptureFixture[str]) -> None:
+    client._say_still_running([f"job-{n}" for n in range(25)], "stopped watching")
+    said = capsys.readouterr().err.splitlines()
+    assert said[0] == ("stopped watching; still running: " + " ".join(f"job-{n}" for n in range(10))
+                       + " and 15 more (jetmedia jobs --status running)")
+    assert said[1:] == ["  follow: jetmedia status --follow job-0", "  cancel: jetmedia cancel job-0"]
+
+
+def test_an_empty_file_is_refused_before_any_upload(tmp_path: Path) -> None:
+    empty, fine = tmp_path / "empty.jpg", tmp_path / "fine.jpg"
+    empty.write_bytes(b"")
+    fine.write_bytes(b"\xff\xd8\xff")
+    client.check_files([fine])
+    with pytest.raises(UsageError, match=r"empty\.jpg: empty \(0 bytes\)"):
+        client.check_files([fine, empty])
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["jobs", "--limit", "0"], "0 is less than 1"), (["dlq", "--limit", "-1"], "-1 is less than 1"),
+    (["events", "--limit", "x"], "'x' is not a whole number")])
+def test_a_limit_below_its_least_is_a_usage_error(argv: list[str], said: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        build_parser().parse_args(argv)
+    assert stopped.value.code == 2 and said in capsys.readouterr().err  # was an IndexError (`jobs --limit 0`)
+    assert build_parser().parse_args(["events", "--limit", "0"]).limit == 0  # --follow with new events only
+
+
+def test_a_narrow_terminal_gets_each_job_as_a_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    job = new_job("cli-narrow-1", "asset", status="ready", media="image", parts={"variant": Part(outputs=[
+        OutputFile(preset="thumb", key="variants/cli-narrow-1/thumb.webp", format="webp", bytes=236)])})
+    for width in (40, 120):
+        out = io.StringIO()
+        monkeypatch.setattr(client, "output_console", lambda: Console(file=out, width=width))  # noqa: B023
+        client.print_jobs([job])
+        text = out.getvalue()
+        assert "…" not in text and "cli-narrow-1" in text
+        assert ("┏" in text) == (width >= client.NARROW)  # a table only where its six columns fit
