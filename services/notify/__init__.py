@@ -12,7 +12,10 @@ Two durable consumers, both shared by every replica:
   no secret), a dead letter in JM_DLQ (stage `notify`) and `term`. Each receiver's deliveries
   retry on their own, and at most PER_RECEIVER attempts run at once to one receiver (the rest
   wait, heartbeated, neither busy nor spending an attempt), so a slow or dead receiver holds up
-  only its own messages.
+  only its own messages. Past HELD x PER_RECEIVER of one receiver's messages in hand, more are
+  deferred (nak with a delay, no attempt): otherwise a backlog for one dead receiver fills every
+  WAITING place and nothing else is fetched. The attempt count of a message is therefore not its
+  delivery count but what its records say (Records.tried_before).
 
 Not a runtime `Stage`: the runtime skips messages of jobs that already ended, and every event
 notify handles is one; and its failures would fail the job, while a receiver that is down says
@@ -63,12 +66,20 @@ DELIVER_CONSUMER = "notify-deliver"
 CONCURRENCY = 16  # attempts in flight per process (they wait on receivers); JETMEDIA_STAGE_CONCURRENCY=notify=N
 PER_RECEIVER = 4  # of them to one receiver (host:port) at most: a slow one cannot take every slot
 WAITING = 8  # messages held per slot while their receiver is at its limit (heartbeated, not attempted)
+HELD = 4  # x PER_RECEIVER: messages of one receiver held at once; more are deferred (Notifier.deliver)
+DEFERRALS = 24  # deliveries a message may spend deferred, besides its attempts
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
 def attempts(settings: Settings) -> int:
     """Attempts per delivery: the first, then one after each delay of the schedule."""
     return len(settings.webhook_retry_schedule) + 1
+
+
+def max_deliveries(settings: Settings) -> int:
+    """The consumer's max_deliver: every attempt, the deferrals, and one more for a worker killed
+    during the last attempt."""
+    return attempts(settings) + DEFERRALS + 1
 
 
 async def ensure_layout(js: JetStreamContext, settings: Settings) -> None:
@@ -95,7 +106,7 @@ async def ensure_layout(js: JetStreamContext, settings: Settings) -> None:
     deliveries = ConsumerConfig(
         durable_name=DELIVER_CONSUMER, ack_policy=AckPolicy.EXPLICIT,
         ack_wait=settings.webhook_timeout + settings.ack_wait,
-        max_deliver=attempts(settings) + 1,  # one more: a worker killed during the last attempt
+        max_deliver=max_deliveries(settings),
         max_ack_pending=pending, num_replicas=settings.replicas,
     )
     await bus.retrying(f"consumer {EVENTS_CONSUMER}", lambda: js.add_consumer("JM_EVENTS", events))
@@ -218,39 +229,55 @@ class Notifier:
             await msg.term()
             return
         attempt = delivery_count(msg)
+        tried = await self.records.tried_before(delivery, attempt)
+        receiver = _receiver(delivery.url)
         secret = targets.secret_for(delivery.target, self.settings, self.subscriptions)
         if secret is None:
             why = ("JETMEDIA_WEBHOOK_SECRET is not set" if delivery.target == targets.CALLBACK
                    else f"subscription {delivery.target!r} is no longer configured")
             answer = send.Answer(None, 0.0, f"refused: {why}: the delivery cannot be signed", refused=True)
+        elif self.receivers.held(receiver) >= self.receivers.per * HELD and attempt < max_deliveries(self.settings) - 1:
+            answer = send.Answer(None, 0.0, f"not attempted: {self.receivers.held(receiver)} deliveries to "
+                                            f"{receiver} in hand already (slow or down)", deferred=True)
         else:
-            async with self.receivers.slot(_receiver(delivery.url), msg):
+            tried += 1
+            async with self.receivers.slot(receiver, msg):
                 body = delivery.body.encode()
                 answer = await send.post(
                     delivery.url, body, signing.headers(secret, delivery.event_id, body), allowed=self.allowed,
                     connect_timeout=self.settings.webhook_connect_timeout, timeout=self.settings.webhook_timeout,
                 )
-        outcome = _outcome(answer, attempt, attempts(self.settings))
+        final = tried >= attempts(self.settings) or attempt >= max_deliveries(self.settings) - 1
+        outcome = _outcome(answer, final)
         metrics.webhook_deliveries_total.labels(outcome).inc()
-        if not answer.refused:
+        if not (answer.refused or answer.deferred):
             metrics.webhook_seconds.observe(answer.seconds)
         await self.records.put(Attempt(
             delivery=delivery.id, event_id=delivery.event_id, event_type=delivery.event_type, job=delivery.job,
             target=delivery.target, url=shown(delivery.url), attempt=attempt, outcome=outcome,
             status=answer.status, seconds=round(answer.seconds, 4), error=answer.error, response=answer.body,
-            at=m.now(),
+            at=m.now(), tried=tried,
         ), delivery)
         log.info("notify: %s to %s (%s) attempt %d: %s%s", delivery.event_id, delivery.target,
                  shown(delivery.url), attempt, outcome, f" ({answer.error})" if answer.error else "")
         if outcome in ("delivered", "gone"):
             await msg.ack()
         elif outcome == "retry":
-            await msg.nak(delay=retry_delay(answer, attempt, self.settings.webhook_retry_schedule))
+            await msg.nak(delay=retry_delay(answer, tried, self.settings.webhook_retry_schedule))
+        elif outcome == "deferred":
+            await msg.nak(delay=self._deferral(attempt - tried))
         else:
-            await self._dead_letter(msg, delivery, attempt, answer)
+            await self._dead_letter(msg, delivery, attempt, tried, answer)
             await msg.term()
 
-    async def _dead_letter(self, msg: Msg, delivery: Delivery, attempt: int, answer: send.Answer) -> None:
+    def _deferral(self, deferrals: int) -> float:
+        """Nth deferral's delay: an attempt's time, doubling, up to the schedule's longest delay
+        (a receiver down for hours is asked about rarely, its messages spending few deliveries)."""
+        longest = max((*self.settings.webhook_retry_schedule, self.settings.webhook_timeout))
+        return min(self.settings.webhook_timeout * 2 ** min(deferrals - 1, 20), longest)
+
+    async def _dead_letter(self, msg: Msg, delivery: Delivery, attempt: int, tried: int,
+                           answer: send.Answer) -> None:
         """The letter names no job (`data.job` empty): replaying it re-sends the webhook and must
         not reopen the job (shared/dlq.py reopens the job of a stage's letter)."""
         meta = msg.metadata
@@ -258,7 +285,7 @@ class Notifier:
         if answer.refused:
             error = f"{answer.error}"
         else:
-            error = f"gave up after {attempt} attempts; last: {last}"
+            error = f"gave up after {tried} attempts; last: {last}"
             if answer.error and answer.status is not None:
                 error += f" ({answer.body[:200]!r})" if answer.body else ""
         error = (f"webhook {delivery.event_id} (job {delivery.job}) to {delivery.target} "
@@ -286,6 +313,11 @@ class Receivers:
         self.heartbeat = max(heartbeat / 2, 0.5)
         self.sending = 0
         self._limits: dict[str, tuple[asyncio.Semaphore, list[int]]] = {}  # receiver -> (limit, [users])
+
+    def held(self, receiver: str) -> int:
+        """Messages of this receiver in hand: waiting for a slot or being sent."""
+        found = self._limits.get(receiver)
+        return found[1][0] if found is not None else 0
 
     @contextlib.asynccontextmanager
     async def slot(self, receiver: str, msg: Msg) -> AsyncIterator[None]:
@@ -332,14 +364,16 @@ def retry_delay(answer: send.Answer, attempt: int, schedule: tuple[float, ...]) 
     return delay
 
 
-def _outcome(answer: send.Answer, attempt: int, last: int) -> str:
+def _outcome(answer: send.Answer, final: bool) -> str:
     if answer.refused:
         return "refused"
+    if answer.deferred:
+        return "deferred"
     if answer.status is not None and 200 <= answer.status < 300:
         return "delivered"
     if answer.status == 410:
         return "gone"
-    return "dead" if attempt >= last else "retry"
+    return "dead" if final else "retry"
 
 
 async def send_sample(settings: Settings, url: str, secret: str) -> send.Answer:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from shared import bus
@@ -42,13 +43,14 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
     job: str | None
     target: str
     url: str  # without user:password@, query or fragment (they may carry a receiver's token)
-    attempt: int
-    outcome: str  # delivered, retry, gone, refused, dead
+    attempt: int  # the delivery of the JM_NOTIFY message (deferrals count, see `tried`)
+    outcome: str  # delivered, retry, gone, refused, dead, deferred (not attempted: its receiver was busy)
     status: int | None = None
     seconds: float = 0.0
     error: str | None = None
     response: str = ""  # the first 1 KB of the answer
     at: datetime
+    tried: int | None = None  # real attempts so far, this one included (None: records from before deferrals)
 
 
 _decoder = msgspec.json.Decoder(Attempt)
@@ -84,6 +86,22 @@ class Records:
             await self.kv.put(key(delivery, record.attempt), msgspec.json.encode(record))
         except Exception as exc:
             log.warning("notify: could not record attempt %d of %s: %s", record.attempt, delivery.id, exc)
+
+    async def tried_before(self, delivery: Delivery, attempt: int) -> int:
+        """Real attempts before delivery number `attempt`, from the latest earlier record (a
+        deferral spends a delivery, not an attempt). A delivery without a record (handed back at
+        shutdown, a worker killed mid-attempt, KV down) counts as an attempt: a delivery may end
+        sooner than its schedule says, never later."""
+        for earlier in range(attempt - 1, max(attempt - 4, 0), -1):
+            try:
+                record = _decoder.decode((await self.kv.get(key(delivery, earlier))).value or b"")
+            except KeyNotFoundError:
+                continue
+            except Exception:  # KV down or a record it cannot read: count every delivery
+                break
+            tried = record.tried if record.tried is not None else record.attempt
+            return tried + (attempt - 1 - earlier)
+        return attempt - 1
 
     async def of_job(self, js: JetStreamContext, job: str) -> list[Attempt]:
         """Every attempt recorded for a job, oldest first (tests, support). Read through a

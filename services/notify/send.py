@@ -32,6 +32,7 @@ class Answer:
     body: str = ""  # the first KEEP bytes of the answer, as text
     refused: bool = False  # the URL may not be called (safety): no connection was made
     retry_after: float | None = None  # seconds a 429 or 503 asked us to wait (Retry-After)
+    deferred: bool = False  # not attempted: too many of the receiver's deliveries in hand already
 
 
 class _Checked(AbstractResolver):

@@ -76,6 +76,7 @@ class Receiver:
     headers: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> headers of its non-2xx answers
     got: list[Received] = field(default_factory=list)
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # set: hanging requests answer
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -93,7 +94,7 @@ class Receiver:
         self.got.append(Received(request.path, dict(request.headers), body, verified))
         self.arrived.set()
         if request.path in self.hang:
-            await asyncio.Event().wait()
+            await self.released.wait()
         status = self.script[request.path].pop(0) if self.script.get(request.path) else 200
         extra = self.headers.get(request.path, {}) if status >= 300 else {}
         return web.Response(status=status, text="x" * 3000, headers=extra)  # more than a record keeps
@@ -254,6 +255,40 @@ async def test_a_receiver_that_hangs_does_not_hold_up_another(services: Services
         hanging = [await attempts(services, f"slow{n}") for n in range(4)]
     assert hanging == [[], [], [], []] and len(slow.got) == 1  # one at a time, none timed out yet
     assert len(fast.got) == 1 and fast.got[0].verified
+
+
+async def test_a_backlog_for_a_hanging_receiver_is_deferred_not_held_and_spends_no_attempts(
+        services: Services) -> None:
+    """More deliveries to one hanging receiver than the process holds (2 slots x WAITING): those
+    over notify.HELD are handed back for later without an attempt, so another receiver's delivery
+    still goes at once (it waited behind them all: 16 x the timeout here, far longer in production).
+    A delivery deferred as often as it has attempts is still delivered once the receiver is back."""
+    services.settings = services.settings.replace(stage_concurrency={"notify": 2}, webhook_timeout=3.0,
+                                                  webhook_retry_schedule=(1.0, 1.0, 1.0), shutdown_grace=0.5)
+    jobs = [f"backlog{n}" for n in range(20)]
+    records = await Records.open(services.js, services.settings)
+
+    async def deferred_often() -> bool:  # one job's delivery deferred as often as it may be attempted
+        deferred = Counter(r.job for r in await records.of_job(services.js, "*") if r.outcome == "deferred")
+        return max(deferred.values(), default=0) >= notify.attempts(services.settings)
+
+    async with receiver(hang={"/slow"}) as slow, receiver() as fast, notifying(services):
+        for job in jobs:
+            await ready_job(services, job, slow.url("/slow"))
+        await ready_job(services, "fast", fast.url("/fast"))
+        await eventually(_delivered(services, "fast"), timeout=15)
+        await eventually(deferred_often, timeout=30, every=0.5)
+        slow.hang.clear()
+        slow.released.set()
+        await eventually(lambda: _when(records.of_job(services.js, "*"), lambda rs: sum(
+            r.outcome == "delivered" for r in rs) == len(jobs) + 1), timeout=30, every=0.5)
+    every = await records.of_job(services.js, "*")
+    found = {job: [r for r in every if r.job == job] for job in jobs}
+    assert all(rs[-1].outcome == "delivered" and "dead" not in [r.outcome for r in rs] for rs in found.values())
+    deferred = [r for rs in found.values() for r in rs if r.outcome == "deferred"]
+    assert all(r.error and r.error.startswith("not attempted: 4 deliveries to 127.0.0.1:") for r in deferred)
+    assert {r.headers["webhook-id"] for r in slow.got} == {f"{job}:ready" for job in jobs}
+    assert not await letters(services)
 
 
 async def test_unsafe_callbacks_are_refused_without_a_connection(services: Services) -> None:
