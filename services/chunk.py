@@ -50,7 +50,7 @@ async def handle(event: m.ChunkRequested, ctx: Context) -> list[Emit]:
         raise Reject(f"unknown export transform {data.transform!r}")
 
     record = await check_sources(data, ctx)
-    if record.missing and not await bucket_exists(ctx, data.bucket):
+    if record.missing and not await ctx.storage.bucket_exists(data.bucket):
         raise Reject(f"source bucket {data.bucket!r} does not exist")  # not an archive of nothing
     if data.transform != "original" and record.found:
         return await send_items(data, record, ctx)
@@ -133,18 +133,6 @@ async def head(ctx: Context, bucket: str, key: str) -> ObjectInfo | None:
             raise
     size, crc32, etag, modified = fast
     return ObjectInfo(key=key, size=size, content_type=None, crc32=crc32, etag=etag, modified=modified)
-
-
-async def bucket_exists(ctx: Context, bucket: str) -> bool:
-    """Whether the bucket is there: a HEAD of an object in a missing bucket says only 404, which
-    must not read as "this source is missing" (an export of nothing would end ready and empty)."""
-    try:
-        await ctx.storage.client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
-            return False
-        raise
-    return True
 
 
 STAGE = Stage(name="chunk", stream="JM_CHUNK", handle=handle, accepts=(m.ChunkRequested,))

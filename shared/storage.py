@@ -174,6 +174,18 @@ class Storage:
         except ClientError:
             await self.client.create_bucket(Bucket=self.bucket)
 
+    async def bucket_exists(self, bucket: str) -> bool:
+        """Whether the bucket is there: a HEAD of an object in a missing bucket says only 404,
+        which must not read as "this source is missing" (an export of nothing would end ready
+        and empty)."""
+        try:
+            await self.client.head_bucket(Bucket=bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+        return True
+
     async def head(self, key: str, bucket: str | None = None) -> ObjectInfo | None:
         try:
             resp = await self.client.head_object(Bucket=bucket or self.bucket, Key=key, ChecksumMode="ENABLED")

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from botocore.exceptions import ClientError
 
 from shared import messages as m
 from shared.exportplan import (
@@ -48,7 +47,7 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     if data.transform not in TRANSFORMS:
         raise Reject(f"transform {data.transform!r} is not available (supported: {', '.join(TRANSFORMS)})")
     bucket = data.bucket or ctx.settings.bucket
-    if not await bucket_exists(ctx, bucket):
+    if not await ctx.storage.bucket_exists(bucket):
         raise Reject(f"source bucket {bucket!r} does not exist")
 
     limit = ctx.settings.export_max_files
@@ -89,18 +88,6 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
         ))
         for n, run in enumerate(runs)
     ]
-
-
-async def bucket_exists(ctx: Context, bucket: str) -> bool:
-    """Whether the bucket is there: a HEAD of an object in a missing bucket says only 404, which
-    must not read as "this source is missing" (an export of nothing would end ready and empty)."""
-    try:
-        await ctx.storage.client.head_bucket(Bucket=bucket)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
-            return False
-        raise
-    return True
 
 
 async def _list(ctx: Context, bucket: str, prefix: str, most: int) -> list[tuple[str, int]]:
