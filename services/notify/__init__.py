@@ -31,10 +31,10 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from urllib.parse import urlsplit
 
 import msgspec
 import nats.errors
+import yarl
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -230,7 +230,7 @@ class Notifier:
             return
         attempt = delivery_count(msg)
         tried = await self.records.tried_before(delivery, attempt)
-        receiver = _receiver(delivery.url)
+        receiver = receiver_of(delivery.url)
         secret = targets.secret_for(delivery.target, self.settings, self.subscriptions)
         if secret is None:
             why = ("JETMEDIA_WEBHOOK_SECRET is not set" if delivery.target == targets.CALLBACK
@@ -346,10 +346,12 @@ class Receivers:
                 self._limits.pop(receiver, None)
 
 
-def _receiver(url: str) -> str:
+def receiver_of(url: str) -> str:
+    """host:port as the client connects to it (yarl: the default port filled in, the host as
+    IDNA sends it), so `http://h/` and `http://H:80/x` share one limit (they were two)."""
     try:
-        parts = urlsplit(url)
-        return f"{parts.hostname}:{parts.port}"
+        parsed = yarl.URL(url)
+        return f"{parsed.raw_host}:{parsed.port}"
     except ValueError:
         return url
 

@@ -135,3 +135,9 @@ async def test_a_resolver_that_never_answers_ends_the_attempt_in_time(monkeypatc
     monkeypatch.setattr(safety, "_resolve", never)
     answer = await post("http://hooks.example/hook", timeout=0.5)
     assert answer.status is None and answer.error == "the host did not resolve within 0.5 s"
+
+
+def test_one_receiver_is_one_limit_however_its_url_is_written() -> None:
+    assert notify.receiver_of("http://hooks.example/a") == notify.receiver_of("HTTP://Hooks.Example:80/b?x") \
+        == "hooks.example:80"
+    assert notify.receiver_of("https://bücher.example/") == "xn--bcher-kva.example:443"
