@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -262,6 +263,8 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
     from services.gateway import auth, server
 
     if args.action == "token":
+        if not re.fullmatch(auth.TOKEN_NAME, args.name):  # the gateway would refuse the entry at its next start
+            raise UsageError(f"token name {args.name!r}: letters, digits, - and _ only (at most 64)")
         token = auth.new_token()
         scopes = [part.strip() for part in args.scopes.split(",") if part.strip()]
         unknown = sorted(set(scopes) - set(auth.SCOPES))
@@ -278,8 +281,15 @@ async def cmd_gateway(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the process on `url` says it is ready; a `--url` that is not http(s) is a usage
+    error, and a page that is not Prometheus text (the gateway's /docs) is unhealthy, not a crash."""
     url = args.url or f"http://127.0.0.1:{Settings.from_env().metrics_port}/metrics"
-    problems = metrics.check_health(url)
+    if not url.startswith(("http://", "https://")):
+        raise UsageError(f"--url {url!r}: give the metrics URL, e.g. http://127.0.0.1:9464/metrics")
+    try:
+        problems = metrics.check_health(url)
+    except ValueError as exc:  # prometheus_client's parser: "invalid metric name:<!doctype html>"
+        problems = [f"{url} does not answer with Prometheus metrics ({_shorten(str(exc), 60)})"]
     for problem in problems:
         print(f"unhealthy: {problem}", file=sys.stderr)
     return 1 if problems else 0
@@ -497,7 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     routing.add_argument("--callback-url", metavar="URL",
                          help="POST the job's final event here, signed (README: Webhooks)")
     submit = sub.add_parser("submit", parents=[*people, routing],
-                            help="upload files to S3 and start an asset job for each")
+                            help="upload files to S3 and start an asset job for each",
+                            epilog="a file whose name starts with '-': jetmedia submit --wait -- -x.jpg")
     submit.add_argument("files", nargs="+", metavar="FILE")
     submit.add_argument("--wait", action="store_true", help="draw progress until every job ends (exit 1 if one fails)")
     submit.add_argument("--preset", action="append", metavar="NAME",
@@ -619,6 +630,10 @@ def _reader_gone() -> int:
     with contextlib.suppress(OSError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 128 + signal.SIGPIPE
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _nats_where() -> str:

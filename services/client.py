@@ -410,9 +410,14 @@ def print_job(job: Job) -> None:
     if job.expires:
         rows.append(("expires", f"{job.expires:%Y-%m-%d %H:%M} UTC"))
     rows += [("error", f"{e.stage}: {e.reason}") for e in job.errors[-5:]]
+    out = output_console()
+    if not out.is_terminal:  # piped: a line each, not every line padded with spaces to the longest error
+        for name, value in rows:
+            out.print(Text.assemble(f"{name:<10}", value), soft_wrap=True, highlight=False)
+        return
     for row in rows:
         table.add_row(*row)
-    output_console().print(table, soft_wrap=True)
+    out.print(table, soft_wrap=True)
 
 
 async def show_status(settings: Settings, job_id: str, *, follow: bool, as_json: bool = False) -> int:

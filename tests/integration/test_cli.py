@@ -138,7 +138,7 @@ def test_status_human_and_json(up: Up, submitted: dict[str, Any]) -> None:
     human = jetmedia("status", svg.id, env=up.env)
     assert human.returncode == 1  # the job failed
     assert "is an SVG (XML) image, which is not accepted; accepted: JPEG" in human.stdout
-    assert not ANSI.search(human.stdout)
+    assert not ANSI.search(human.stdout) and not re.search(r" $", human.stdout, re.M)  # no padding when piped
     data = jetmedia("status", svg.id, "--json", env=up.env)
     record = as_job(json.loads(data.stdout))
     assert record.id == svg.id and record.status == "failed" and data.returncode == 1

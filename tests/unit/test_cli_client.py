@@ -11,7 +11,7 @@ import pytest
 from rich.console import Console
 
 from services import client
-from services.cli import build_parser
+from services.cli import build_parser, main
 from services.client import UsageError, _coarse, describe, fraction, job_id_arg, parse_since
 from shared.jobs import Job, Part, new_job
 from shared.messages import OutputFile
@@ -97,3 +97,35 @@ def test_a_narrow_terminal_gets_each_job_as_a_record(monkeypatch: pytest.MonkeyP
         text = out.getvalue()
         assert "…" not in text and "cli-narrow-1" in text
         assert ("┏" in text) == (width >= client.NARROW)  # a table only where its six columns fit
+
+
+def test_health_of_a_page_that_is_not_metrics_is_unhealthy_not_a_crash(capsys: pytest.CaptureFixture[str]) -> None:
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<!doctype html><title>docs</title>")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert main(["health", "--url", f"http://127.0.0.1:{server.server_port}/docs"]) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "does not answer with Prometheus metrics" in capsys.readouterr().err  # was "unexpected error: ValueError"
+    assert main(["health", "--url", "localhost:9464"]) == 2
+    assert "give the metrics URL" in capsys.readouterr().err
+
+
+def test_a_token_name_the_gateway_would_refuse_is_refused_first(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gateway", "token", "bad name"]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and "letters, digits, - and _ only" in said.err
+    assert main(["gateway", "token", "web-1"]) == 0 and '"name": "web-1"' in capsys.readouterr().out
