@@ -79,6 +79,9 @@ async def post(url: str, body: bytes, headers: dict[str, str], *, allowed: tuple
                               kept.decode("utf-8", errors="replace"), retry_after=wait)
     except TimeoutError:
         return Answer(None, time.perf_counter() - started, f"no answer within {timeout:g} s")
+    except aiohttp.ClientConnectorCertificateError as exc:  # what to fix on the receiver, in words
+        why = getattr(exc.certificate_error, "verify_message", None) or exc.certificate_error
+        return Answer(None, time.perf_counter() - started, f"the receiver's TLS certificate is not trusted: {why}")
     except (aiohttp.ClientError, OSError, ValueError) as exc:  # ValueError: a header aiohttp will not send
         return Answer(None, time.perf_counter() - started, f"{type(exc).__name__}: {exc}"[:500])
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -141,3 +145,21 @@ def test_one_receiver_is_one_limit_however_its_url_is_written() -> None:
     assert notify.receiver_of("http://hooks.example/a") == notify.receiver_of("HTTP://Hooks.Example:80/b?x") \
         == "hooks.example:80"
     assert notify.receiver_of("https://bücher.example/") == "xn--bcher-kva.example:443"
+
+
+async def test_a_self_signed_receiver_is_named_as_such(tmp_path: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await asyncio.to_thread(subprocess.run, ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                                             str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=localhost"],
+                            check=True, capture_output=True)
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(cert, key)
+    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0, ssl=tls)
+    try:
+        answer = await post(f"https://localhost:{server.sockets[0].getsockname()[1]}/hook")
+    finally:
+        server.close()
+    assert answer.status is None
+    assert answer.error == "the receiver's TLS certificate is not trusted: self-signed certificate"
