@@ -163,3 +163,27 @@ async def test_a_self_signed_receiver_is_named_as_such(tmp_path: Path) -> None:
         server.close()
     assert answer.status is None
     assert answer.error == "the receiver's TLS certificate is not trusted: self-signed certificate"
+
+
+async def test_a_name_that_rebinds_after_the_check_is_still_connected_at_the_checked_address(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DNS server answering 127.0.0.1 (allowed here) to the check and 10.255.255.1 after: the
+    client must not ask again. Only the first answer is ever used."""
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+    asked: list[str] = []
+
+    async def rebinding(host: object, port: object, *args: object, **kwargs: object) -> object:
+        if host == "rebind.example":
+            asked.append(host)
+            host = "127.0.0.1" if len(asked) == 1 else "10.255.255.1"
+        return await real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", rebinding)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async with serving(ok) as port:
+        answer = await post(f"http://rebind.example:{port}/hook")
+    assert (answer.status, asked) == (204, ["rebind.example"])
