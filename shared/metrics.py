@@ -102,7 +102,7 @@ FAST_OPS = ("get", "put", "head", "open", "part")
 for _op in FAST_OPS:
     for _reason in ("status", "error"):
         s3_fast_fallbacks_total.labels(_op, _reason)
-WEBHOOK_OUTCOMES = ("delivered", "retry", "gone", "refused", "dead")  # one per attempt (services/notify)
+WEBHOOK_OUTCOMES = ("delivered", "retry", "gone", "refused", "dead", "deferred")  # per delivery (services/notify)
 webhook_deliveries_total = Counter(
     "jetmedia_webhook_deliveries", "Webhook delivery attempts, by outcome.", ["outcome"]
 )
