@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import botocore.exceptions
 import msgspec
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from rich.console import Console
@@ -42,7 +43,7 @@ from shared import bus
 from shared import messages as m
 from shared.config import Settings
 from shared.errors import UnknownJob
-from shared.jobs import FINAL_STATUSES, Job, JobStore, fraction, recent_jobs
+from shared.jobs import FINAL_STATUSES, RERUNNABLE, Job, JobStore, fraction, recent_jobs
 from shared.runtime import Services
 from shared.storage import Storage, StorageUnreachable
 
@@ -164,11 +165,12 @@ took ~17 s of CPU and 1.6 MB of terminal output, and a 24-line terminal showed o
 
 async def wait_for_jobs(
     jobs: JobStore, ids: Sequence[str], *, timeout: float = 600.0, label: str = "job", show: bool = True,
-    lines: bool | None = None,
+    lines: bool | None = None, stale: dict[str, datetime] | None = None,
 ) -> list[Job]:
     """Poll the KV records until every job is final: one bar per job on a terminal (one for all
     beyond MAX_BARS), a plain line per change when piped (`lines`), nothing with `show=False`.
-    Ctrl-C, or NATS gone mid-wait, says which jobs still run.
+    Ctrl-C, or NATS gone mid-wait, says which jobs still run. A record not changed since its
+    `stale` time is the attempt before the one being waited for: it counts as not there yet.
 
     Polling (not a KV watch) on purpose: a few gets per second cost nothing here, and it
     sidesteps nats-py's known watcher bugs (#584, #842, #898). A job that ended is not read again."""
@@ -190,6 +192,8 @@ async def wait_for_jobs(
                     if (known := records[job_id]) is not None and known.final:
                         continue
                     record = await jobs.get(job_id)
+                    if record is not None and stale and job_id in stale and record.updated <= stale[job_id]:
+                        record = None
                     records[job_id] = record
                     if record is None:
                         continue
@@ -271,6 +275,48 @@ def check_files(files: Sequence[Path]) -> None:
             raise UsageError(f"{path}: empty (0 bytes)")
 
 
+def check_callback_url(url: str | None) -> None:
+    """`--callback-url` checked as the upload stage checks it, before any upload: a bad one
+    otherwise failed each job after its file went up."""
+    if url is None:
+        return
+    problem = m.callback_problem(url)
+    if problem is None:
+        try:
+            msgspec.convert(url, m.CallbackUrl)
+        except msgspec.ValidationError:
+            problem = f"callback_url {url[:200]!r} is not an http(s) URL (a host, no user:password@)"
+    if problem:
+        raise UsageError(problem.replace("callback_url", "--callback-url", 1))
+
+
+async def check_job_free(jobs: JobStore, job_id: str | None) -> dict[str, datetime]:
+    """`--job-id` of a job that exists runs nothing (README: Running a job again) unless it failed
+    or was cancelled: say so before uploading, not wait on the old record and print its outputs.
+    Returns the failed or cancelled record's last change, which `wait_for_jobs` must see pass (its
+    old final record, read at once, made `--wait` report the last attempt's failure)."""
+    existing = await jobs.get(job_id) if job_id else None
+    if existing is None:
+        return {}
+    if existing.status in RERUNNABLE:
+        return {existing.id: existing.updated}
+    if existing.final:
+        raise UsageError(f"job {job_id!r} exists already ({existing.status}) and never runs again; "
+                         "choose a new --job-id")
+    raise UsageError(f"job {job_id!r} is {existing.status} already; follow it: jetmedia status --follow {job_id}")
+
+
+async def upload(services: Services, path: Path, key: str) -> None:
+    """One file to S3; a key or bucket S3 refuses is named with the file (exit 2), not "unexpected
+    error: InvalidRequest" (SeaweedFS refuses a key such as ../x.jpg)."""
+    try:
+        await services.storage.upload_file(key, str(path))
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise UsageError(f"{path}: S3 refused s3://{services.settings.bucket}/{key}: "
+                         f"{error.get('Code', '?')}: {error.get('Message', exc)}") from None
+
+
 async def publish_asset(services: Services, key: str, *, event_id: str | None = None, bucket: str | None = None,
                         job_id: str | None = None, presets: list[str] | None = None,
                         priority: m.Priority | None = None, callback_url: str | None = None) -> str:
@@ -296,13 +342,15 @@ async def submit_files(
         raise UsageError("--job-id and --key name one job: submit one file with them")
     if job_id:
         job_id_arg(job_id)
+    check_callback_url(callback_url)
     if bucket:
         settings = settings.replace(bucket=bucket)
     submitted: list[dict[str, Any]] = []
     async with connected(settings, s3=True, layout=True) as services:
+        stale = await check_job_free(services.jobs, job_id)
         for path in files:
             object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
-            await services.storage.upload_file(object_key, str(path))
+            await upload(services, path, object_key)
             job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets,
                                       priority=priority, callback_url=callback_url)
             submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
@@ -312,7 +360,7 @@ async def submit_files(
             if as_json:
                 emit_json([{**one, "record": None} for one in submitted])
             return 0
-        done = {job.id: job for job in await wait_for_jobs(services.jobs, [s["job"] for s in submitted])}
+        done = {job.id: job for job in await wait_for_jobs(services.jobs, [s["job"] for s in submitted], stale=stale)}
     if as_json:
         emit_json([{**one, "record": done.get(one["job"])} for one in submitted])
     else:
@@ -329,6 +377,7 @@ async def start_export(
         raise UsageError("name the objects to export: KEY... and/or --prefix PREFIX")
     if job_id:
         job_id_arg(job_id)
+    check_callback_url(callback_url)
     event = m.ExportRequested(
         id=m.new_id(), source="jetmedia-cli", time=m.now(),
         data=m.ExportRequestedData(keys=list(keys), prefix=prefix, name=name, transform=transform, job_id=job_id,
@@ -338,6 +387,7 @@ async def start_export(
     assert job is not None
     checked = settings.replace(bucket=bucket) if bucket else settings  # the bucket the sources are in
     async with connected(checked, s3=True, layout=True) as services:
+        stale = await check_job_free(services.jobs, job_id)
         await bus.publish(services.js, m.UPLOAD_EXPORT, event)
         if not as_json:
             print(f"export job {job}", file=sys.stderr, flush=True)
@@ -347,7 +397,7 @@ async def start_export(
             else:
                 print(job)
             return 0
-        [record] = await wait_for_jobs(services.jobs, [job], timeout=24 * 3600, label="export")
+        [record] = await wait_for_jobs(services.jobs, [job], timeout=24 * 3600, label="export", stale=stale)
     if as_json:
         emit_json({"job": job, "record": record})
     elif record.status == "ready":

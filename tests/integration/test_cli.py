@@ -455,6 +455,24 @@ def test_many_files_on_a_narrow_terminal_one_bar_then_a_record_each(up: Up, tmp_
     assert len(records) == 12 and "┏" not in plain and "…" not in plain  # no table cut to fit 60 columns
 
 
+def test_submit_refuses_what_would_not_run_before_uploading_and_waits_for_a_rerun(
+        up: Up, submitted: dict[str, Any], tmp_path: Path) -> None:
+    photo = tmp_path / "again.jpg"
+    photo.write_bytes(samples.photo(64, 64, seed=31))
+    hook = jetmedia("submit", str(photo), "--callback-url", "notaurl", env=up.env)
+    assert "--callback-url 'notaurl' is not an http(s) URL" in one_line(hook, 2) and hook.stdout == ""
+    done = jetmedia("submit", str(photo), "--job-id", submitted["photo"].id, "--wait", env=up.env)
+    assert "exists already (ready) and never runs again" in one_line(done, 2) and done.stdout == ""
+    assert "S3 refused s3://jetmedia/../x.jpg" in one_line(jetmedia("submit", str(photo), "--key", "../x.jpg",
+                                                                    env=up.env), 2)  # not "unexpected error"
+    failed = jetmedia("submit", str(photo), "--job-id", "cli-rerun", "--preset", "nosuch", "--wait", env=up.env)
+    assert failed.returncode == 1, failed.stderr
+    rerun = jetmedia("submit", str(photo), "--job-id", "cli-rerun", "--preset", "thumb", "--wait", "--json",
+                     env=up.env)  # attempt 2: the wait is for it, not the first attempt's record read at once
+    record = as_job(json.loads(rerun.stdout)[0]["record"])
+    assert (rerun.returncode, record.status, record.attempt) == (0, "ready", 2), rerun.stderr
+
+
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     """`jetmedia ... | head -1`: exit 141 as git does, not "unexpected error: BrokenPipeError"."""
     read, write = os.pipe()
