@@ -33,7 +33,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 
 import botocore.exceptions
@@ -71,10 +71,16 @@ def _stop_on_signals(stopping: asyncio.Event) -> None:
 async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[EmbeddedStack, Settings]]:
     """Start nats-server and the local S3 endpoint; settings pointing at them; stop on exit."""
     stack = EmbeddedStack(data_dir, nats_binary=settings.nats_server, weed_binary=settings.weed)
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(_data_dir_lock(data_dir))
         await asyncio.to_thread(stack.start)
     except (OSError, RuntimeError) as exc:  # a binary missing, a server that would not start: one line, exit 2
+        held.close()
         raise ConfigError(f"the embedded stack did not start: {exc}") from None
+    except ConfigError:
+        held.close()
+        raise
     try:
         assert stack.nats and stack.s3
         local = settings.replace(
@@ -85,6 +91,33 @@ async def embedded(settings: Settings, data_dir: Path) -> AsyncIterator[tuple[Em
         yield stack, local
     finally:
         await asyncio.to_thread(stack.stop)
+        held.close()
+
+
+@contextlib.contextmanager
+def _data_dir_lock(data_dir: Path) -> Iterator[None]:
+    """One embedded stack per data dir: a second `up` on a running one's started a second
+    nats-server on its JetStream files, then failed with "weed did not start; see weed.log",
+    having overwritten the running weed's log. The lock goes with the process, however it ends."""
+    import fcntl
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    lock = (data_dir / "up.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        raise ConfigError(f"{data_dir} is in use by another jetmedia up{f' (pid {holder})' if holder else ''}; "
+                          "stop it, or give this one its own --data-dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    try:
+        yield
+    finally:
+        lock.close()
 
 
 async def serve_stages(
@@ -142,6 +175,7 @@ def serve_metrics(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 async def cmd_up(args: argparse.Namespace) -> int:
+    check_stage_names(args.stages)  # before the stack starts (3 s), not after
     settings = _settings(args)
     stopping = asyncio.Event()
     _stop_on_signals(stopping)

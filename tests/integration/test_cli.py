@@ -67,7 +67,8 @@ class Up:
                "JETMEDIA_TRANSCODE_X264_PRESET": "medium", "JETMEDIA_TRANSCODE_THREADS": "1",
                "JETMEDIA_TRANSCODE_AUDIO_PRESETS": "mp3"}
         self.stderr = self.log.open("w")
-        self.proc = subprocess.Popen([*COMMAND, "up", "--data-dir", str(base / "stack")], env=env,
+        self.data_dir = base / "stack"
+        self.proc = subprocess.Popen([*COMMAND, "up", "--data-dir", str(self.data_dir)], env=env,
                                      stdout=subprocess.PIPE, stderr=self.stderr, text=True)
         banner = ""
         deadline = time.monotonic() + 90
@@ -471,6 +472,15 @@ def test_submit_refuses_what_would_not_run_before_uploading_and_waits_for_a_reru
                      env=up.env)  # attempt 2: the wait is for it, not the first attempt's record read at once
     record = as_job(json.loads(rerun.stdout)[0]["record"])
     assert (rerun.returncode, record.status, record.attempt) == (0, "ready", 2), rerun.stderr
+
+
+def test_a_second_up_on_a_data_dir_in_use_stops_before_starting_anything(up: Up, tmp_path: Path) -> None:
+    env = {**BASE_ENV, "JETMEDIA_METRICS_PORT": "0"}
+    second = one_line(jetmedia("up", "--data-dir", str(up.data_dir), env=env, timeout=60), 2)
+    assert f"{up.data_dir} is in use by another jetmedia up (pid {up.proc.pid})" in second  # not "weed did not start"
+    assert "logger=jetmedia.runtime" in up.log.read_text()  # the running one's log is still its own
+    unknown = one_line(jetmedia("up", "nosuchstage", "--data-dir", str(tmp_path / "x"), env=env), 2)
+    assert "unknown stage 'nosuchstage'" in unknown and not (tmp_path / "x").exists()  # before the stack started
 
 
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
