@@ -135,8 +135,8 @@ async def reach_s3(settings: Settings) -> None:
 def describe(job: Job) -> str:
     """The status words next to a bar (and the line piped output gets)."""
     text = f"{job.status} ({job.stage})" if not job.final else job.status
-    if job.kind == "export" and job.total:
-        text += f" {job.archived if job.archived else job.done}/{job.total} files"
+    if job.kind == "export" and job.total:  # two counts, named: "643/643 files" went back to "283/643 files"
+        text += f" {job.archived}/{job.total} archived" if job.archived else f" {job.done}/{job.total} checked"
         if job.archived_bytes:
             text += f", {_size(job.archived_bytes)}"
     elif job.percent is not None and not job.final:
@@ -179,7 +179,7 @@ async def wait_for_jobs(
     bars_on = show and console.is_terminal
     lines = show and not bars_on if lines is None else lines
     said: dict[str, str] = {}
-    wide = console.width >= 100
+    wide = console.width >= 120
     with Progress(*_progress_columns(wide), console=console, disable=not bars_on, transient=False) as progress:
         many = len(ids) > MAX_BARS
         bars: dict[str, TaskID] = {} if many else {
@@ -218,11 +218,12 @@ async def wait_for_jobs(
 
 
 def _progress_columns(wide: bool) -> list[ProgressColumn]:
-    """A bar's columns; a narrow terminal (COLUMNS=40) keeps a short bar and the status words, and
-    drops the clocks (all of them squeezed into 40 columns left "job 0b71… …  que… e…")."""
+    """A bar's columns; a narrower terminal keeps a short bar, the status words and the ETA, and
+    drops the elapsed time (all of them squeezed into 40 columns left "job 0b71… …  que… e…", and an
+    export's words into 100 a bar of 4 and "0:0…")."""
     if not wide:
         return [TextColumn("{task.description}"), BarColumn(bar_width=10), TaskProgressColumn(),
-                TextColumn("{task.fields[status]}")]
+                TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
     return [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
 

@@ -34,7 +34,8 @@ def test_an_export_bar_counts_checked_then_archived_files() -> None:
     archiving = msgspec.structs.replace(export, done=10, missing_count=2, archived=4, archived_bytes=3_400_000,
                                         stage="finalize")
     assert fraction(archiving) == pytest.approx(0.3 + 0.7 * 4 / 8)
-    assert describe(archiving) == "running (finalize) 4/10 files, 3.4 MB"
+    assert describe(export) == "running (chunk) 5/10 checked"
+    assert describe(archiving) == "running (finalize) 4/10 archived, 3.4 MB"  # not "10/10 files", then "4/10 files"
 
 
 def test_since_takes_an_age_or_an_iso_time() -> None:
