@@ -707,6 +707,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except S3_DOWN as exc:
         return _fail(f"S3 did not answer: {str(exc).splitlines()[0]}", 3, debug)
     except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename:  # a path of ours (--out, --data-dir, a file): exit 2, named
+            return _fail(f"{exc.filename}: {exc.strerror or exc}", 2, debug)
         return _fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
 
 

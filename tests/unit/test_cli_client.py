@@ -130,3 +130,11 @@ def test_a_token_name_the_gateway_would_refuse_is_refused_first(capsys: pytest.C
     said = capsys.readouterr()
     assert said.out == "" and "letters, digits, - and _ only" in said.err
     assert main(["gateway", "token", "web-1"]) == 0 and '"name": "web-1"' in capsys.readouterr().out
+
+
+def test_a_path_that_cannot_be_written_is_named_with_exit_2(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert main(["schemas", "--out", str(tmp_path / "file" / "schemas")]) == 2
+    said = capsys.readouterr().err
+    assert said == f"jetmedia: {tmp_path / 'file' / 'schemas'}: Not a directory\n"  # was "unexpected error: ..."
