@@ -455,17 +455,30 @@ def job_of(event: AnyEvent) -> str | None:
 
 def callback_problem(url: str) -> str | None:
     """Why a `callback_url` cannot be used (what the schema cannot say: a port out of range, no
-    host), or None. Where it resolves to is checked when it is called (services/notify)."""
+    host), or None. Where it resolves to is checked when it is called (services/notify). The
+    reason quotes the URL as `url_shown` does: it goes into the job record and the log."""
+    shown = url_shown(url)[:200]
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"callback_url {url[:200]!r} is not a valid URL: {exc}"
+        return f"callback_url {shown!r} is not a valid URL: {exc}"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return f"callback_url {url[:200]!r} is not an http(s) URL with a host"
+        return f"callback_url {shown!r} is not an http(s) URL with a host"
     if port == 0:
-        return f"callback_url {url[:200]!r} names port 0"
+        return f"callback_url {shown!r} names port 0"
     return None
+
+
+def url_shown(url: str) -> str:
+    """A URL as records, logs and letters show it: scheme, host, port and path only (no
+    `user:password@`, query or fragment: they may carry a receiver's credentials)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        return f"{parts.scheme}://{host}{parts.path}"
+    except ValueError:
+        return url.partition("://")[0][:20] + "://(not a valid URL)"
 
 
 # --- refused messages -------------------------------------------------------------------

@@ -51,10 +51,11 @@ from nats.js.errors import NotFoundError
 from shared import bus, metrics
 from shared import messages as m
 from shared.config import ConfigError, Settings
+from shared.messages import url_shown as shown
 from shared.runtime import DLQ_ENVELOPE, MAX_ERROR_TEXT, Services, delivery_count
 
 from . import safety, send, signing, targets
-from .records import Attempt, Delivery, Records, shown
+from .records import Attempt, Delivery, Records
 
 log = logging.getLogger("jetmedia.notify")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime
-from urllib.parse import urlsplit
 
 import msgspec
 from nats.js import JetStreamContext
@@ -54,17 +53,6 @@ class Attempt(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _decoder = msgspec.json.Decoder(Attempt)
-
-
-def shown(url: str) -> str:
-    """A URL as records, logs and letters show it: scheme, host, port and path only (no
-    `user:password@`, query or fragment: they may carry a receiver's credentials)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.netloc.rpartition("@")[2]
-        return f"{parts.scheme}://{host}{parts.path}"
-    except ValueError:
-        return url.partition("://")[0][:20] + "://(not a valid URL)"
 
 
 def key(delivery: Delivery, attempt: int) -> str:

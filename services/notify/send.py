@@ -18,8 +18,10 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from shared import __version__
+from shared.messages import url_shown as shown
+
 from . import safety
-from .records import shown
 
 KEEP = 1024  # bytes of a receiver's answer kept in the delivery record
 
@@ -54,6 +56,10 @@ class _Checked(AbstractResolver):
         return None
 
 
+# who calls, for the receiver's logs and allow-lists: not aiohttp's default, which names the
+# Python and aiohttp versions (what an attacker looks up first)
+USER_AGENT = f"jetmedia-webhooks/{__version__} (+https://www.standardwebhooks.com/)"
+
 async def post(url: str, body: bytes, headers: dict[str, str], *, allowed: tuple[safety.Network, ...],
                connect_timeout: float, timeout: float) -> Answer:
     """One attempt; never raises for what the receiver or the network does."""
@@ -71,7 +77,7 @@ async def post(url: str, body: bytes, headers: dict[str, str], *, allowed: tuple
     limits = aiohttp.ClientTimeout(total=left, connect=connect_timeout, sock_connect=connect_timeout)
     try:
         async with aiohttp.ClientSession(connector=connector, timeout=limits, trust_env=False,
-                                         auto_decompress=False) as session:
+                                         auto_decompress=False, headers={"User-Agent": USER_AGENT}) as session:
             async with session.post(url, data=body, headers=headers, allow_redirects=False) as response:
                 kept = await _kept(response)
                 wait = _retry_after(response)

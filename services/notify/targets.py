@@ -18,9 +18,9 @@ import msgspec
 from shared import messages as m
 from shared.config import Settings
 from shared.jobs import Job
+from shared.messages import url_shown as shown
 
 from . import signing
-from .records import shown
 
 CALLBACK = "callback"  # the receiver name of a job's own callback_url
 FINAL_TYPES = (m.AssetReady, m.ExportReady, m.JobFailed, m.JobCancelled, m.JobExpired)

@@ -7,10 +7,10 @@ import ipaddress
 import pytest
 
 from services.notify import safety, targets
-from services.notify.records import shown
 from shared import messages as m
 from shared.config import Settings
 from shared.jobs import new_job
+from shared.messages import url_shown as shown
 
 NONE: tuple[safety.Network, ...] = ()
 
@@ -108,3 +108,14 @@ def test_a_password_in_a_webhook_url_is_never_shown() -> None:
     with pytest.raises(ValueError, match="user:password@ in a webhook URL is not supported") as found:
         targets.check(Settings(webhooks=webhooks))
     assert "hunter2" not in str(found.value) and "https://shop.example/h" in str(found.value)
+
+
+def test_a_refused_callback_url_is_quoted_without_its_credentials() -> None:
+    """The reason goes into the job record and the log: a token in the query, a password in the
+    authority are the receiver's secrets."""
+    from shared.messages import callback_problem
+
+    reason = callback_problem("https://user:s3cret@example.com:0/hook?token=t0ken#x")
+    assert reason == "callback_url 'https://example.com:0/hook' names port 0"
+    reason = callback_problem("https://example.com:99999/hook?token=t0ken")
+    assert reason is not None and "t0ken" not in reason and "https://example.com:99999/hook" in reason

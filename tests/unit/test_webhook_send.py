@@ -43,16 +43,18 @@ async def post(url: str, timeout: float = 5.0) -> send.Answer:
 
 
 async def test_a_name_is_connected_to_at_its_checked_address_with_its_own_host_header() -> None:
-    hosts: list[str] = []
+    hosts: list[tuple[str, str]] = []
 
     async def record(request: web.Request) -> web.Response:
-        hosts.append(request.headers["Host"])
+        hosts.append((request.headers["Host"], request.headers["User-Agent"]))
         return web.Response(status=204)
 
     async with serving(record) as port:
         answer = await post(f"http://localhost:{port}/hook")
     assert answer.status == 204 and answer.error is None
-    assert hosts == [f"localhost:{port}"]
+    [(host, agent)] = hosts
+    assert host == f"localhost:{port}"
+    assert agent.startswith("jetmedia-webhooks/") and "Python" not in agent and "aiohttp" not in agent
 
 
 async def test_redirects_are_not_followed() -> None:
