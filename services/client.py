@@ -349,14 +349,18 @@ async def submit_files(
     submitted: list[dict[str, Any]] = []
     async with connected(settings, s3=True, layout=True) as services:
         stale = await check_job_free(services.jobs, job_id)
-        for path in files:
-            object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
-            await upload(services, path, object_key)
-            job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets,
-                                      priority=priority, callback_url=callback_url)
-            submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
-            if not as_json:
-                print(f"{path}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
+        try:
+            for path in files:
+                object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
+                await upload(services, path, object_key)
+                job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets,
+                                          priority=priority, callback_url=callback_url)
+                submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
+                if not as_json:
+                    print(f"{path}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
+        except asyncio.CancelledError:  # Ctrl-C among 200 uploads: the jobs already started run on
+            _say_submitted(submitted, len(files), as_json)
+            raise
         if not wait:
             if as_json:
                 emit_json([{**one, "record": None} for one in submitted])
@@ -367,6 +371,16 @@ async def submit_files(
     else:
         print_jobs(list(done.values()))
     return 0 if all(job.status == "ready" for job in done.values()) else 1
+
+
+def _say_submitted(submitted: Sequence[dict[str, Any]], files: int, as_json: bool) -> None:
+    """Ctrl-C during the uploads: which jobs started (with --json, their list on stdout: nothing
+    else would name them) and that they run on."""
+    if as_json:
+        emit_json([{**one, "record": None} for one in submitted])
+    where = "listed on stdout" if submitted else "none"
+    print(f"interrupted after {len(submitted)} of {files} files; the jobs submitted ({where}) run on",
+          file=sys.stderr, flush=True)
 
 
 async def start_export(

@@ -416,6 +416,25 @@ def test_ctrl_c_in_submit_wait_says_what_still_runs(up: Up, tmp_path: Path) -> N
         (0, "job cli-interrupted: cancelled"), (1, "job cli-interrupted: already ready; nothing to cancel")}
 
 
+def test_ctrl_c_among_many_uploads_says_how_many_were_submitted(up: Up, tmp_path: Path) -> None:
+    photo = samples.photo(32, 32, seed=41)
+    files = []
+    for n in range(150):
+        path = tmp_path / f"u-{n}.jpg"
+        path.write_bytes(photo)
+        files.append(str(path))
+    run = subprocess.Popen([*COMMAND, "submit", *files], env=up.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    assert run.stdout is not None and run.stderr is not None
+    assert "\tjob " in run.stdout.readline()  # uploading
+    run.send_signal(signal.SIGINT)
+    assert run.wait(30) == 130
+    listed = 1 + len(run.stdout.read().splitlines())
+    said = run.stderr.read()
+    assert f"interrupted after {listed} of 150 files; the jobs submitted (listed on stdout) run on" in said, said
+    assert "Traceback" not in said
+
+
 def test_no_color_is_honoured_on_a_terminal(up: Up, submitted: dict[str, Any]) -> None:
     def table(env: dict[str, str]) -> str:
         run = Pty(["jobs", "--limit", "3"], env)
