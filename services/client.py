@@ -209,6 +209,10 @@ async def wait_for_jobs(
                 if all(r is not None and r.final for r in records.values()):
                     break
                 await asyncio.sleep(POLL_EVERY)
+            else:  # the deadline: not "a job failed" in silence while they still run
+                progress.stop()
+                _say_still_running([job for job in ids if not ((r := records[job]) and r.final)],
+                                   f"stopped waiting after {_duration(timeout)}")
         except BaseException as exc:  # Ctrl-C (asyncio.run cancels us: exit 130), or NATS gone (exit 3)
             progress.stop()
             why = "interrupted" if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt) else "stopped watching"
@@ -226,6 +230,12 @@ def _progress_columns(wide: bool) -> list[ProgressColumn]:
                 TextColumn("{task.fields[status]}"), TimeRemainingColumn()]
     return [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TextColumn("{task.fields[status]}"),
             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:g} h"
+    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
 
 
 def _mean_percent(records: Iterable[Job | None]) -> float:
@@ -365,7 +375,8 @@ async def submit_files(
             if as_json:
                 emit_json([{**one, "record": None} for one in submitted])
             return 0
-        done = {job.id: job for job in await wait_for_jobs(services.jobs, [s["job"] for s in submitted], stale=stale)}
+        done = {job.id: job for job in await wait_for_jobs(services.jobs, [s["job"] for s in submitted],
+                                                            timeout=24 * 3600, stale=stale)}  # as export, status
     if as_json:
         emit_json([{**one, "record": done.get(one["job"])} for one in submitted])
     else:
