@@ -55,6 +55,7 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
     wanted += [(item.key, item.name, None) for item in data.items]
     if data.prefix is not None and len(wanted) <= limit:
         wanted += [(key, None, size) for key, size in await _list(ctx, bucket, data.prefix, limit + 1 - len(wanted))]
+    wanted = _once(wanted)
     if not wanted:
         where = f" under s3://{bucket}/{data.prefix}" if data.prefix is not None else ""
         raise Reject(f"nothing to export: the request names no objects{where}")
@@ -88,6 +89,21 @@ async def start_export(event: m.ExportRequested, ctx: Context) -> list[Emit]:
         ))
         for n, run in enumerate(runs)
     ]
+
+
+def _once(wanted: list[tuple[str, str | None, int | None]]) -> list[tuple[str, str | None, int | None]]:
+    """An object asked for twice without a name of its own (twice in `keys`, or in `keys` and
+    under `prefix`) is archived once: it came out as `a.jpg` and `a (1).jpg`, the same bytes. An
+    `items` entry names its copy itself, and is kept."""
+    seen: set[str] = set()
+    kept = []
+    for key, name, size in wanted:
+        if name is None:
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append((key, name, size))
+    return kept
 
 
 async def _list(ctx: Context, bucket: str, prefix: str, most: int) -> list[tuple[str, int]]:

@@ -348,3 +348,20 @@ async def test_the_whole_bucket_leaves_jetmedias_own_archives_out(services: Serv
         path = tmp_path / f"{job.id}.zip"
         await asyncio.to_thread(download, job.url, str(path))
         assert member in zipfile.ZipFile(path).namelist(), job.id
+
+
+async def test_an_object_asked_for_twice_is_archived_once(services: Services, tmp_path: Path) -> None:
+    """Twice in `keys`, and once more under `prefix`: one member (it was `a.txt` and `a (1).txt`,
+    the same bytes); an `items` entry names its own copy and keeps it."""
+    for name in ("a.txt", "b.txt"):
+        await services.storage.put_bytes(f"twice/{name}", name.encode())
+    request = {"keys": ["twice/a.txt", "twice/a.txt"], "prefix": "twice/",
+               "items": [m.ExportItem(key="twice/a.txt", name="copy of a.txt")]}
+    async with running(services, export_stages()):
+        await bus.publish(services.js, m.UPLOAD_EXPORT, export_event("exp-twice", **request))
+        job = await eventually(lambda: final_job(services, "exp-twice"), timeout=60)
+    assert job.status == "ready" and job.total == 3 and job.url is not None, job.errors
+    path = tmp_path / "twice.zip"
+    await asyncio.to_thread(download, job.url, str(path))
+    assert sorted(zipfile.ZipFile(path).namelist()) == ["README.txt", "a.txt", "b.txt", "copy of a.txt",
+                                                         "manifest.json"]
