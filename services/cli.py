@@ -399,6 +399,9 @@ async def _dlq_act(args: argparse.Namespace) -> int:
     job = job_id_arg(args.job) if getattr(args, "job", None) else None
     which = dlq.Which(stage=getattr(args, "stage", None), job=job,
                       since=parse_since(args.since) if getattr(args, "since", None) else None)
+    if args.action == "purge" and not (which.stage or which.job or which.since or args.all):
+        raise UsageError("dlq purge removes letters for good: name them with --stage, --job or --since, "
+                         "or pass --all")
     async with connected(_settings(args)) as services:
         if args.action == "purge":
             removed = await dlq.purge(services, which)
@@ -563,8 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--wait", action="store_true", help="draw progress, then print the download URL")
     export.set_defaults(run=cmd_export)
 
-    status = sub.add_parser("status", parents=people, help="show a job's record")
-    status.add_argument("job")
+    job_help = "the job id, as `submit` and `jobs` print it"
+    status = sub.add_parser("status", parents=people, help="show a job's record",
+                            epilog="exit 1 when the job failed or is not there")
+    status.add_argument("job", help=job_help)
     status.add_argument("--follow", action="store_true",
                         help="show progress until the job ends (--json: one line per change)")
     status.set_defaults(run=cmd_status)
@@ -582,8 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--limit", type=count(0), default=20, help="past events to show (default %(default)s)")
     events.set_defaults(run=cmd_events)
 
-    cancel = sub.add_parser("cancel", parents=people, help="cancel a job")
-    cancel.add_argument("job")
+    cancel = sub.add_parser("cancel", parents=people, help="cancel a job",
+                            epilog="exit 1 when the job had ended already or is not there")
+    cancel.add_argument("job", help=job_help)
     cancel.set_defaults(run=cmd_cancel)
 
     dlq = sub.add_parser("dlq", parents=people, help="list dead letters (newest first); `dlq show ID` for one")
@@ -600,9 +606,11 @@ def build_parser() -> argparse.ArgumentParser:
         act.add_argument("--stage", help="only this stage's")
         act.add_argument("--job", help="only this job's")
         act.add_argument("--since", help="only newer: an ISO time (UTC) or an age (90s, 15m, 2h, 1d)")
+        if action == "purge":
+            act.add_argument("--all", action="store_true", help="every dead letter (needed when no filter is given)")
 
     retry = sub.add_parser("retry", parents=people, help="run a failed or cancelled job again from its dead letters")
-    retry.add_argument("job")
+    retry.add_argument("job", help=job_help)
     retry.set_defaults(run=cmd_dlq, action="retry")
 
     schemas = sub.add_parser("schemas", help="write JSON Schemas and the AsyncAPI file")

@@ -138,3 +138,9 @@ def test_a_path_that_cannot_be_written_is_named_with_exit_2(tmp_path: Path,
     assert main(["schemas", "--out", str(tmp_path / "file" / "schemas")]) == 2
     said = capsys.readouterr().err
     assert said == f"jetmedia: {tmp_path / 'file' / 'schemas'}: Not a directory\n"  # was "unexpected error: ..."
+
+
+def test_purging_every_dead_letter_takes_all(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["dlq", "purge"]) == 2  # refused before connecting: nothing listens on the default URL here
+    assert "name them with --stage, --job or --since, or pass --all" in capsys.readouterr().err
+    assert build_parser().parse_args(["dlq", "purge", "--all"]).all
