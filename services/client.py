@@ -361,13 +361,15 @@ async def submit_files(
         stale = await check_job_free(services.jobs, job_id)
         try:
             for path in files:
-                object_key = key or f"uploads/{m.new_id()[:12]}/{path.name}"
+                object_key = key or f"uploads/{m.new_id()[:12]}/{CONTROL.sub('_', printable(path.name))}"
                 await upload(services, path, object_key)
                 job = await publish_asset(services, object_key, bucket=bucket, job_id=job_id, presets=presets,
                                           priority=priority, callback_url=callback_url)
-                submitted.append({"file": str(path), "bucket": settings.bucket, "key": object_key, "job": job})
+                submitted.append({"file": printable(str(path)), "bucket": settings.bucket, "key": object_key,
+                                  "job": job})
                 if not as_json:
-                    print(f"{path}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
+                    shown = CONTROL.sub(lambda c: repr(c.group())[1:-1], printable(str(path)))
+                    print(f"{shown}\tjob {job}\ts3://{settings.bucket}/{object_key}", flush=True)
         except asyncio.CancelledError:  # Ctrl-C among 200 uploads: the jobs already started run on
             _say_submitted(submitted, len(files), as_json)
             raise
@@ -382,6 +384,17 @@ async def submit_files(
     else:
         print_jobs(list(done.values()))
     return 0 if all(job.status == "ready" for job in done.values()) else 1
+
+
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+"""In a file name: kept out of the S3 key (a key 'uploads/…/new<LF>line.jpg') and shown escaped in
+the tab-separated line per file, which a newline split in two."""
+
+
+def printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (Python keeps them as lone surrogates) become
+    U+FFFD; botocore died on them ("unexpected error: UnicodeEncodeError"), after the earlier uploads."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _say_submitted(submitted: Sequence[dict[str, Any]], files: int, as_json: bool) -> None:

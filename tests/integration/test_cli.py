@@ -502,6 +502,18 @@ def test_a_second_up_on_a_data_dir_in_use_stops_before_starting_anything(up: Up,
     assert "unknown stage 'nosuchstage'" in unknown and not (tmp_path / "x").exists()  # before the stack started
 
 
+def test_a_file_name_that_is_not_utf8_or_holds_a_newline_is_submitted(up: Up, tmp_path: Path) -> None:
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/caf\xe9\nmenu.jpg"))  # Latin-1 bytes and a newline
+    odd.write_bytes(samples.photo(32, 32, seed=51))
+    done = jetmedia("submit", str(odd), "--json", env=up.env)
+    assert done.returncode == 0, done.stderr  # was "unexpected error: UnicodeEncodeError" (botocore)
+    [entry] = json.loads(done.stdout)
+    assert entry["key"].endswith("/caf\ufffd_menu.jpg") and entry["file"].endswith("caf\ufffd\nmenu.jpg")
+    human = jetmedia("submit", str(odd), env=up.env)
+    [line] = human.stdout.splitlines()  # one line per file, the newline shown as \n
+    assert line.split("\t")[0].endswith("caf\ufffd\\nmenu.jpg")
+
+
 def test_a_reader_that_leaves_early_ends_the_command_quietly() -> None:
     """`jetmedia ... | head -1`: exit 141 as git does, not "unexpected error: BrokenPipeError"."""
     read, write = os.pipe()
