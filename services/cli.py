@@ -709,6 +709,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"unexpected error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", 1, debug)
     except JobNotFound as exc:
         return _fail(str(exc), 1, debug)
+    except nats.js.errors.NotFoundError as exc:  # `events`, `dlq` on a NATS no jetmedia stage has set up
+        what = getattr(exc, "description", None) or "not found"
+        return _fail(f"NATS at {_nats_where()}: {what}; no jetmedia stage has made its streams there yet "
+                     "(`jetmedia worker` or `up` does), or JETMEDIA_NATS_URL names another server", 2, debug)
     except NATS_DOWN as exc:
         cause = str(exc).strip() or type(exc).__name__
         return _fail(f"NATS at {_nats_where()} did not answer ({cause}); is it running, with JetStream?", 3, debug)
