@@ -297,8 +297,9 @@ def check_callback_url(url: str | None) -> None:
             msgspec.convert(url, m.CallbackUrl)
         except msgspec.ValidationError:
             problem = f"callback_url {url[:200]!r} is not an http(s) URL (a host, no user:password@)"
-    if problem:
-        raise UsageError(problem.replace("callback_url", "--callback-url", 1))
+    if problem:  # the reason, about the URL as typed (the record's copy hides parts of it: url_shown)
+        reason = re.sub(r"^callback_url (?:'[^']*'|\"[^\"]*\") ", "", problem)
+        raise UsageError(f"--callback-url {url[:200]!r} {reason}")
 
 
 async def check_job_free(jobs: JobStore, job_id: str | None) -> dict[str, datetime]:
