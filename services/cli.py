@@ -410,8 +410,9 @@ async def _dlq_act(args: argparse.Namespace) -> int:
         if args.action == "retry":
             try:
                 done = await dlq.retry(services, args.job)
-            except LookupError as exc:
-                raise JobNotFound(str(exc)) from None
+            except LookupError as exc:  # a job cancelled while it ran has no letters: say how from here
+                raise JobNotFound(f"{exc} (from here: jetmedia submit FILE --job-id {args.job}, or jetmedia "
+                                  f"export ... --job-id {args.job})") from None
         else:
             done = await dlq.replay(services, which)
     if args.json:

@@ -227,6 +227,8 @@ def test_cancel(up: Up, submitted: dict[str, Any]) -> None:
     data = jetmedia("cancel", submitted["photo"].id, "--json", env=up.env)
     assert as_job(json.loads(data.stdout)).status == "ready"
     one_line(jetmedia("cancel", "no-such-job", env=up.env), 1)
+    assert "from here: jetmedia submit FILE --job-id no-such-job" in one_line(jetmedia("retry", "no-such-job",
+                                                                                     env=up.env), 1)
 
 
 def test_bad_input_ends_with_one_line_and_its_exit_code(up: Up, tmp_path: Path) -> None:
