@@ -128,6 +128,8 @@ async def serve_stages(
     collector with `collect`, for the single-process stack). S3 is checked first: a wrong
     endpoint, secret or bucket stops here with one line (exit 2), not as a dead letter per message."""
     check_stage_names(names)
+    if stopping.is_set():  # Ctrl-C while `up` started its stack: stop now, not after starting every stage
+        return
     periodic = [n for n in names if n in stages.PERIODIC_MODULES] if names else list(stages.PERIODIC_MODULES)
     chosen = [stages.load(n) for n in names if n not in stages.PERIODIC_MODULES] if names else stages.load_all()
     for stage in chosen:
@@ -142,7 +144,7 @@ async def serve_stages(
                 asyncio.create_task(queue_metrics.run(services.js, stopping, settings.queue_poll_interval))
                 if collect else None
             )
-            if ready:
+            if ready and not stopping.is_set():  # Ctrl-C while it started: no banner of a stack that stops
                 print(ready.format(metrics=f"http://{settings.metrics_host}:{server.server_port}/metrics"), flush=True)
             loops = [asyncio.create_task(stages.load_periodic(n)(services, stopping)) for n in periodic]
             await run_stages(services, chosen, stopping)

@@ -89,3 +89,21 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def test_ctrl_c_while_up_starts_stops_it_without_a_banner(tmp_path: Path) -> None:
+    up = subprocess.Popen([sys.executable, "-m", "services.cli", "up", "--data-dir", str(tmp_path / "stack")],
+                          env={**ENV, "JETMEDIA_LOG_LEVEL": "INFO"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    try:
+        read_until(up, "starting", timeout=60)  # nats-server is starting: the stack takes seconds more
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        rest = up.stdout.read() if up.stdout else ""
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait(10)
+    assert "jetmedia is up" not in rest and "Ctrl-C stops everything" not in rest, rest  # was printed, then it stopped
+    assert "Traceback" not in rest
+    assert not list((tmp_path / "stack").rglob("*.ports")), "nats-server left running"
