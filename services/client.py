@@ -158,6 +158,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+NO_RECORD_HINT = 30.0
+"""Seconds without any record of a submitted job after which `--wait` asks whether a worker runs:
+with none, the bar said "queued" (and piped output nothing) for as long as the wait lasted."""
 MAX_BARS = 10
 """More jobs than this get one bar for them all on a terminal: 200 bars redrawn ten times a second
 took ~17 s of CPU and 1.6 MB of terminal output, and a 24-line terminal showed only the first 20."""
@@ -179,6 +182,7 @@ async def wait_for_jobs(
     bars_on = show and console.is_terminal
     lines = show and not bars_on if lines is None else lines
     said: dict[str, str] = {}
+    hint_at = time.monotonic() + NO_RECORD_HINT
     wide = console.width >= 120
     with Progress(*_progress_columns(wide), console=console, disable=not bars_on, transient=False) as progress:
         many = len(ids) > MAX_BARS
@@ -208,6 +212,9 @@ async def wait_for_jobs(
                     progress.update(overall, completed=_mean_percent(records.values()), status=_tally(records.values()))
                 if all(r is not None and r.final for r in records.values()):
                     break
+                if show and time.monotonic() > hint_at:
+                    hint_at = float("inf")
+                    _hint_no_worker([job for job, r in records.items() if r is None], progress)
                 await asyncio.sleep(POLL_EVERY)
             else:  # the deadline: not "a job failed" in silence while they still run
                 progress.stop()
@@ -219,6 +226,15 @@ async def wait_for_jobs(
             _say_still_running([job for job in ids if not ((r := records[job]) and r.final)], why)
             raise
     return [r for r in records.values() if r is not None]
+
+
+def _hint_no_worker(ids: Sequence[str], progress: Progress) -> None:
+    """Once, when jobs still have no record: the upload stage makes it, so none runs (or NATS is
+    another one than the workers'), or it is far behind."""
+    if ids:
+        text = (f"no record yet of {len(ids)} job(s) after {_duration(NO_RECORD_HINT)} ({ids[0]}, ...): is a worker "
+                "running against this NATS (jetmedia worker, jetmedia up)? still waiting")
+        progress.console.print(text, markup=False, highlight=False, soft_wrap=True, style=None)
 
 
 def _progress_columns(wide: bool) -> list[ProgressColumn]:

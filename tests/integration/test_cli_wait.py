@@ -13,6 +13,7 @@ from pathlib import Path
 import nats.errors
 import pytest
 
+from services import client
 from services.client import wait_for_jobs
 from shared.devstack import NatsServer, free_port
 from shared.jobs import new_job
@@ -55,3 +56,11 @@ def test_a_nats_without_the_jetmedia_streams_is_named_not_an_unexpected_error(tm
             assert "stream not found; no jetmedia stage has made its streams there yet" in done.stderr
     finally:
         server.stop()
+
+
+async def test_a_wait_for_a_job_no_worker_takes_asks_whether_one_runs(
+        services: Services, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(client, "NO_RECORD_HINT", 0.3)
+    assert await wait_for_jobs(services.jobs, ["never-taken"], timeout=1.0) == []
+    said = capsys.readouterr().err  # was nothing at all piped, and a "queued" bar on a terminal
+    assert "no record yet of 1 job(s) after 0.3 s (never-taken, ...): is a worker running" in said
