@@ -476,7 +476,7 @@ def url_shown(url: str) -> str:
     try:
         parts = urlsplit(url)
         host = parts.netloc.rpartition("@")[2]
-        return f"{parts.scheme}://{host}{parts.path}"
+        return (f"{parts.scheme}://{host}" if parts.scheme or host else "") + parts.path  # "notaurl" as it came
     except ValueError:
         return url.partition("://")[0][:20] + "://(not a valid URL)"
 
