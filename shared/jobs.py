@@ -333,7 +333,7 @@ async def recent_jobs(jobs: JobStore, limit: int, keep: Callable[[Job], bool] = 
     `created` is the writer's clock). Otherwise the next pass reads four times further back, down
     to the whole bucket at worst."""
     state = (await jobs.kv.status()).stream_info.state
-    if not state.messages:
+    if not state.messages or limit <= 0:
         return []
     found: dict[str, Job | None] = {}  # None: deleted, or not a job record
     end, window = state.last_seq + 1, TAIL

@@ -82,6 +82,7 @@ async def test_the_newest_jobs_come_from_the_tail_and_agree_with_the_whole_bucke
     monkeypatch.setattr(jobs_module, "scan_records", counted)
     first = (await services.jobs.kv.status()).stream_info.state.first_seq
     assert [job.id for job in await recent_jobs(services.jobs, 2)] == ["recent-late-c", "recent-late-b"]
+    assert await recent_jobs(services.jobs, 0) == []  # raised IndexError
     assert starts and min(starts) > first  # the newest two, without reading the whole bucket
 
 
