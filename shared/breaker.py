@@ -6,7 +6,7 @@ DLQ ("gave up after 5 deliveries: Could not connect to the endpoint URL"). So, p
 dependency, a breaker:
 
 - opens when a handler fails because the dependency cannot be reached (`dependency_down`);
-- probes it with backoff (S3: `head_bucket` on a one-attempt client; NATS: flush + account info);
+- probes it with backoff (S3: `head_bucket` on a one-attempt client; NATS: JetStream account info);
   the first failed probe *confirms* the outage: `jetmedia_dependency_up{dependency}` goes to 0;
 - closes on the first probe that gets an answer (any answer: a 403 is S3 talking).
 
@@ -33,9 +33,8 @@ import nats.errors
 import nats.js.errors
 from botocore.config import Config
 from nats.aio.client import Client as NatsClient
-from nats.js import JetStreamContext
 
-from . import metrics
+from . import bus, metrics
 from .config import Settings
 
 log = logging.getLogger("jetmedia.breaker")
@@ -217,10 +216,10 @@ def s3_probe(settings: Settings) -> Probe:
     return probe
 
 
-def nats_probe(nc: NatsClient, js: JetStreamContext) -> Probe:
-    """A round trip to the server, then one to JetStream (the meta leader answers account info)."""
+def nats_probe(nc: NatsClient) -> Probe:
+    """A round trip through the server to JetStream (the meta leader answers account info);
+    not `nc.flush`, which a stalled server turns into a deaf connection (see bus.round_trip)."""
     async def probe() -> None:
-        await nc.flush(timeout=3)
-        await js.account_info()
+        await bus.round_trip(nc, 3)
 
     return probe

@@ -297,6 +297,18 @@ async def connect(settings: Settings, name: str = "jetmedia", *, wait: float = S
     return client
 
 
+async def round_trip(nc: NATS, timeout: float) -> None:
+    """What `nc.flush(timeout)` promises (all written so far has reached the server, which
+    answers), without its flaw: a flush that times out (a server stalled for a few seconds)
+    leaves its cancelled future in nats-py's PONG queue, and the PONG that comes once the server
+    is back raises InvalidStateError in the read loop, which then stops for good: the
+    connection still says it is up and hears nothing (no PubAck, no message) until the
+    stale-connection check, minutes later. The JetStream account info request is answered by
+    the server (every jetmedia user may ask it) and its timeout cleans up after itself.
+    Raises nats.errors.TimeoutError."""
+    await nc.request("$JS.API.INFO", b"", timeout=timeout)
+
+
 def _startup_transient(exc: BaseException) -> bool:
     """What a JetStream API call answers while a fresh server or cluster is still electing
     leaders: timeouts, no responders, 503s, "no suitable peers" (the peers are not known yet)."""

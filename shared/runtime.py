@@ -142,7 +142,7 @@ class Services:
         self.records = RecordCache(jobs, js)  # serves only once started (Services.open starts it)
         self.publisher = Publisher(nc)  # likewise; until then publish() uses js.publish
         self._cancel_sub: Any = None
-        self.breakers = Breakers({"s3": s3_probe(settings), "nats": nats_probe(nc, js)})
+        self.breakers = Breakers({"s3": s3_probe(settings), "nats": nats_probe(nc)})
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -231,7 +231,7 @@ class Services:
 
         job = await self.jobs.update(job_id, change)
         await self.nc.publish(CANCEL_SUBJECT, job_id.encode())
-        await self.nc.flush()
+        await bus.round_trip(self.nc, 10)  # out before the announcement (not nc.flush: see round_trip)
         await self.send(announcements(job, self.settings))
         return job.status == "cancelled"
 

@@ -69,3 +69,36 @@ async def test_a_persons_connect_gives_up_with_the_url_and_cause(caplog: pytest.
         await bus.connect(Settings.from_env({}, nats_url=url), "person", wait=1.0, quiet=True)
     assert time.monotonic() - started < 1.5
     assert not bus_warnings(caplog)  # quiet: the caller prints the one line
+
+
+async def test_a_server_stalled_past_a_probes_timeout_is_heard_again_when_it_is_back(tmp_path: Path) -> None:
+    """The NATS breaker's probe used `nc.flush(timeout=3)`: a server stalled for longer (a paused
+    VM, a long GC, SIGSTOP here) made it time out, and the PONG that came once the server was
+    back stopped nats-py's read loop (InvalidStateError): the connection said it was up and
+    heard nothing, no PubAck, no message, until the stale-connection check minutes later."""
+    import os
+    import signal
+
+    import nats.errors
+
+    from shared.breaker import nats_probe
+
+    server = NatsServer(tmp_path / "nats", port=free_port()).start()
+    nc = await bus.connect(Settings.from_env({}, nats_url=server.url), "stall-test")
+    probe = nats_probe(nc)
+    try:
+        await probe()
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(nats.errors.TimeoutError):
+                await bus.round_trip(nc, 1.0)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.5)  # the late answer arrives
+        await asyncio.wait_for(probe(), 5)  # timed out before the fix: nothing was read any more
+        await bus.round_trip(nc, 5)
+        assert nc.is_connected
+    finally:
+        await nc.close()
+        server.stop()
