@@ -307,15 +307,14 @@ def check_callback_url(url: str | None) -> None:
     otherwise failed each job after its file went up."""
     if url is None:
         return
-    problem = m.callback_problem(url)
-    if problem is None:
+    flaw = m.callback_flaw(url)
+    if flaw is None:
         try:
             msgspec.convert(url, m.CallbackUrl)
         except msgspec.ValidationError:
-            problem = f"callback_url {url[:200]!r} is not an http(s) URL (a host, no user:password@)"
-    if problem:  # the reason, about the URL as typed (the record's copy hides parts of it: url_shown)
-        reason = re.sub(r"^callback_url (?:'[^']*'|\"[^\"]*\") ", "", problem)
-        raise UsageError(f"--callback-url {url[:200]!r} {reason}")
+            flaw = "is not an http(s) URL (a host, no user:password@)"
+    if flaw:  # about the URL as typed (the record's copy hides parts of it: url_shown)
+        raise UsageError(f"--callback-url {url[:200]!r} {flaw}")
 
 
 async def check_job_free(jobs: JobStore, job_id: str | None) -> dict[str, datetime]:

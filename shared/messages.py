@@ -457,16 +457,22 @@ def callback_problem(url: str) -> str | None:
     """Why a `callback_url` cannot be used (what the schema cannot say: a port out of range, no
     host), or None. Where it resolves to is checked when it is called (services/notify). The
     reason quotes the URL as `url_shown` does: it goes into the job record and the log."""
-    shown = url_shown(url)[:200]
+    flaw = callback_flaw(url)
+    return None if flaw is None else f"callback_url {url_shown(url)[:200]!r} {flaw}"
+
+
+def callback_flaw(url: str) -> str | None:
+    """`callback_problem` without the URL: what is wrong with it ("names port 0"), for a caller
+    that quotes the URL as it was typed (the CLI)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"callback_url {shown!r} is not a valid URL: {exc}"
+        return f"is not a valid URL: {exc}"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        return f"callback_url {shown!r} is not an http(s) URL with a host"
+        return "is not an http(s) URL with a host"
     if port == 0:
-        return f"callback_url {shown!r} names port 0"
+        return "names port 0"
     return None
 
 
