@@ -60,6 +60,7 @@ class _Checked(AbstractResolver):
 # Python and aiohttp versions (what an attacker looks up first)
 USER_AGENT = f"jetmedia-webhooks/{__version__} (+https://www.standardwebhooks.com/)"
 
+
 async def post(url: str, body: bytes, headers: dict[str, str], *, allowed: tuple[safety.Network, ...],
                connect_timeout: float, timeout: float) -> Answer:
     """One attempt; never raises for what the receiver or the network does."""

@@ -84,8 +84,8 @@ def subscriptions(settings: Settings) -> dict[str, Subscription]:
 
 
 def _url_problem(url: str) -> str | None:
-    """callback_problem's, refusing `user:password@` first: it would be refused at every attempt
-    (safety.check), and callback_problem quotes the URL, password and all, into the start-up error."""
+    """callback_problem's, refusing `user:password@` too: it would be refused at every attempt
+    (safety.check), so a subscription with one is refused at start-up (the URL shown without it)."""
     with contextlib.suppress(ValueError):
         if "@" in urlsplit(url).netloc:
             return (f"{shown(url)}: user:password@ in a webhook URL is not supported "
